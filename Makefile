@@ -1,0 +1,32 @@
+# The whole set-up is `make test` and `make demo`: each creates .venv with pip if it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# On a machine with the local CPU wheel this is the CPU build; on a GPU box override: make TORCH=torch test
+TORCH  ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: test demo venv bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "torch>=2.4"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/harness demo
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
