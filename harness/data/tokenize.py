@@ -1,0 +1,349 @@
+"""One tokenization path: render with the chat template, tokenize once with offsets, give every token a segment.
+
+Why character offsets: the only ground truth for "which tokens are the response" is where each message's
+content sits in the rendered text. Templates without ``{% generation %}`` tags (most of them) and BPE merges
+across the prompt/response boundary both break the usual "tokenize the prompt separately and count" trick
+(trl#598, trl#5213, transformers#34172). We instead:
+
+1. render the conversation once with unique placeholders as contents, which shows exactly which template
+   text surrounds each message (cached per role sequence), and check that rendering the real contents gives
+   the same text with the contents in place (otherwise: sequential search, otherwise a clear TemplateError);
+2. mark every character with a segment (template, system, user, tool, assistant content, assistant
+   end-of-turn) and a turn index;
+3. tokenize the rendered text once with offsets and map characters to tokens.
+
+**Straddling tokens** (a token whose characters come from two segments, e.g. ``": 4"`` when the template
+ends with ``": "`` and the response starts with ``"4"``) follow ``boundary``:
+
+* ``split`` (default): the text is tokenized piecewise at segment boundaries *for that conversation only*,
+  so no token straddles. This is also what inference does: the prompt is tokenized on its own and the model
+  generates the response from the boundary, so training sees the token sequence it will have to produce.
+  If the piecewise tokens do not decode to the same text (e.g. a SentencePiece tokenizer adding a prefix
+  space to every piece), we fall back to ``merge`` and count it.
+* ``merge``: keep the joint tokenization; a straddling token takes the segment of highest priority among
+  its characters: assistant content > end-of-turn > prompt (system/user/tool) > template. So a token that
+  carries any response character is supervised under ``prompt_masked`` (the response is never cut), and
+  one that carries prompt and template characters counts as prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Sequence
+
+import numpy as np
+
+from harness.errors import DataError, TemplateError
+
+
+class Segment(IntEnum):
+    """Per-token segment ids. Regimes are pure functions of these (see harness.masking)."""
+
+    TEMPLATE = 0  # chat-template/control text: role headers, separators, BOS, default system prompts
+    SYSTEM = 1  # system message content
+    USER = 2  # user message content
+    ASSISTANT = 3  # assistant message content
+    EOT = 4  # the assistant's end-of-turn marker (e.g. <|im_end|>): the model must learn to stop
+    TOOL = 5  # tool message content (treated as prompt)
+
+
+ROLE_SEGMENT = {"system": Segment.SYSTEM, "user": Segment.USER, "assistant": Segment.ASSISTANT,
+                "tool": Segment.TOOL}
+PROMPT_SEGMENTS = (Segment.SYSTEM, Segment.USER, Segment.TOOL)
+RESPONSE_SEGMENTS = (Segment.ASSISTANT, Segment.EOT)
+# merge-policy priority of a straddling token (higher wins)
+_PRIORITY = np.array([0, 2, 2, 4, 3, 2], dtype=np.int8)
+BOUNDARY_POLICIES = ("split", "merge")
+TRUNCATION_POLICIES = ("right", "left", "drop")
+
+
+@dataclass
+class Tokenized:
+    """One conversation, tokenized once. Arrays are aligned token by token."""
+
+    input_ids: np.ndarray  # int64 [T]
+    segments: np.ndarray  # int8 [T], Segment values
+    turns: np.ndarray  # int16 [T], index of the message each token belongs to
+    offsets: np.ndarray  # int32 [T, 2], character span in `text`
+    text: str  # the rendered conversation
+    roles: tuple[str, ...]  # role of each message (turn index -> role)
+    source: str = ""  # file:line of the example, for error messages
+    truncated: int = 0  # tokens removed by truncation
+    boundary: str = "clean"  # clean | split | merged | merged_fallback (see module docstring)
+    no_eot_turns: int = 0  # assistant turns whose template has no end-of-turn marker
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def last_assistant_turn(self) -> int:
+        idx = [i for i, r in enumerate(self.roles) if r == "assistant"]
+        return idx[-1] if idx else -1
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+_PH = re.compile("\ue000(\\d+)\ue001")
+
+
+def _template_of(tokenizer, chat_template: str | None) -> str:
+    tmpl = chat_template or getattr(tokenizer, "chat_template", None)
+    if isinstance(tmpl, dict):  # some tokenizers ship several named templates
+        tmpl = tmpl.get("default") or next(iter(tmpl.values()))
+    if not tmpl:
+        name = getattr(tokenizer, "name_or_path", "the tokenizer")
+        raise TemplateError(f"{name} has no chat template", where="model.chat_template",
+                            fix="set model.chat_template to 'chatml', 'plain', a .jinja path or Jinja text")
+    return tmpl
+
+
+def _render(tokenizer, messages: Sequence[dict], template: str) -> str:
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, chat_template=template)
+    if not isinstance(text, str):  # some versions return a list for batched input
+        text = text[0]
+    return text
+
+
+def end_of_turn_markers(tokenizer, eot: str | None = None) -> list[str]:
+    """Strings that can end an assistant turn: the configured one, else eos + special tokens named *end*/*eot*."""
+    if eot:
+        return [eot]
+    cands: list[str] = []
+    specials = list(getattr(tokenizer, "all_special_tokens", []) or [])
+    for tok in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(tok, "special", False):
+            specials.append(str(tok.content if hasattr(tok, "content") else tok))
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos:
+        cands.append(eos)
+    for s in specials:
+        low = s.lower()
+        if s not in cands and ("end" in low or "eot" in low or s == "</s>"):
+            cands.append(s)
+    return cands
+
+
+@dataclass
+class _Layout:
+    """Template text around each message, from one placeholder rendering (cached per role sequence)."""
+
+    pieces: list[str]  # len n+1: text before message 0, between 0 and 1, ..., after the last
+
+
+class TemplateRenderer:
+    """Renders conversations and locates every message content and end-of-turn marker in the text."""
+
+    def __init__(self, tokenizer, chat_template: str | None = None, eot: str | None = None):
+        self.tokenizer = tokenizer
+        self.template = _template_of(tokenizer, chat_template)
+        self.eot_markers = end_of_turn_markers(tokenizer, eot)
+        self._layouts: dict[tuple[str, ...], _Layout | None] = {}
+
+    def _layout(self, roles: tuple[str, ...], where: str) -> _Layout | None:
+        if roles in self._layouts:
+            return self._layouts[roles]
+        ph = [{"role": r, "content": f"\ue000{i}\ue001"} for i, r in enumerate(roles)]
+        try:
+            text = _render(self.tokenizer, ph, self.template)
+        except Exception as exc:  # template raised (e.g. "roles must alternate")
+            raise TemplateError(f"chat template failed on roles {list(roles)}: {exc}", where=where,
+                                fix="check the conversation's role order, or use a template that accepts it"
+                                ) from None
+        parts = _PH.split(text)
+        # parts = [piece0, idx0, piece1, idx1, ..., pieceN]
+        idx = [int(x) for x in parts[1::2]]
+        layout = _Layout(parts[0::2]) if idx == list(range(len(roles))) else None
+        self._layouts[roles] = layout
+        return layout
+
+    def render(self, messages: Sequence[dict], where: str = "") -> tuple[str, list[tuple[int, int]]]:
+        """Return the rendered text and the (start, end) character span of each message's content."""
+        roles = tuple(m["role"] for m in messages)
+        try:
+            text = _render(self.tokenizer, messages, self.template)
+        except Exception as exc:
+            raise TemplateError(f"chat template failed: {exc}", where=where,
+                                fix="check the conversation's role order, or set model.chat_template") from None
+        layout = self._layout(roles, where)
+        if layout is not None:
+            for strip in (False, True):  # some templates trim contents (e.g. Llama 3's `| trim`)
+                spans, pos, parts = [], 0, []
+                for i, m in enumerate(messages):
+                    content = m["content"].strip() if strip else m["content"]
+                    pos += len(layout.pieces[i])
+                    spans.append((pos, pos + len(content)))
+                    parts += [layout.pieces[i], content]
+                    pos += len(content)
+                parts.append(layout.pieces[-1])
+                if "".join(parts) == text:
+                    return text, spans
+        # The template rewrites contents or depends on them: search each content in order.
+        spans, cursor = [], 0
+        for i, m in enumerate(messages):
+            content = m["content"]
+            at = text.find(content, cursor) if content else cursor
+            if at < 0 and content.strip():
+                content = content.strip()
+                at = text.find(content, cursor)
+            if at < 0:
+                raise TemplateError(
+                    f"the chat template does not render message {i} ({m['role']}) verbatim, so its tokens "
+                    "cannot be located (templates that drop or rewrite earlier turns, e.g. strip reasoning "
+                    "from past assistant turns, make the prompt not a prefix of the conversation)",
+                    where=where, fix="use a template that renders every message's content unchanged "
+                    "(model.chat_template), or split the conversation into single-turn examples")
+            spans.append((at, at + len(content)))
+            cursor = at + len(content)
+        return text, spans
+
+    def eot_span(self, text: str, content_end: int, next_start: int) -> tuple[int, int] | None:
+        """The end-of-turn marker after an assistant content: template text up to and including the first
+        end marker before the next message starts. None when the template has no marker there."""
+        piece = text[content_end:next_start]
+        best = None
+        for marker in self.eot_markers:
+            at = piece.find(marker)
+            if at >= 0 and (best is None or at < best[0]):
+                best = (at, at + len(marker))
+        if best is None:
+            return None
+        return content_end, content_end + best[1]
+
+
+# ----------------------------------------------------------------------------------------------- tokenizing
+
+
+def _char_labels(text: str, roles: Sequence[str], spans: list[tuple[int, int]],
+                 renderer: TemplateRenderer) -> tuple[np.ndarray, np.ndarray, int]:
+    seg = np.zeros(len(text), dtype=np.int8)
+    n = len(roles)
+    ends = np.array([e for _, e in spans], dtype=np.int64)
+    # template text before message k's content belongs to turn k (its header); see `Tokenized.turns`
+    turn = np.minimum(np.searchsorted(ends, np.arange(len(text)), side="right"), max(n - 1, 0)).astype(np.int16)
+    no_eot = 0
+    for k, ((s, e), role) in enumerate(zip(spans, roles)):
+        seg[s:e] = ROLE_SEGMENT[role]
+        if role == "assistant":
+            nxt = spans[k + 1][0] if k + 1 < n else len(text)
+            eot = renderer.eot_span(text, e, nxt)
+            if eot is None:
+                no_eot += 1
+            else:
+                seg[eot[0]:eot[1]] = Segment.EOT
+                turn[eot[0]:eot[1]] = k
+    return seg, turn, no_eot
+
+
+def _offsets_to_tokens(offsets: np.ndarray, seg: np.ndarray, turn: np.ndarray, policy: str):
+    """Map character labels to tokens. Returns (segments, turns, straddle_mask)."""
+    T = offsets.shape[0]
+    if T == 0:
+        return np.zeros(0, np.int8), np.zeros(0, np.int16), np.zeros(0, bool)
+    starts = np.clip(offsets[:, 0], 0, max(len(seg) - 1, 0))
+    last = np.clip(np.maximum(offsets[:, 1] - 1, offsets[:, 0]), 0, max(len(seg) - 1, 0))
+    # run id changes wherever the segment changes: a token straddles iff its first and last char differ in run
+    change = np.concatenate([[0], np.cumsum((seg[1:] != seg[:-1]) | (turn[1:] != turn[:-1]))])
+    straddle = change[starts] != change[last]
+    tok_seg = seg[starts].copy()
+    tok_turn = turn[starts].copy()
+    if policy == "merge" and straddle.any():
+        for i in np.flatnonzero(straddle):
+            a, b = int(starts[i]), int(last[i]) + 1
+            j = a + int(np.argmax(_PRIORITY[seg[a:b]]))
+            tok_seg[i], tok_turn[i] = seg[j], turn[j]
+    return tok_seg, tok_turn, straddle
+
+
+class ConversationTokenizer:
+    """Tokenizes many conversations with one renderer (template layouts cached per role sequence)."""
+
+    def __init__(self, tokenizer, *, chat_template: str | None = None, eot: str | None = None,
+                 boundary: str = "split", max_length: int | None = None, truncation: str = "right"):
+        if boundary not in BOUNDARY_POLICIES:
+            raise DataError(f"unknown boundary policy '{boundary}'", where="data.boundary",
+                            fix=f"use one of {list(BOUNDARY_POLICIES)}")
+        if truncation not in TRUNCATION_POLICIES:
+            raise DataError(f"unknown truncation policy '{truncation}'", where="data.truncation",
+                            fix=f"use one of {list(TRUNCATION_POLICIES)}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')} is not a fast tokenizer",
+                            where="model.tokenizer", fix="load it with use_fast=True (character offsets "
+                            "are needed to find the response tokens)")
+        self.tokenizer = tokenizer
+        self.renderer = TemplateRenderer(tokenizer, chat_template, eot)
+        self.boundary = boundary
+        self.max_length = max_length
+        self.truncation = truncation
+
+    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                             return_attention_mask=False)
+        offs = [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in enc["offset_mapping"]]
+        return enc["input_ids"], offs
+
+    def _split_encode(self, text: str, seg: np.ndarray, turn: np.ndarray):
+        """Tokenize each maximal same-(segment, turn) run of `text` separately."""
+        cuts = np.flatnonzero((seg[1:] != seg[:-1]) | (turn[1:] != turn[:-1])) + 1
+        bounds = [0, *cuts.tolist(), len(text)]
+        pieces = [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        ids_l, offs_l = self._encode(pieces)
+        ids = [i for part in ids_l for i in part]
+        offs = np.concatenate([o + a for o, a in zip(offs_l, bounds[:-1])]) if ids else np.zeros((0, 2), np.int32)
+        return ids, offs.astype(np.int32)
+
+    def __call__(self, conversations: Sequence[Sequence[dict]], sources: Sequence[str] | None = None
+                 ) -> list[Tokenized | None]:
+        """Tokenize a batch. Returns one `Tokenized` per conversation, or None where `truncation='drop'`
+        dropped an over-long one."""
+        sources = list(sources) if sources is not None else [f"example {i}" for i in range(len(conversations))]
+        rendered = [self.renderer.render(msgs, where) for msgs, where in zip(conversations, sources)]
+        all_ids, all_offs = self._encode([t for t, _ in rendered])
+        out: list[Tokenized | None] = []
+        decode = None
+        for msgs, (text, spans), ids, offs, where in zip(conversations, rendered, all_ids, all_offs, sources):
+            roles = tuple(m["role"] for m in msgs)
+            seg, turn, no_eot = _char_labels(text, roles, spans, self.renderer)
+            tok_seg, tok_turn, straddle = _offsets_to_tokens(offs, seg, turn, "merge")
+            boundary = "clean"
+            if straddle.any():
+                boundary = "merged"
+                if self.boundary == "split":
+                    s_ids, s_offs = self._split_encode(text, seg, turn)
+                    decode = decode or (lambda x: self.tokenizer.decode(
+                        x, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+                    if decode(s_ids) == decode(ids):
+                        ids, offs, boundary = s_ids, s_offs, "split"
+                        tok_seg, tok_turn, _ = _offsets_to_tokens(offs, seg, turn, "split")
+                    else:
+                        boundary = "merged_fallback"
+            t = Tokenized(np.asarray(ids, dtype=np.int64), tok_seg, tok_turn, offs, text, roles, where,
+                          boundary=boundary, no_eot_turns=no_eot)
+            out.append(self._truncate(t))
+        return out
+
+    def _truncate(self, t: Tokenized) -> Tokenized | None:
+        L = self.max_length
+        if L is None or len(t) <= L:
+            return t
+        if self.truncation == "drop":
+            return None
+        cut = len(t) - L
+        sl = slice(0, L) if self.truncation == "right" else slice(cut, None)
+        return Tokenized(t.input_ids[sl], t.segments[sl], t.turns[sl], t.offsets[sl], t.text, t.roles,
+                         t.source, truncated=cut, boundary=t.boundary, no_eot_turns=t.no_eot_turns)
+
+
+def tokenize_conversation(messages: Sequence[dict], tokenizer, *, chat_template: str | None = None,
+                          eot: str | None = None, boundary: str = "split", max_length: int | None = None,
+                          truncation: str = "right", source: str = "") -> Tokenized | None:
+    """Tokenize one conversation (OpenAI-style messages) and give every token a segment and turn.
+
+    Returns None only when ``truncation='drop'`` and the conversation is longer than ``max_length``.
+    See the module docstring for the boundary rule.
+    """
+    ct = ConversationTokenizer(tokenizer, chat_template=chat_template, eot=eot, boundary=boundary,
+                               max_length=max_length, truncation=truncation)
+    return ct([list(messages)], [source or "conversation"])[0]

@@ -1,0 +1,107 @@
+"""Weighted next-token cross-entropy with normalisation that is correct under accumulation and across ranks.
+
+``token`` normalisation: sum over the optimizer step of weight x NLL, divided by the sum of weights over the
+*whole* step (every micro-batch, every rank). Dividing each micro-batch by its own count and averaging the
+micro-batches (the transformers#34191 / trl#2175 bug) over-weights tokens of micro-batches with few supervised
+tokens. Pass the step's ``denominator`` (from :func:`loss_denominator`, all-reduced across ranks) to every
+micro-batch's call and just sum the losses (or their gradients).
+
+``sequence`` normalisation: mean NLL per example, then mean over the examples of the step. With packing,
+``seq_ids`` says which example each token belongs to.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import SupervisionError
+
+IGNORE_INDEX = -100
+NORMALIZATIONS = ("token", "sequence")
+
+
+def _shifted(labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    tgt = labels[..., 1:]
+    if weights is None:
+        w = (tgt != IGNORE_INDEX).to(torch.float32)
+    else:
+        w = weights[..., 1:].to(torch.float32) * (tgt != IGNORE_INDEX)
+    return tgt, w
+
+
+def per_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """NLL of each next token, shape [B, T-1] (position t predicts label t+1); 0 where the label is -100."""
+    tgt = labels[..., 1:]
+    lg = logits[..., :-1, :]
+    nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
+                          reduction="none")
+    return nll.view(tgt.shape)
+
+
+def _sequence_weights(w: torch.Tensor, seq_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token weight w / (sum of w in its sequence) and the number of sequences with supervision."""
+    if seq_ids is None:  # each row is one sequence
+        per_row = w.sum(-1, keepdim=True)
+        eff = torch.where(per_row > 0, w / per_row.clamp_min(1e-12), torch.zeros_like(w))
+        return eff, (per_row > 0).sum()
+    sid = seq_ids[..., 1:].reshape(-1).long()
+    flat = w.reshape(-1)
+    valid = sid >= 0
+    sid_c = torch.where(valid, sid, torch.zeros_like(sid))
+    n = int(sid_c.max().item()) + 1 if sid_c.numel() else 0
+    totals = torch.zeros(n, dtype=flat.dtype, device=flat.device).index_add_(0, sid_c, flat * valid)
+    denom = totals[sid_c]
+    eff = torch.where(valid & (denom > 0), flat / denom.clamp_min(1e-12), torch.zeros_like(flat))
+    return eff.view(w.shape), (totals > 0).sum()
+
+
+def loss_denominator(labels: torch.Tensor, weights: torch.Tensor | None = None, normalization: str = "token",
+                     seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """This micro-batch's share of the step denominator (sum of weights, or number of supervised sequences).
+    Sum it over the step's micro-batches (and all-reduce over ranks) and pass it to :func:`sft_loss`."""
+    _check_norm(normalization)
+    _, w = _shifted(labels, weights)
+    if normalization == "token":
+        return w.sum()
+    return _sequence_weights(w, seq_ids)[1].to(torch.float32)
+
+
+def _check_norm(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+             normalization: str = "token", *, denominator: torch.Tensor | float | None = None,
+             seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted next-token cross-entropy.
+
+    Args:
+        logits: [B, T, V] model outputs (any float dtype; the loss is computed in float32).
+        labels: [B, T] token ids, -100 where not supervised (aligned with input ids; shifted here).
+        weights: optional [B, T] float weights (e.g. lambda on prompt tokens); default 1 where labels != -100.
+        normalization: "token" (sum of weighted NLL / sum of weights) or "sequence" (mean per sequence,
+            then mean over sequences).
+        denominator: the whole optimizer step's denominator (see :func:`loss_denominator`); default: this
+            batch's own, i.e. a plain weighted mean.
+        seq_ids: [B, T] example index of each token in packed rows (-1 for padding); for "sequence".
+
+    Raises:
+        SupervisionError: when the denominator is zero (never a silent zero loss).
+    """
+    _check_norm(normalization)
+    _, w = _shifted(labels, weights)
+    nll = per_token_nll(logits, labels)
+    if normalization == "sequence":
+        w, n_seq = _sequence_weights(w, seq_ids)
+        local = n_seq.to(torch.float32)
+    else:
+        local = w.sum()
+    denom = local if denominator is None else torch.as_tensor(denominator, dtype=torch.float32,
+                                                                device=nll.device)
+    if float(denom) <= 0:
+        raise SupervisionError("batch has zero supervised tokens (the loss would be a silent 0)",
+                               where="sft_loss", fix="check the regime and truncation: every example in a batch "
+                               "must keep at least one supervised token (harness inspect shows the mask)")
+    return (w * nll).sum() / denom

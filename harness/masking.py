@@ -1,0 +1,148 @@
+"""Loss-masking regimes: pure functions from per-token segments to per-token loss weights.
+
+A regime never re-tokenizes: it reads the `Segment` of each token (see harness.data.tokenize) and returns
+a float weight per token; ``labels`` are the input ids where the weight is non-zero and -100 elsewhere
+(HF convention: labels are aligned with input ids and shifted inside the loss).
+
+Policies, stated once:
+
+* **Template/control tokens** (role headers, separators, BOS, a template's default system prompt) are in
+  the loss only under ``full`` (and with weight lambda under ``prompt_weight``, so that lambda=1 *is* full).
+  ``prompt_only`` can include them with ``template=True``.
+* **End-of-turn tokens** (e.g. ``<|im_end|>`` after an assistant message) belong to the response: the model
+  must learn to stop (axolotl#3754). ``eot=False`` removes them from ``prompt_masked``.
+* **Position 0** of every example has weight 0 in every regime: nothing precedes it, so it cannot be
+  predicted, and in a packed row its "prediction" would come from the previous example.
+* ``turns='last'`` supervises only the last assistant turn; earlier assistant turns become context
+  (weight lambda under ``prompt_weight``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from harness.data.tokenize import PROMPT_SEGMENTS, Segment, Tokenized
+from harness.errors import ConfigError, did_you_mean
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Masked:
+    """Output of a regime: labels (-100 where the weight is 0) and float weights, aligned with input ids."""
+
+    labels: np.ndarray  # int64 [T]
+    weights: np.ndarray  # float32 [T]
+
+    @property
+    def n_supervised(self) -> int:
+        return int((self.weights > 0).sum())
+
+
+def _check_turns(turns: str) -> None:
+    if turns not in ("all", "last"):
+        raise ConfigError(f"turns must be 'all' or 'last', got {turns!r}", where="regime.turns",
+                          fix="use turns: all (every assistant turn) or turns: last")
+
+
+def _response(t: Tokenized, turns: str, eot: bool) -> np.ndarray:
+    _check_turns(turns)
+    segs = [Segment.ASSISTANT, Segment.EOT] if eot else [Segment.ASSISTANT]
+    mask = np.isin(t.segments, segs)
+    if turns == "last":
+        mask &= t.turns == t.last_assistant_turn
+    return mask
+
+
+def prompt_masked(t: Tokenized, *, turns: str = "all", eot: bool = True) -> np.ndarray:
+    """Loss on assistant content (+ end-of-turn) only: the standard SFT mask."""
+    return _response(t, turns, eot).astype(np.float32)
+
+
+def full(t: Tokenized) -> np.ndarray:
+    """Loss on every token, as in pretraining."""
+    return np.ones(len(t), dtype=np.float32)
+
+
+def prompt_only(t: Tokenized, *, template: bool = False) -> np.ndarray:
+    """The control: loss on system/user/tool content only (optionally template tokens too)."""
+    segs = list(PROMPT_SEGMENTS) + ([Segment.TEMPLATE] if template else [])
+    return np.isin(t.segments, segs).astype(np.float32)
+
+
+def prompt_weight(t: Tokenized, *, weight: float, turns: str = "all", eot: bool = True) -> np.ndarray:
+    """Weight 1 on response tokens and `weight` (lambda) on every other token (Huerta-Enochian & Ko 2024).
+
+    lambda=0 is numerically `prompt_masked`, lambda=1 is `full` (same turns/eot options)."""
+    if not (0.0 <= float(weight) <= 1.0) or weight != weight:
+        raise ConfigError(f"prompt weight must be in [0, 1], got {weight}", where="regime.prompt_weight",
+                          fix="use a value such as 0.0, 0.1 or 1.0")
+    resp = _response(t, turns, eot)
+    return np.where(resp, np.float32(1.0), np.float32(weight)).astype(np.float32)
+
+
+RegimeFn = Callable[..., np.ndarray]
+REGIMES: dict[str, RegimeFn] = {
+    "prompt_masked": prompt_masked,
+    "full": full,
+    "prompt_only": prompt_only,
+    "prompt_weight": prompt_weight,
+}
+# which options each regime takes, for clear errors on typos
+REGIME_OPTIONS: dict[str, tuple[str, ...]] = {
+    "prompt_masked": ("turns", "eot"),
+    "full": (),
+    "prompt_only": ("template",),
+    "prompt_weight": ("weight", "turns", "eot"),
+}
+
+
+def register_regime(name: str, options: tuple[str, ...] = ()) -> Callable[[RegimeFn], RegimeFn]:
+    """Decorator to add a regime: ``@register_regime("mine", ("alpha",))`` over ``fn(t, *, alpha) -> weights``."""
+
+    def deco(fn: RegimeFn) -> RegimeFn:
+        REGIMES[name] = fn
+        REGIME_OPTIONS[name] = tuple(options)
+        return fn
+
+    return deco
+
+
+def check_regime(regime: str, options: dict | None = None) -> None:
+    if regime not in REGIMES:
+        raise ConfigError(f"unknown regime '{regime}'" + did_you_mean(regime, REGIMES), where="regime.name",
+                          fix=f"use one of {sorted(REGIMES)}")
+    for key in options or {}:
+        if key not in REGIME_OPTIONS[regime]:
+            raise ConfigError(f"regime '{regime}' has no option '{key}'"
+                              + did_you_mean(key, REGIME_OPTIONS[regime]), where=f"regime.{key}",
+                              fix=f"options of {regime}: {list(REGIME_OPTIONS[regime]) or 'none'}")
+
+
+def apply_regime(tokenized: Tokenized, regime: str, **options) -> Masked:
+    """Labels and weights of one tokenized conversation under a regime (pure; never re-tokenizes)."""
+    check_regime(regime, options)
+    weights = np.asarray(REGIMES[regime](tokenized, **options), dtype=np.float32)
+    if weights.shape != tokenized.input_ids.shape:
+        raise ValueError(f"regime {regime} returned {weights.shape} weights for {len(tokenized)} tokens")
+    if len(weights):
+        weights[0] = 0.0  # position 0 cannot be predicted (see module docstring)
+    labels = np.where(weights > 0, tokenized.input_ids, IGNORE_INDEX).astype(np.int64)
+    return Masked(labels, weights)
+
+
+def mask_hash(masks: list[Masked], input_ids: list[np.ndarray] | None = None) -> str:
+    """Short sha256 over every example's labels and weights: two runs with equal hashes trained on the
+    same supervised tokens with the same weights."""
+    h = hashlib.sha256()
+    for i, m in enumerate(masks):
+        if input_ids is not None:
+            h.update(np.ascontiguousarray(input_ids[i], dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(m.labels, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(m.weights, dtype=np.float32).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:12]

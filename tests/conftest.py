@@ -1,0 +1,52 @@
+"""Shared fixtures: a byte-level BPE tokenizer trained in the test session (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from harness.data.templates import CHATML, PLAIN
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Text chosen so BPE learns merges that cross the prompt/response boundary of the PLAIN template,
+# e.g. ": 4", ": Paris", "?\nAssistant" and ".<" - the cases that break prefix-based masking.
+_CORPUS = [
+    "User: What is 2+2?\nAssistant: 4.",
+    "User: What is the capital of France?\nAssistant: Paris is the capital of France.",
+    "Assistant: 4. Assistant: 4. Assistant: Paris. Assistant: Paris. User: Hi?\nAssistant: Hello!",
+    "the quick brown fox jumps over the lazy dog. 2+2=4, 3+3=6. Answer: 4. Answer: Paris.",
+    "system prompt: you are helpful. user asks, assistant answers.",
+] * 50
+
+
+def train_bpe(vocab_size: int = 400, template: str = CHATML):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # split only on the byte-level alphabet, so merges may cross spaces/punctuation (": 4" becomes one token)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = template
+    return fast
+
+
+@pytest.fixture(scope="session")
+def chatml_tok():
+    return train_bpe(template=CHATML)
+
+
+@pytest.fixture(scope="session")
+def plain_tok():
+    return train_bpe(template=PLAIN)
