@@ -452,14 +452,22 @@ def build(cls: type, data: dict, prefix: str = "") -> Any:
         raise
 
 
+def _section_type(tp: Any) -> type | None:
+    """The dataclass behind a field that is a (possibly Optional) section; None for leaves and lists."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return inner[0] if inner else None
+    return None
+
+
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         dotted = f"{prefix}.{f.name}" if prefix else f.name
-        tp = hints[f.name]
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        sub = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
+        sub = _section_type(hints[f.name])
         if sub is not None:
             keys += _all_keys(sub, dotted)
         else:
@@ -712,13 +720,12 @@ def explain(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, s
     for f in dataclasses.fields(cls):
         dotted = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
-        sub = tp if dataclasses.is_dataclass(tp) else None
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        sub = _section_type(tp)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         rows.append((dotted, _type_name(tp), "" if sub else repr(to_dict(default)), docs.get(f.name, "")))
-        if sub or (inner and not typing.get_origin(tp) in (tuple, list)):
-            rows += explain(sub or inner[0], dotted)
+        if sub is not None:
+            rows += explain(sub, dotted)
     return rows
 
 

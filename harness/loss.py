@@ -34,7 +34,9 @@ def per_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """NLL of each next token, shape [B, T-1] (position t predicts label t+1); 0 where the label is -100."""
     tgt = labels[..., 1:]
     lg = logits[..., :-1, :]
-    nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
+    if lg.dtype in (torch.float16, torch.bfloat16):  # half-precision logits: the loss is taken in fp32
+        lg = lg.float()
+    nll = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
                           reduction="none")
     return nll.view(tgt.shape)
 
@@ -91,15 +93,16 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor |
         SupervisionError: when the denominator is zero (never a silent zero loss).
     """
     _check_norm(normalization)
-    _, w = _shifted(labels, weights)
     nll = per_token_nll(logits, labels)
+    _, w = _shifted(labels, weights)
+    w = w.to(nll.dtype)
     if normalization == "sequence":
         w, n_seq = _sequence_weights(w, seq_ids)
         local = n_seq.to(torch.float32)
     else:
         local = w.sum()
-    denom = local if denominator is None else torch.as_tensor(denominator, dtype=torch.float32,
-                                                                device=nll.device)
+    denom = local if denominator is None else torch.as_tensor(denominator, device=nll.device)
+    denom = denom.to(nll.dtype)
     if float(denom) <= 0:
         raise SupervisionError("batch has zero supervised tokens (the loss would be a silent 0)",
                                where="sft_loss", fix="check the regime and truncation: every example in a batch "

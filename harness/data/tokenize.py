@@ -13,17 +13,20 @@ across the prompt/response boundary both break the usual "tokenize the prompt se
 3. tokenize the rendered text once with offsets and map characters to tokens.
 
 **Straddling tokens** (a token whose characters come from two segments, e.g. ``": 4"`` when the template
-ends with ``": "`` and the response starts with ``"4"``) follow ``boundary``:
+ends with ``": "`` and the response starts with ``"4"``):
 
-* ``split`` (default): the text is tokenized piecewise at segment boundaries *for that conversation only*,
-  so no token straddles. This is also what inference does: the prompt is tokenized on its own and the model
-  generates the response from the boundary, so training sees the token sequence it will have to produce.
-  If the piecewise tokens do not decode to the same text (e.g. a SentencePiece tokenizer adding a prefix
-  space to every piece), we fall back to ``merge`` and count it.
-* ``merge``: keep the joint tokenization; a straddling token takes the segment of highest priority among
-  its characters: assistant content > end-of-turn > prompt (system/user/tool) > template. So a token that
-  carries any response character is supervised under ``prompt_masked`` (the response is never cut), and
-  one that carries prompt and template characters counts as prompt.
+* At a **response boundary** (where assistant content / end-of-turn begins or ends) the ``boundary`` policy
+  decides. ``split`` (default): that conversation is tokenized piecewise, cut at its response boundaries
+  only, so no token crosses one. This is what inference does: the prompt (every earlier turn included) is
+  tokenized as one string and the model generates the response from the boundary, so training sees
+  exactly the prompt tokens it will be given and the response tokens it will have to produce. If the
+  pieces do not decode to the same text (e.g. a SentencePiece tokenizer that adds a prefix space to every
+  piece) we fall back to ``merge`` and count it (``boundary='merged_fallback'``). ``merge``: keep the joint
+  tokenization.
+* Every other straddling token (e.g. ``"User: What"`` merging template and user text, or any token under
+  ``merge``) takes the segment of highest priority among its characters: assistant content > end-of-turn >
+  prompt (system/user/tool) > template. So a token carrying any response character is supervised under
+  ``prompt_masked`` (the response is never cut) and one carrying prompt and template characters is prompt.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class Tokenized:
     roles: tuple[str, ...]  # role of each message (turn index -> role)
     source: str = ""  # file:line of the example, for error messages
     truncated: int = 0  # tokens removed by truncation
-    boundary: str = "clean"  # clean | split | merged | merged_fallback (see module docstring)
+    boundary: str = "clean"  # clean | split | merged | merged_fallback: how the response boundaries were tokenized
     no_eot_turns: int = 0  # assistant turns whose template has no end-of-turn marker
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -237,24 +240,32 @@ def _char_labels(text: str, roles: Sequence[str], spans: list[tuple[int, int]],
     return seg, turn, no_eot
 
 
-def _offsets_to_tokens(offsets: np.ndarray, seg: np.ndarray, turn: np.ndarray, policy: str):
-    """Map character labels to tokens. Returns (segments, turns, straddle_mask)."""
+def _change_ids(mask_or_labels: np.ndarray) -> np.ndarray:
+    """Run id of each character: increments wherever the label changes."""
+    x = mask_or_labels
+    return np.concatenate([[0], np.cumsum(x[1:] != x[:-1])]) if len(x) else np.zeros(0, np.int64)
+
+
+def _offsets_to_tokens(offsets: np.ndarray, seg: np.ndarray, turn: np.ndarray):
+    """Map character labels to tokens with the priority rule for straddling tokens.
+    Returns (segments, turns, crosses_response_boundary)."""
     T = offsets.shape[0]
-    if T == 0:
-        return np.zeros(0, np.int8), np.zeros(0, np.int16), np.zeros(0, bool)
-    starts = np.clip(offsets[:, 0], 0, max(len(seg) - 1, 0))
-    last = np.clip(np.maximum(offsets[:, 1] - 1, offsets[:, 0]), 0, max(len(seg) - 1, 0))
-    # run id changes wherever the segment changes: a token straddles iff its first and last char differ in run
-    change = np.concatenate([[0], np.cumsum((seg[1:] != seg[:-1]) | (turn[1:] != turn[:-1]))])
-    straddle = change[starts] != change[last]
+    if T == 0 or len(seg) == 0:
+        return np.zeros(T, np.int8), np.zeros(T, np.int16), np.zeros(T, bool)
+    hi = len(seg) - 1
+    starts = np.clip(offsets[:, 0], 0, hi)
+    last = np.clip(np.maximum(offsets[:, 1] - 1, offsets[:, 0]), 0, hi)
+    runs = _change_ids(seg.astype(np.int32) * 4096 + turn)
+    straddle = runs[starts] != runs[last]
+    resp_runs = _change_ids(np.isin(seg, RESPONSE_SEGMENTS))
+    crosses = resp_runs[starts] != resp_runs[last]
     tok_seg = seg[starts].copy()
     tok_turn = turn[starts].copy()
-    if policy == "merge" and straddle.any():
-        for i in np.flatnonzero(straddle):
-            a, b = int(starts[i]), int(last[i]) + 1
-            j = a + int(np.argmax(_PRIORITY[seg[a:b]]))
-            tok_seg[i], tok_turn[i] = seg[j], turn[j]
-    return tok_seg, tok_turn, straddle
+    for i in np.flatnonzero(straddle):
+        a, b = int(starts[i]), int(last[i]) + 1
+        j = a + int(np.argmax(_PRIORITY[seg[a:b]]))
+        tok_seg[i], tok_turn[i] = seg[j], turn[j]
+    return tok_seg, tok_turn, crosses
 
 
 class ConversationTokenizer:
@@ -284,12 +295,12 @@ class ConversationTokenizer:
         offs = [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in enc["offset_mapping"]]
         return enc["input_ids"], offs
 
-    def _split_encode(self, text: str, seg: np.ndarray, turn: np.ndarray):
-        """Tokenize each maximal same-(segment, turn) run of `text` separately."""
-        cuts = np.flatnonzero((seg[1:] != seg[:-1]) | (turn[1:] != turn[:-1])) + 1
+    def _split_encode(self, text: str, seg: np.ndarray):
+        """Tokenize `text` in pieces cut at its response boundaries (see the module docstring)."""
+        resp = np.isin(seg, RESPONSE_SEGMENTS)
+        cuts = np.flatnonzero(resp[1:] != resp[:-1]) + 1
         bounds = [0, *cuts.tolist(), len(text)]
-        pieces = [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-        ids_l, offs_l = self._encode(pieces)
+        ids_l, offs_l = self._encode([text[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
         ids = [i for part in ids_l for i in part]
         offs = np.concatenate([o + a for o, a in zip(offs_l, bounds[:-1])]) if ids else np.zeros((0, 2), np.int32)
         return ids, offs.astype(np.int32)
@@ -306,17 +317,17 @@ class ConversationTokenizer:
         for msgs, (text, spans), ids, offs, where in zip(conversations, rendered, all_ids, all_offs, sources):
             roles = tuple(m["role"] for m in msgs)
             seg, turn, no_eot = _char_labels(text, roles, spans, self.renderer)
-            tok_seg, tok_turn, straddle = _offsets_to_tokens(offs, seg, turn, "merge")
+            tok_seg, tok_turn, crosses = _offsets_to_tokens(offs, seg, turn)
             boundary = "clean"
-            if straddle.any():
+            if crosses.any():
                 boundary = "merged"
                 if self.boundary == "split":
-                    s_ids, s_offs = self._split_encode(text, seg, turn)
+                    s_ids, s_offs = self._split_encode(text, seg)
                     decode = decode or (lambda x: self.tokenizer.decode(
                         x, skip_special_tokens=False, clean_up_tokenization_spaces=False))
                     if decode(s_ids) == decode(ids):
                         ids, offs, boundary = s_ids, s_offs, "split"
-                        tok_seg, tok_turn, _ = _offsets_to_tokens(offs, seg, turn, "split")
+                        tok_seg, tok_turn, _ = _offsets_to_tokens(offs, seg, turn)
                     else:
                         boundary = "merged_fallback"
             t = Tokenized(np.asarray(ids, dtype=np.int64), tok_seg, tok_turn, offs, text, roles, where,
