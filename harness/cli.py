@@ -24,8 +24,33 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="show an experiment's resolved config and runs, or explain every key")
+    p.add_argument("experiment", nargs="?", help="experiment YAML")
+    p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
+    p.add_argument("--explain", action="store_true", help="list every config key with its type, default and doc")
+    p.set_defaults(func=_config)
+
+
+def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from harness.config import explain, load_experiment, to_dict
+
+    if args.explain or not args.experiment:
+        for key, tp, default, doc in explain():
+            print(f"{key:34s} {tp:22s} {default:28s} {doc}")
+        return 0
+    exp = load_experiment(args.experiment, args.override)
+    print(yaml.safe_dump(to_dict(exp.config), sort_keys=False).rstrip())
+    print(f"# {len(exp.runs)} run(s):")
+    for run in exp.runs:
+        print(f"#   {run.run_id}  {run.axes}")
+    return 0
+
+
 # Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
-_REGISTRARS = [_add_world, _add_inspect]
+_REGISTRARS = [_add_world, _add_inspect, _add_config]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -609,9 +609,11 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, bool):
         return "T" if v else "F"
     if isinstance(v, float):
-        s = f"{v:g}"
-        s = re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), s)
-        return s
+        s = f"{v:.6g}"
+        if "e" not in s and v != 0 and abs(v) < 1e-2:  # learning rates read best as 2e-5, not 2e-05/0.00002
+            mant, exp = f"{v:.6e}".split("e")
+            s = f"{mant.rstrip('0').rstrip('.')}e{exp}"
+        return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), s)
     if isinstance(v, str):
         v = _ABBREV_VALUES.get(v, Path(v).stem if "/" in v else v)
     return re.sub(r"[^A-Za-z0-9.+\-]", "", str(v))[:24]
@@ -686,6 +688,8 @@ def expand(cfg_raw: dict, lines: _LineMap | None = None) -> list[RunSpec]:
             _set_dotted(raw, k, v)
         label = ", ".join(f"{k}={v}" for k, v in pt.items())
         cfg = _build_checked(raw, lines, f"grid point {label}" if label else "")
+        resolved = to_dict(cfg)
+        pt = {k: _get_dotted(resolved, k) for k in pt}  # typed values: '1e-4' (YAML str) and 0.0001 agree
         prefix = "-".join(axis_label(k, v) for k, v in pt.items()) or "run"
         run_id = f"{prefix}-{config_hash(cfg)}"
         if run_id in seen:

@@ -122,3 +122,10 @@ def test_shipped_experiments_load(path):
     exp = load_experiment(path)
     assert exp.runs and isinstance(exp.config, ExperimentConfig)
     assert len({r.run_id for r in exp.runs}) == len(exp.runs)
+
+
+def test_run_id_independent_of_yaml_spelling(tmp_path):
+    a = load_experiment(write(tmp_path, BASE))
+    b = load_experiment(write(tmp_path, BASE.replace("[1e-4, 2e-5]", "[0.0001, 2.0e-5]"), "b.yaml"))
+    assert [r.run_id for r in a.runs] == [r.run_id for r in b.runs]
+    assert a.runs[0].axes == {"regime.name": "prompt_masked", "train.lr": 1e-4, "train.seed": 1}
