@@ -49,8 +49,14 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_launch(sub: argparse._SubParsersAction) -> None:
+    from harness.launch import add_parsers
+
+    add_parsers(sub)
+
+
 # Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
-_REGISTRARS = [_add_world, _add_inspect, _add_config]
+_REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch]
 
 
 def build_parser() -> argparse.ArgumentParser:

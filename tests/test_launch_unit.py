@@ -1,0 +1,133 @@
+"""Launcher logic without training: plan, idempotence, locks, failure isolation, dry-run (fake train/eval)."""
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_experiment
+from harness.errors import HarnessError
+from harness.launch import launch, slurm_parameters, status_rows
+from harness.runs import completed_checkpoints, missing_evals, run_dir, try_lock
+
+EXP = """\
+name: fake
+results_dir: {root}
+data: {{train: {{path: d.jsonl}}}}
+train: {{epochs: 1}}
+launcher: {{backend: debug, partition: gpu, account: lab, gpus_per_run: 2, extra_sbatch: ["--exclude=node1"]}}
+grid:
+  regime.name: [prompt_masked, full]
+  train.lr: [1e-4, 2e-4]
+"""
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+    """A stand-in train()/evaluate_run() that writes the run-dir contract and counts calls."""
+    calls = {"train": [], "eval": []}
+    train_mod = types.ModuleType("harness.train")
+
+    def train(spec, rdir, should_stop=None):
+        calls["train"].append(spec.run_id)
+        if spec.config.train.lr == 2e-4 and spec.config.regime.name == "full":
+            raise RuntimeError("boom: injected failure")
+        ck = Path(rdir) / "checkpoints" / "step-000003"
+        ck.mkdir(parents=True, exist_ok=True)
+        (ck / "COMPLETED").write_text("")
+        (Path(rdir) / "metrics.jsonl").write_text(json.dumps({"step": 3, "epoch": 1.0, "loss": 0.5}) + "\n")
+        (Path(rdir) / "DONE").write_text("")
+        return {"status": "done"}
+
+    eval_mod = types.ModuleType("harness.evaluate")
+
+    def evaluate_run(rdir, config):
+        calls["eval"].append(Path(rdir).name)
+        for step, _ in missing_evals(Path(rdir)):
+            p = Path(rdir) / "eval" / f"step-{step:06d}.json"
+            p.parent.mkdir(exist_ok=True)
+            p.write_text(json.dumps({"step": step, "metrics": {}}))
+
+    def evaluate_base(config, exp_dir):
+        p = Path(exp_dir) / "base" / "eval" / "step-000000.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{}")
+
+    train_mod.train, eval_mod.evaluate_run, eval_mod.evaluate_base = train, evaluate_run, evaluate_base
+    monkeypatch.setitem(sys.modules, "harness.train", train_mod)
+    monkeypatch.setitem(sys.modules, "harness.evaluate", eval_mod)
+    return calls
+
+
+def _exp(tmp_path):
+    p = tmp_path / "fake.yaml"
+    p.write_text(EXP.format(root=tmp_path / "results"))
+    return load_experiment(p)
+
+
+def test_debug_launch_is_idempotent_and_isolates_failures(tmp_path, fake_pipeline):
+    exp = _exp(tmp_path)
+    out = []
+    s = launch(exp, out=out.append)
+    assert len(fake_pipeline["train"]) == 4
+    states = {r["run_id"]: r["state"] for r in status_rows(exp)}
+    failed = [k for k, v in states.items() if v == "failed"]
+    assert len(failed) == 1 and failed[0].startswith("full-lr2e-4")
+    assert "boom: injected failure" in (run_dir(exp, exp.runs[3]) / "FAILED").read_text()
+    assert sum(v == "done" for v in states.values()) == 3
+    plan = json.loads((exp.out_dir / "plan.json").read_text())
+    assert [r["run_id"] for r in plan["runs"]] == [r.run_id for r in exp.runs]
+    assert (exp.out_dir / "base" / "eval" / "step-000000.json").exists()
+    # second invocation: only the failed run is retried, the done ones are skipped
+    launch(exp, out=out.append)
+    assert len(fake_pipeline["train"]) == 5 and fake_pipeline["train"][-1] == failed[0]
+
+
+def test_missing_eval_makes_a_done_run_rerun_its_evaluation(tmp_path, fake_pipeline):
+    exp = _exp(tmp_path)
+    launch(exp, only="masked-lr1e-4", out=lambda *_: None)
+    rdir = run_dir(exp, exp.runs[0])
+    (rdir / "eval" / "step-000003.json").write_text('{"half": ')  # a half-written eval JSON
+    assert status_rows(exp)[0]["state"] == "partial"
+    launch(exp, only="masked-lr1e-4", out=lambda *_: None)
+    assert fake_pipeline["train"].count(exp.runs[0].run_id) == 1  # not retrained
+    assert fake_pipeline["eval"].count(exp.runs[0].run_id) == 2
+    assert status_rows(exp)[0]["state"] == "done"
+
+
+def test_locked_run_is_skipped_and_launch_lock_refuses(tmp_path, fake_pipeline):
+    exp = _exp(tmp_path)
+    rdir = run_dir(exp, exp.runs[0])
+    with try_lock(rdir / ".lock") as got:
+        assert got
+        assert status_rows(exp)[0]["state"] == "running"
+        s = launch(exp, only="masked-lr1e-4", out=lambda *_: None)
+        assert s["running_elsewhere"] == [exp.runs[0].run_id] and s["to_run"] == []
+    with try_lock(exp.out_dir / ".launch.lock") as got:
+        assert got
+        with pytest.raises(HarnessError, match="another `harness run` is launching"):
+            launch(exp, out=lambda *_: None)
+
+
+def test_dry_run_prints_plan_and_sbatch(tmp_path, fake_pipeline):
+    exp = _exp(tmp_path)
+    out = []
+    launch(exp, backend="slurm", dry_run=True, out=out.append)
+    text = "\n".join(out)
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --account=lab" in text
+    assert "#SBATCH --gpus-per-node=2" in text and "#SBATCH --exclude=node1" in text
+    assert "#SBATCH --array=0-3" in text and "#SBATCH --signal=USR2@120" in text
+    assert not fake_pipeline["train"] and not (exp.out_dir / "plan.json").exists()
+    p = slurm_parameters(exp, None)
+    assert p["tasks_per_node"] == 2  # one task per GPU for torch.distributed
+
+
+def test_completed_checkpoint_detection(tmp_path):
+    ck = tmp_path / "checkpoints"
+    (ck / "step-000001").mkdir(parents=True)
+    (ck / "step-000002").mkdir()
+    (ck / "step-000002" / "COMPLETED").write_text("")
+    (ck / ".tmp-step-000003").mkdir()
+    assert [s for s, _ in completed_checkpoints(tmp_path)] == [2]
