@@ -53,7 +53,7 @@ class ModelConfig:
     tokenizer: Optional[str] = None
     """Tokenizer directory or hub name; default: the model's."""
     dtype: str = "float32"
-    """Weights dtype when loading: float32 | bfloat16 | float16 | auto."""
+    """Weights dtype when loading: float32 | bfloat16 | float16 | float64 (exactness tests) | auto."""
     attn_implementation: str = "sdpa"
     """Attention kernel: sdpa | eager | flash_attention_2 (packing isolation is tested for sdpa and eager)."""
     trust_remote_code: bool = False
@@ -64,7 +64,7 @@ class ModelConfig:
     """Hub revision (commit) to pin; ignored for local paths."""
 
     def __post_init__(self):
-        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16", "auto"))
+        _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16", "float64", "auto"))
         _choice("model.attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2"))
 
 
@@ -182,6 +182,8 @@ class TrainConfig:
     """Loss normalisation over the step: token | sequence."""
     dropout: Optional[float] = None
     """Override the model's dropout probabilities (LIMA uses residual dropout)."""
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (autocast everywhere) | fp32."""
     gradient_checkpointing: bool = False
     """Trade compute for memory."""
     compile: bool = False
@@ -210,6 +212,7 @@ class TrainConfig:
         _choice("train.schedule", self.schedule, ("constant", "linear", "cosine"))
         _choice("train.normalization", self.normalization, ("token", "sequence"))
         _choice("train.optimizer", self.optimizer, ("adamw",))
+        _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         if self.budget == "supervised_tokens" and not self.supervised_tokens:
             raise ConfigError("budget is supervised_tokens but train.supervised_tokens is not set",
                               where="train.supervised_tokens", fix="set the number of supervised tokens per run")

@@ -80,7 +80,7 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor |
     """Weighted next-token cross-entropy.
 
     Args:
-        logits: [B, T, V] model outputs (any float dtype; the loss is computed in float32).
+        logits: [B, T, V] model outputs (half-precision logits are upcast to float32 for the loss).
         labels: [B, T] token ids, -100 where not supervised (aligned with input ids; shifted here).
         weights: optional [B, T] float weights (e.g. lambda on prompt tokens); default 1 where labels != -100.
         normalization: "token" (sum of weighted NLL / sum of weights) or "sequence" (mean per sequence,
@@ -92,13 +92,21 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor |
     Raises:
         SupervisionError: when the denominator is zero (never a silent zero loss).
     """
+    return loss_from_nll(per_token_nll(logits, labels), labels, weights, normalization,
+                         denominator=denominator, seq_ids=seq_ids)
+
+
+def loss_from_nll(nll: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+                  normalization: str = "token", *, denominator: torch.Tensor | float | None = None,
+                  seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sft_loss` from precomputed next-token NLL [B, T-1] (lets the trainer reuse one NLL tensor for
+    the regime loss and for fixed-mask metrics)."""
     _check_norm(normalization)
-    nll = per_token_nll(logits, labels)
     _, w = _shifted(labels, weights)
     w = w.to(nll.dtype)
     if normalization == "sequence":
         w, n_seq = _sequence_weights(w, seq_ids)
-        local = n_seq.to(torch.float32)
+        local = n_seq.to(nll.dtype)
     else:
         local = w.sum()
     denom = local if denominator is None else torch.as_tensor(denominator, device=nll.device)

@@ -1,0 +1,118 @@
+"""Packing masked examples into rows and rows into (micro-)batches.
+
+Per-row packing: several examples share a row of at most ``max_length`` tokens, each with ``position_ids``
+restarting at 0. Attention stays isolated between them only when the model gets ``position_ids``,
+``use_cache=False`` and **no** ``attention_mask`` (HF then derives the block-diagonal causal mask from the
+position resets; with an attention mask it silently attends across examples). Position 0 of every example
+has weight 0 (harness.masking), so no example is ever "predicted" from the previous one.
+
+The order is a pure function of (seed, epoch): a run resumed mid-epoch sees exactly the rows it would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from harness.data.tokenize import PROMPT_SEGMENTS, RESPONSE_SEGMENTS, Tokenized
+from harness.masking import IGNORE_INDEX, Masked
+
+PAD_SEGMENT = -1
+
+
+@dataclass
+class Row:
+    """Indices of the examples packed into one row (in order)."""
+
+    examples: list[int]
+    length: int
+
+
+def pack_rows(lengths: Sequence[int], max_length: int, order: Sequence[int], packing: bool = True) -> list[Row]:
+    """First-fit packing of examples (visited in `order`) into rows of at most `max_length` tokens."""
+    if not packing:
+        return [Row([i], int(lengths[i])) for i in order]
+    rows: list[Row] = []
+    open_rows: list[Row] = []  # rows with room left; first fit keeps rows full without sorting the data
+    for i in order:
+        n = int(lengths[i])
+        for r in open_rows:
+            if r.length + n <= max_length:
+                r.examples.append(i)
+                r.length += n
+                break
+        else:
+            r = Row([i], n)
+            rows.append(r)
+            open_rows.append(r)
+        open_rows = [r for r in open_rows if max_length - r.length >= 8][-64:]  # bound the search
+    return rows
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+@dataclass
+class Batch:
+    """One micro-batch, ready for the model."""
+
+    input_ids: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T], -100 outside the loss
+    weights: torch.Tensor  # [B, T] float
+    segments: torch.Tensor  # [B, T] int8, -1 on padding
+    seq_ids: torch.Tensor  # [B, T] example index within the micro-batch, -1 on padding
+    attention_mask: torch.Tensor | None  # only for padded (non-packed) batches
+    n_tokens: int  # real (non-pad) tokens
+
+    def to(self, device) -> "Batch":
+        mv = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**mv)
+
+
+def collate(rows: Sequence[Row], examples: Sequence[Tokenized], masks: Sequence[Masked], pad_id: int,
+            packing: bool = True) -> Batch:
+    T = max(r.length for r in rows)
+    B = len(rows)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    lab = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    w = torch.zeros((B, T), dtype=torch.float32)
+    seg = torch.full((B, T), PAD_SEGMENT, dtype=torch.int8)
+    sid = torch.full((B, T), -1, dtype=torch.long)
+    att = torch.zeros((B, T), dtype=torch.long)
+    k = 0
+    for b, r in enumerate(rows):
+        off = 0
+        for i in r.examples:
+            t, m = examples[i], masks[i]
+            n = len(t)
+            ids[b, off:off + n] = torch.from_numpy(t.input_ids)
+            pos[b, off:off + n] = torch.arange(n)
+            lab[b, off:off + n] = torch.from_numpy(m.labels)
+            w[b, off:off + n] = torch.from_numpy(m.weights)
+            seg[b, off:off + n] = torch.from_numpy(t.segments.astype(np.int8))
+            sid[b, off:off + n] = k
+            att[b, off:off + n] = 1
+            off += n
+            k += 1
+    n_tokens = int(att.sum())
+    return Batch(ids, pos, lab, w, seg, sid, None if packing else att, n_tokens)
+
+
+def segment_masks(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed response / prompt masks of the *predicted* tokens (shifted), comparable across regimes."""
+    seg = batch.segments[:, 1:]
+    first = batch.position_ids[:, 1:] == 0  # an example's first token is never predicted
+    resp = torch.zeros_like(seg, dtype=torch.bool)
+    for s in RESPONSE_SEGMENTS:
+        resp |= seg == int(s)
+    prompt = torch.zeros_like(seg, dtype=torch.bool)
+    for s in PROMPT_SEGMENTS:
+        prompt |= seg == int(s)
+    return resp & ~first, prompt & ~first
