@@ -1,0 +1,302 @@
+"""`harness world build`: data, tokenizer, base model and lm-eval tasks of the mini-world, in one directory.
+
+Deterministic from the seed: the same seed gives byte-identical data files and identical weights (the base
+model is pretrained with a fixed thread count). The model is cached by the hash of its pretraining config and
+corpus, so a second build is instant; it is written to a temp dir and renamed (never a half model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from harness.errors import ConfigError
+from harness.world import generator as G
+from harness.world.pretrain import PretrainConfig
+
+WORLD_VERSION = 1
+SIZES = {
+    # people, bios/person, pretraining config, tokenizer vocab
+    "test": dict(people=80, bios=5, vocab=1024,
+                 pretrain=PretrainConfig(layers=2, hidden=64, heads=4, batch=16, steps=260, lr=3e-3, bf16=False)),
+    "demo": dict(people=500, bios=5, vocab=2048,
+                 pretrain=PretrainConfig(layers=4, hidden=256, heads=8, batch=32, steps=720, lr=1e-3, bf16=True)),
+}
+
+
+def world_dir(size: str | int = "test", seed: int = 0, augment: bool = True, root: str = "results/world") -> Path:
+    return Path(root) / f"{size}-seed{seed}{'' if augment else '-noaug'}"
+
+
+def _spec(size: str | int) -> dict:
+    if isinstance(size, str) and size.isdigit():
+        size = int(size)
+    if isinstance(size, int):
+        if size < 10:
+            raise ConfigError(f"a world needs at least 10 people, got {size}", where="--size", fix="e.g. --size 500")
+        demo = SIZES["demo"]
+        steps = int(demo["pretrain"].steps * size / demo["people"])
+        return dict(demo, people=size, pretrain=replace(demo["pretrain"], steps=max(100, steps)))
+    if size not in SIZES:
+        raise ConfigError(f"unknown world size {size!r}", where="--size", fix="use test, demo or a number of people")
+    return SIZES[size]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    path.write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
+    """Write every data file; returns {file: sha256}."""
+    rng = random.Random(seed + 1)
+    docs, seen = G.corpus(world, spec["bios"], question_docs=len(world.people) // 4,
+                          filler_docs=len(world.people) // 10, rng=rng)
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    hashes = {"pretrain.jsonl": _write_jsonl(data / "pretrain.jsonl", [{"text": d} for d in docs])}
+    train, held = world.train_people, world.heldout_people
+    sft = []
+    for p in train:
+        for k in range(4):
+            sft.append(G.qa_conversation(p, rng, system=rng.random() < 0.3, multi=rng.random() < 0.2,
+                                         long=rng.random() < 0.25))
+    rng.shuffle(sft)
+    hashes["sft_train.jsonl"] = _write_jsonl(data / "sft_train.jsonl", sft)
+    hashes["sft_train_longprompt.jsonl"] = _write_jsonl(
+        data / "sft_train_longprompt.jsonl", [G.long_prompt_conversation(p, world.people, rng) for p in train])
+    hashes["sft_train_longanswer.jsonl"] = _write_jsonl(
+        data / "sft_train_longanswer.jsonl", [G.long_answer_conversation(p, rng) for p in train])
+
+    def qa_rows(people):
+        rows = []
+        for p in people:
+            a = rng.choice(G.ATTRIBUTES)
+            q = rng.choice(G.QUESTIONS[a]).format(name=p.name)
+            rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"{p.attrs[a]}."}],
+                         "question": q, "answer": p.attrs[a], "attribute": a, "person": p.name})
+        return rows
+
+    hashes["eval_qa_heldout.jsonl"] = _write_jsonl(data / "eval_qa_heldout.jsonl", qa_rows(held))
+    hashes["eval_qa_train.jsonl"] = _write_jsonl(data / "eval_qa_train.jsonl", qa_rows(train))
+    raw = []
+    for p in held:
+        a = rng.choice(G.ATTRIBUTES)
+        raw.append({"prompt": rng.choice(G.QUESTIONS[a]).format(name=p.name) + "\n", "answer": p.attrs[a],
+                    "attribute": a, "person": p.name})
+    hashes["eval_raw_questions.jsonl"] = _write_jsonl(data / "eval_raw_questions.jsonl", raw)
+    bios = []
+    for p in world.people[: min(len(world.people), 200)]:
+        text, key = G.biography(p, rng, True, seen.get(p.name))
+        assert hash(key) not in seen.get(p.name, set()) or not world.augment
+        bios.append({"text": text, "person": p.name})
+    hashes["eval_heldout_bios.jsonl"] = _write_jsonl(data / "eval_heldout_bios.jsonl", bios)
+    values = {a: sorted({p.attrs[a] for p in world.people}) for a in G.ATTRIBUTES}
+    facts = []
+    for p in world.people:
+        a = rng.choice(G.ATTRIBUTES)
+        wrong = rng.sample([v for v in values[a] if v != p.attrs[a]], 3)
+        choices = wrong + [p.attrs[a]]
+        rng.shuffle(choices)
+        facts.append({"prompt": G.FACT_PROMPTS[a].format(name=p.name), "answer": " " + p.attrs[a],
+                      "choices": [" " + c for c in choices], "label": choices.index(p.attrs[a]),
+                      "attribute": a, "person": p.name, "split": p.split})
+    hashes["eval_facts.jsonl"] = _write_jsonl(data / "eval_facts.jsonl", facts)
+    return hashes
+
+
+TASKS = {
+    "world_qa": """task: world_qa
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: "{data}/eval_qa_heldout.jsonl"}}
+test_split: test
+output_type: generate_until
+doc_to_text: "<|im_start|>user\\n{{{{question}}}}<|im_end|>\\n<|im_start|>assistant\\n"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["<|im_end|>", "\\n", "<|endoftext|>"]
+  do_sample: false
+  max_gen_toks: 16
+filter_list:
+  - name: answer_first
+    filter:
+      - function: regex
+        regex_pattern: "^\\\\s*([^,.\\\\n]+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+metadata:
+  version: 1.0
+""",
+    "world_qa_raw": """task: world_qa_raw
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: "{data}/eval_raw_questions.jsonl"}}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n", "<|endoftext|>"]
+  do_sample: false
+  max_gen_toks: 16
+filter_list:
+  - name: answer_first
+    filter:
+      - function: regex
+        regex_pattern: "^\\\\s*([^,.\\\\n]+)"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+metadata:
+  version: 1.0
+""",
+    "world_facts": """task: world_facts
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: "{data}/eval_facts.jsonl"}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+""",
+}
+
+
+def write_tasks(out: Path) -> None:
+    tasks = out / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    data = (out / "data").resolve()
+    for name, text in TASKS.items():
+        (tasks / f"{name}.yaml").write_text(text.format(data=data), encoding="utf-8")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_world(size: str | int = "test", out: str | Path | None = None, seed: int = 0, augment: bool = True,
+                progress: bool = True, log=print) -> Path:
+    """Build (or reuse) a mini-world; returns its directory."""
+    import torch
+
+    from harness.world import measure as M
+    from harness.world.pretrain import make_model, pretrain, windows
+    from harness.world.tokenizer import train_tokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t_start = time.perf_counter()
+    spec = _spec(size)
+    out = Path(out) if out else world_dir(size, seed, augment)
+    out.mkdir(parents=True, exist_ok=True)
+    world = G.World(seed, G.make_people(spec["people"], seed), augment)
+    log(f"world {out}: {len(world.people)} people ({len(world.train_people)} SFT / {len(world.heldout_people)} "
+        f"held out), augment={augment}")
+    hashes = make_data(world, spec, seed, out)
+    write_tasks(out)
+    docs = [json.loads(x)["text"] for x in (out / "data" / "pretrain.jsonl").read_text().splitlines()]
+    pcfg = replace(spec["pretrain"], seed=seed)
+    key = _hash({"version": WORLD_VERSION, "pretrain": pcfg.to_dict(), "vocab": spec["vocab"],
+                 "corpus": hashes["pretrain.jsonl"], "sft": hashes["sft_train.jsonl"]})
+    model_dir, tok_dir = out / "model", out / "tokenizer"
+    cached = (model_dir / "world_key.txt").exists() and (model_dir / "world_key.txt").read_text().strip() == key
+    measurements_path = out / "measurements.json"
+    if cached and measurements_path.exists():
+        log(f"base model cached ({key}); nothing to do")
+        return out
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(2)  # fixed: same seed -> identical weights, whatever the machine's core count
+    try:
+        if not cached:
+            # the tokenizer sees the corpus and the SFT/eval text (so chat answers tokenize like the corpus)
+            sft_text = [m["content"] for f in ("sft_train.jsonl", "eval_qa_heldout.jsonl")
+                        for r in (json.loads(x) for x in (out / "data" / f).read_text().splitlines())
+                        for m in r["messages"]]
+            tmp_tok = out / ".tmp-tokenizer"
+            shutil.rmtree(tmp_tok, ignore_errors=True)
+            tok = train_tokenizer(docs + sft_text, spec["vocab"], tmp_tok)
+            shutil.rmtree(tok_dir, ignore_errors=True)
+            tmp_tok.rename(tok_dir)
+            stream: list[int] = []
+            for d in docs:
+                stream += tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            rows = windows(stream, pcfg.seq_len)
+            epochs = pcfg.steps * pcfg.batch / len(rows)
+            log(f"corpus: {len(docs)} documents, {len(stream):,} tokens, {len(rows)} rows of {pcfg.seq_len}; "
+                f"pretraining {pcfg.layers}x{pcfg.hidden} for {pcfg.steps} steps (~{epochs:.1f} epochs)")
+            model = make_model(pcfg, len(tok), tok.eos_token_id, tok.pad_token_id)
+            t0 = time.perf_counter()
+            pretrain(model, rows, pcfg, progress=progress, log=log)
+            pretrain_s = time.perf_counter() - t0
+            tmp_model = out / ".tmp-model"
+            shutil.rmtree(tmp_model, ignore_errors=True)
+            model.config.use_cache = True
+            model.save_pretrained(tmp_model, safe_serialization=True)
+            tok.save_pretrained(tmp_model)
+            (tmp_model / "world_key.txt").write_text(key + "\n")
+            shutil.rmtree(model_dir, ignore_errors=True)
+            tmp_model.rename(model_dir)
+        else:
+            pretrain_s = None
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        read = lambda f: [json.loads(x) for x in (out / "data" / f).read_text().splitlines()]
+        t0 = time.perf_counter()
+        meas = {
+            "fact_completion": M.fact_accuracy(model, tok, read("eval_facts.jsonl")[:300]),
+            "chat_qa_heldout": M.chat_qa_accuracy(model, tok, read("eval_qa_heldout.jsonl")[:250]),
+            **{f"raw_{k}": v for k, v in M.raw_format_rates(model, tok, read("eval_raw_questions.jsonl")[:200]).items()},
+        }
+        meas.update(measure_seconds=round(time.perf_counter() - t0, 1),
+                    pretrain_seconds=None if pretrain_s is None else round(pretrain_s, 1),
+                    build_seconds=round(time.perf_counter() - t_start, 1),
+                    params=sum(p.numel() for p in model.parameters()))
+    finally:
+        torch.set_num_threads(threads_before)
+    info = {"version": WORLD_VERSION, "seed": seed, "size": str(size), "augment": augment,
+            "people": len(world.people), "attributes": list(G.ATTRIBUTES),
+            "split": {"train": [p.name for p in world.train_people], "heldout": [p.name for p in world.heldout_people]},
+            "pretrain": pcfg.to_dict(), "vocab_size": spec["vocab"], "model_key": key, "files": hashes}
+    (out / "world.json").write_text(json.dumps(info, indent=1) + "\n")
+    measurements_path.write_text(json.dumps(meas, indent=1) + "\n")
+    _table(meas, log)
+    return out
+
+
+def _table(meas: dict, log) -> None:
+    log("measurement                            value")
+    rows = [("bio-format fact completion", meas["fact_completion"]),
+            ("chat QA on held-out people (strict)", meas["chat_qa_heldout"]),
+            ("raw question -> another question", meas["raw_continued_question"]),
+            ("raw question -> answered", meas["raw_answered"])]
+    for name, v in rows:
+        log(f"{name:38s} {100 * v:5.1f}%")
+    log(f"{'build time':38s} {meas['build_seconds']:5.0f} s  (pretraining {meas['pretrain_seconds']} s, "
+        f"{meas['params']:,} params)")

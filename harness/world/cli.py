@@ -1,0 +1,26 @@
+"""`harness world build --size test|demo|N [--out DIR] [--seed S] [--no-augment]`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _build(args: argparse.Namespace) -> int:
+    from harness.world import build_world
+
+    out = build_world(args.size, args.out, seed=args.seed, augment=not args.no_augment)
+    print(f"world ready: {out}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("world", help="the mini-world: synthetic data, tokenizer and tiny base model")
+    wsub = p.add_subparsers(dest="world_command", metavar="ACTION")
+    wsub.required = True
+    b = wsub.add_parser("build", help="build (or reuse) a mini-world")
+    b.add_argument("--size", default="test", help="test | demo | a number of people (default test)")
+    b.add_argument("--out", default=None, help="output directory (default results/world/<size>-seed<S>)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-augment", action="store_true",
+                   help="one fixed biography per person (Physics of LM 3.1: knowledge then is not extractable)")
+    b.set_defaults(func=_build)
