@@ -55,8 +55,14 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
     add_parsers(sub)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from harness.evaluate import add_parser
+
+    add_parser(sub)
+
+
 # Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
-_REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch]
+_REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -347,9 +347,14 @@ def _base_done(exp: Experiment) -> bool:
 
 
 def _maybe_eval_base(exp: Experiment, out) -> None:
-    if not _base_done(exp):
+    if _base_done(exp):
+        return
+    try:
         r = evaluate_base_job(exp.config, str(exp.out_dir))
         out(f"  base: {r['status']}")
+    except Exception as exc:  # the base's failure is reported, runs still train
+        atomic_write_text(exp.out_dir / "base" / "FAILED", f"{now_iso()} base\n{traceback.format_exc()}")
+        out(f"  base: FAILED ({exc!r}); traceback in {exp.out_dir / 'base' / 'FAILED'}")
 
 
 def _print_plan(exp: Experiment, statuses, backend: str, par: int, threads: int, out) -> None:
@@ -385,7 +390,7 @@ def print_status(exp: Experiment, console=None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
     rows = status_rows(exp)
     table = Table(title=f"{exp.config.name}: {exp.out_dir}")
     for col in ("run id", "axes", "state", "progress", "step", "loss", "job", "log / error"):
