@@ -50,3 +50,12 @@ def chatml_tok():
 @pytest.fixture(scope="session")
 def plain_tok():
     return train_bpe(template=PLAIN)
+
+
+@pytest.fixture(scope="session")
+def test_world(tmp_path_factory):
+    """The mini-world at test size, built once per session (about 25 s on 2 cores)."""
+    from harness.world import build_world
+
+    return build_world("test", tmp_path_factory.mktemp("world") / "test-seed0", seed=0, progress=False,
+                       log=lambda *a: None)

@@ -22,7 +22,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     warmup: float = 0.03
     final_lr_fraction: float = 0.0
-    bf16: bool = True  # autocast on CPU: 1.4x faster at width 256 on avx512_bf16 CPUs, none at 128
+    bf16: bool = False  # CPU autocast: 1.4x faster at width 256 with avx512_bf16, ~40x slower without it
     seed: int = 0
 
     def to_dict(self) -> dict:

@@ -1,0 +1,146 @@
+"""Evaluation on the mini-world test size: base and an SFT checkpoint end to end, lm-eval parity, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_experiment
+from harness.errors import ConfigError, DataError, HarnessError
+
+EXP = """\
+name: evaltest
+results_dir: {root}/results
+model: {{name_or_path: {w}/model}}
+data:
+  train: {{path: {w}/data/sft_train.jsonl}}
+  eval: {{path: {w}/data/eval_qa_heldout.jsonl, limit: 40}}
+  max_length: 128
+train: {{lr: 3e-3, epochs: 2, batch_tokens: 1024, seed: 1}}
+eval:
+  include_path: [{w}/tasks]
+  tasks: [{{name: world_qa, limit: 40}}, {{name: world_qa_raw, limit: 40}}, {{name: world_facts, limit: 40}}]
+  pretrain_text: {w}/data/eval_heldout_bios.jsonl
+  raw_questions: {w}/data/eval_raw_questions.jsonl
+  probe_limit: 40
+  token_examples: 3
+launcher: {{backend: debug}}
+"""
+
+
+@pytest.fixture(scope="module")
+def evaluated(test_world, tmp_path_factory):
+    """Base + one prompt-masked SFT run, trained and evaluated through the launcher (debug backend)."""
+    from harness.launch import launch
+
+    root = tmp_path_factory.mktemp("eval")
+    p = root / "e.yaml"
+    p.write_text(EXP.format(root=root, w=test_world))
+    exp = load_experiment(p)
+    launch(exp, out=lambda *a: None)
+    return exp
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_base_and_sft_checkpoint_end_to_end(evaluated):
+    exp = evaluated
+    base = _json(exp.out_dir / "base/eval/step-000000.json")["metrics"]
+    rdir = exp.out_dir / "runs" / exp.runs[0].run_id
+    evals = sorted((rdir / "eval").glob("step-*.json"))
+    assert len(evals) == 2  # one per epoch
+    tuned = _json(evals[-1])
+    m = tuned["metrics"]
+    for key in ("world_qa/exact_match", "world_qa_raw/exact_match", "world_facts/acc", "nll/response",
+                "nll/prompt", "nll/template", "forgetting/pretrain_nll", "forgetting/pretrain_nll_delta",
+                "forgetting/kl_base", "format/answered", "format/continued_question", "format/other",
+                "format/unfinished"):
+        assert key in m and m[key] is not None, key
+    assert tuned["lm_eval"]["results"]["world_qa"] and tuned["step"] == int(evals[-1].stem[-6:])
+    assert m["forgetting/kl_base"] > 0 and base["forgetting/kl_base"] == 0.0
+    assert abs(m["forgetting/pretrain_nll_delta"] - (m["forgetting/pretrain_nll"] - base["forgetting/pretrain_nll"])) < 1e-9
+    # SFT on assistant tokens teaches the format: response NLL drops and chat answers appear
+    assert m["nll/response"] < base["nll/response"]
+    assert m["world_qa/exact_match"] > base["world_qa/exact_match"]
+    assert base["format/continued_question"] >= 0.5
+    import pandas as pd
+
+    tokens = pd.read_parquet(evals[-1].with_name(evals[-1].stem + ".tokens.parquet"))
+    assert list(tokens.columns) == ["example", "position", "token", "token_id", "segment", "turn", "nll"]
+    assert tokens["example"].nunique() == 3 and set(tokens["segment"]) >= {"user", "assistant", "eot", "template"}
+
+
+def test_rerun_evaluates_nothing_and_half_written_json_is_redone(evaluated):
+    from harness.evaluate import evaluate_run
+
+    cfg = evaluated.runs[0].config
+    rdir = evaluated.out_dir / "runs" / evaluated.runs[0].run_id
+    assert evaluate_run(rdir, cfg) == []
+    first = sorted((rdir / "eval").glob("step-*.json"))[0]
+    first.write_text('{"metrics": ')
+    redone = evaluate_run(rdir, cfg)
+    assert len(redone) == 1 and _json(first)["metrics"]
+
+
+def test_in_memory_hflm_equals_loading_the_directory(evaluated, test_world):
+    import lm_eval
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.evaluate import run_lm_eval, task_manager
+
+    cfg = evaluated.runs[0].config
+    ckpt = sorted((evaluated.out_dir / "runs" / evaluated.runs[0].run_id / "checkpoints").glob("step-*"))[-1]
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    mem, _, _ = run_lm_eval(model, tok, cfg)
+    tm = task_manager(cfg.eval.include_path, need_defaults=False)
+    disk = {}
+    for t in cfg.eval.tasks:
+        res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={ckpt},dtype=float32", tasks=[t.name],
+                                      limit=t.limit, task_manager=tm, batch_size=t.batch_size, bootstrap_iters=0)
+        from harness.evaluate import _flatten
+
+        disk.update(_flatten(res))
+    assert {k: v for k, v in mem.items() if not k.endswith("_stderr")} == \
+        {k: v for k, v in disk.items() if not k.endswith("_stderr")}
+
+
+def test_bad_input(evaluated, tmp_path):
+    from harness.evaluate import check_tasks, evaluate_checkpoint
+    from harness.probes import read_jsonl
+
+    cfg = evaluated.runs[0].config
+    ck = tmp_path / "checkpoints" / "step-000001"
+    ck.mkdir(parents=True)
+    with pytest.raises(HarnessError, match="no COMPLETED sentinel"):
+        evaluate_checkpoint(ck, cfg, tmp_path / "x.json")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="probe corpus is empty"):
+        read_jsonl(empty, "text")
+    bad = load_experiment(evaluated.path, ["eval.tasks=[{name: world_qaa}]"]).runs[0].config
+    problems = check_tasks(bad)
+    assert problems and "unknown lm-eval task 'world_qaa'" in problems[0] and "world_qa" in problems[0]
+
+
+def test_shipped_experiments_name_real_tasks():
+    """Every task named in experiments/*.yaml resolves offline (local include_paths may not be built yet)."""
+    from harness.evaluate import _local_task_names, task_manager
+
+    names = set()
+    for p in Path(__file__).resolve().parents[1].glob("experiments/*.yaml"):
+        cfg = load_experiment(p).config
+        local = any("results/world" in ip for ip in cfg.eval.include_path)
+        for t in cfg.eval.tasks:
+            if not (local and t.name.startswith("world_")):
+                names.add(t.name)
+    assert names >= {"hellaswag", "arc_challenge", "winogrande", "mmlu"}
+    tm = task_manager((), need_defaults=True)
+    missing = sorted(n for n in names if n not in tm.all_tasks)
+    assert not missing, f"unknown lm-eval tasks in experiments/: {missing}"
+    from harness.world.build import TASKS
+    assert {n for n in TASKS} == {"world_qa", "world_qa_raw", "world_facts"}
