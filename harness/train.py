@@ -163,7 +163,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
     tok, data = prepare_data(cfg)
     plan = plan_steps(data, cfg)
     total = len(plan)
-    last_of_epoch = {i for i in range(total) if i == total - 1 or plan[i + 1][0] != plan[i][0]}
+    last_of_epoch = {i for i in range(total) if i == total - 1 or (tc.save_every_epoch and plan[i + 1][0] != plan[i][0])}
     epoch_at = epoch_fractions(plan)
     resume = latest_checkpoint(run_dir)
     model = load_model(cfg, resume[1] if resume else cfg.model.name_or_path, device)
