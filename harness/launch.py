@@ -111,7 +111,9 @@ class RunJob(Checkpointable):
         def stop_at_next_step(signum, frame):  # the loop checkpoints at the next step boundary
             flag["signal"] = signum
 
-        for sig in (signal.SIGUSR2, signal.SIGTERM):
+        # Only USR2 (SLURM's --signal before preemption/time limit; submitit's requeue signal). SIGTERM is left
+        # to submitit, which ignores it because USR2 follows: stopping on it could exit before USR2 arrives.
+        for sig in (signal.SIGUSR2,):
             try:
                 previous[sig] = signal.signal(sig, stop_at_next_step)
             except ValueError:  # not in the main thread (debug executor): no preemption handling
@@ -409,7 +411,7 @@ def print_status(exp: Experiment, console=None) -> dict:
 
 
 def cancel(exp: Experiment, out=print) -> int:
-    """Stop the experiment's running jobs: scancel on SLURM, SIGTERM to local job processes."""
+    """Stop the experiment's running jobs: scancel on SLURM, SIGINT to local training processes."""
     n = 0
     for r in exp.runs:
         s = run_status(exp, r)
@@ -423,8 +425,8 @@ def cancel(exp: Experiment, out=print) -> int:
         else:
             holder = lock_holder(s.dir / ".lock").split()
             if holder and holder[0].isdigit():
-                try:
-                    os.kill(int(holder[0]), signal.SIGTERM)
+                try:  # SIGINT: the run stops (no FAILED file) and resumes from its checkpoint next time
+                    os.kill(int(holder[0]), signal.SIGINT)
                 except ProcessLookupError:
                     pass
         out(f"  cancelled {r.run_id}")

@@ -1,0 +1,104 @@
+"""The launcher on a real (single-node) SLURM cluster: a grid as a job array, and preemption -> requeue -> resume.
+
+Needs a running cluster (CI starts one with scripts/slurm/start.sh and exports SLURM_CONF); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.config import load_experiment
+from harness.launch import launch, status_rows
+from tests.tiny import build_tiny
+
+
+def _slurm_up() -> str | None:
+    if not os.environ.get("SLURM_CONF") and Path("/tmp/harness-slurm/slurm.conf").exists():
+        os.environ["SLURM_CONF"] = "/tmp/harness-slurm/slurm.conf"
+    if not shutil.which("sinfo"):
+        return "SLURM client tools are not installed (CI starts a cluster with scripts/slurm/start.sh)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    if out.returncode != 0 or not any(s in out.stdout for s in ("idle", "mixed", "alloc")):
+        return f"no SLURM cluster reachable (sinfo: {out.stderr.strip() or out.stdout.strip()})"
+    return None
+
+
+reason = _slurm_up()
+pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+def _wait(pred, timeout: float, what: str):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _all_done(exp) -> bool:
+    rows = status_rows(exp)
+    failed = [r for r in rows if r["state"] == "failed"]
+    assert not failed, f"run failed: {failed[0]['error']} (see its FAILED file)"
+    return all(r["state"] == "done" for r in rows)
+
+
+def _exp(tmp_path, extra: list[str]):
+    root = tmp_path / "w"
+    root.mkdir()
+    p = build_tiny(root)
+    return load_experiment(p, ["launcher.backend=slurm", "launcher.timeout_min=10", "launcher.mem_gb=1",
+                               "launcher.cpus_per_run=1", *extra])
+
+
+def test_grid_runs_as_a_slurm_array(tmp_path):
+    exp = _exp(tmp_path, ["grid.regime.name=[prompt_masked, full]"])
+    summary = launch(exp, wait=False, out=lambda *a: None)
+    assert len(summary["results"]) == 2
+    _wait(lambda: _all_done(exp), 240, "both runs DONE")
+    for r in exp.runs:
+        rdir = exp.out_dir / "runs" / r.run_id
+        info = json.loads((rdir / "launcher.json").read_text())
+        assert info["backend"] == "slurm" and "_" in info["job_id"]  # array task ids look like 12_0
+    # a second launch does nothing
+    again = launch(exp, wait=False, out=lambda *a: None)
+    assert again["to_run"] == []
+
+
+def test_preemption_requeues_and_resumes_exactly(tmp_path):
+    import submitit
+
+    exp = _exp(tmp_path, ["train.epochs=150", "train.save_every_epoch=false"])
+    spec = exp.runs[0]
+    summary = launch(exp, wait=False, out=lambda *a: None)
+    job_id = summary["results"][0]["job_id"]
+    rdir = exp.out_dir / "runs" / spec.run_id
+    metrics = rdir / "metrics.jsonl"
+    _wait(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 20, 180, "training to start")
+    job = submitit.SlurmJob(folder=exp.out_dir / "logs" / "%j", job_id=job_id)
+    job._interrupt()  # USR2, as SLURM sends before preemption/time limit
+    _wait(lambda: _all_done(exp), 300, "the requeued job to finish")
+    prov = json.loads((rdir / "provenance.json").read_text())
+    assert prov["resumed_from"] and prov["resumed_from"] < prov["steps"]  # it really resumed mid-run
+    cks = sorted(p.name for p in (rdir / "checkpoints").iterdir() if (p / "COMPLETED").exists())
+    assert len(cks) == 2  # the preemption checkpoint and the final one
+    # same weights as an uninterrupted run of the same config
+    from harness.train import train
+
+    ref = tmp_path / "ref"
+    n = train(spec, ref)["steps"]
+    a = load_file(str(rdir / f"checkpoints/step-{n:06d}/model.safetensors"))
+    b = load_file(str(ref / f"checkpoints/step-{n:06d}/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
