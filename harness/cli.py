@@ -61,8 +61,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from analysis.cli import add_parser
+
+    add_parser(sub)
+
+
 # Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
-_REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch, _add_eval]
+_REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch, _add_eval, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,14 +83,38 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as exc:  # a subsystem not built yet must not break the others
             if "harness" not in str(exc):
                 raise
-    demo = sub.add_parser("demo", help="run the embedded mini-LIMA demo end to end")
+    demo = sub.add_parser("demo", help="run the embedded mini-LIMA study end to end (world, grid, report)")
+    demo.add_argument("--experiment", default="experiments/mini_lima.yaml")
+    demo.add_argument("--size", default="demo", help="mini-world size (default demo)")
+    demo.add_argument("--parallel", type=int, default=None)
     demo.set_defaults(func=_demo)
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
-    print("harness demo: not yet available (the end-to-end demo lands with the demo issue).")
-    return 0
+    """world build -> mask audit -> run the grid -> report; every step is skipped when already done."""
+    import time
+
+    from harness.config import load_experiment
+    from harness.launch import launch, print_status
+    from harness.world import build_world
+
+    t0 = time.perf_counter()
+    print(f"[1/4] mini-world ({args.size})", flush=True)
+    build_world(args.size, seed=0)
+    exp = load_experiment(args.experiment)
+    print(f"[2/4] mask audit -> {exp.out_dir / 'audit.json'}", flush=True)
+    exp.out_dir.mkdir(parents=True, exist_ok=True)
+    main(["inspect", args.experiment, "--n", "2", "--json", str(exp.out_dir / "audit.json"),
+          "--html", str(exp.out_dir / "audit.html")])
+    print(f"[3/4] grid: {len(exp.runs)} runs", flush=True)
+    summary = launch(exp, parallel=args.parallel)
+    print_status(exp)
+    print("[4/4] report", flush=True)
+    rc = main(["report", args.experiment])
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {exp.out_dir / 'report' / 'report.html'}")
+    failed = [r for r in summary.get("results", []) if isinstance(r, dict) and r.get("status") == "failed"]
+    return 1 if failed or rc else 0
 
 
 def main(argv: list[str] | None = None) -> int:
