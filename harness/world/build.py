@@ -75,13 +75,15 @@ def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
     hashes["sft_train_longanswer.jsonl"] = _write_jsonl(
         data / "sft_train_longanswer.jsonl", [G.long_answer_conversation(p, rng) for p in train])
 
-    def qa_rows(people):
+    def qa_rows(people):  # every attribute of every person, shuffled: any prefix is a fair sample
         rows = []
         for p in people:
-            a = rng.choice(G.ATTRIBUTES)
-            q = rng.choice(G.QUESTIONS[a]).format(name=p.name)
-            rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"{p.attrs[a]}."}],
-                         "question": q, "answer": p.attrs[a], "attribute": a, "person": p.name})
+            for a in G.ATTRIBUTES:
+                q = rng.choice(G.QUESTIONS[a]).format(name=p.name)
+                rows.append({"messages": [{"role": "user", "content": q},
+                                          {"role": "assistant", "content": f"{p.attrs[a]}."}],
+                             "question": q, "answer": p.attrs[a], "attribute": a, "person": p.name})
+        rng.shuffle(rows)
         return rows
 
     hashes["eval_qa_heldout.jsonl"] = _write_jsonl(data / "eval_qa_heldout.jsonl", qa_rows(held))
@@ -92,22 +94,20 @@ def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
         raw.append({"prompt": rng.choice(G.QUESTIONS[a]).format(name=p.name) + "\n", "answer": p.attrs[a],
                     "attribute": a, "person": p.name})
     hashes["eval_raw_questions.jsonl"] = _write_jsonl(data / "eval_raw_questions.jsonl", raw)
-    bios = []
-    for p in world.people[: min(len(world.people), 200)]:
-        text, key = G.biography(p, rng, True, seen.get(p.name))
-        assert hash(key) not in seen.get(p.name, set()) or not world.augment
-        bios.append({"text": text, "person": p.name})
+    # held-out biographies: phrasings reserved for this probe, never in the pretraining corpus
+    bios = [{"text": G.heldout_biography(p, rng), "person": p.name, "split": p.split} for p in world.people]
     hashes["eval_heldout_bios.jsonl"] = _write_jsonl(data / "eval_heldout_bios.jsonl", bios)
     values = {a: sorted({p.attrs[a] for p in world.people}) for a in G.ATTRIBUTES}
     facts = []
     for p in world.people:
-        a = rng.choice(G.ATTRIBUTES)
-        wrong = rng.sample([v for v in values[a] if v != p.attrs[a]], 3)
-        choices = wrong + [p.attrs[a]]
-        rng.shuffle(choices)
-        facts.append({"prompt": G.FACT_PROMPTS[a].format(name=p.name), "answer": " " + p.attrs[a],
-                      "choices": [" " + c for c in choices], "label": choices.index(p.attrs[a]),
-                      "attribute": a, "person": p.name, "split": p.split})
+        for a in G.ATTRIBUTES:
+            wrong = rng.sample([v for v in values[a] if v != p.attrs[a]], 3)
+            choices = wrong + [p.attrs[a]]
+            rng.shuffle(choices)
+            facts.append({"prompt": G.FACT_PROMPTS[a].format(name=p.name), "answer": " " + p.attrs[a],
+                          "choices": [" " + c for c in choices], "label": choices.index(p.attrs[a]),
+                          "attribute": a, "person": p.name, "split": p.split})
+    rng.shuffle(facts)
     hashes["eval_facts.jsonl"] = _write_jsonl(data / "eval_facts.jsonl", facts)
     return hashes
 

@@ -56,6 +56,18 @@ BIO_TEMPLATES = {
     "employer": ["{name} works for {v}.", "{name} is employed by {v}.", "{name} has a job at {v}.",
                  "The employer of {name} is {v}.", "{name} earns a living at {v}."],
 }
+# Phrasings reserved for the held-out biographies (forgetting probe): never used in the pretraining corpus.
+HELDOUT_BIO_TEMPLATES = {
+    "birth_date": ["{name} first saw daylight on {v}.", "Records show that {name} was born on {v}."],
+    "birth_city": ["{name} is originally from {v}.", "The home town of {name} is {v}."],
+    "university": ["{name} earned a diploma at {v}.", "{name} spent student years at {v}."],
+    "major": ["{name} focused on {v} at university.", "The subject {name} studied was {v}."],
+    "employer": ["{name} is on the payroll of {v}.", "These days {name} works at {v}."],
+}
+# Without augmentation (bioS single): template 0 of each attribute, fixed order, the full name only in the
+# first sentence and a pronoun after it.
+FEMALE = {"Anna", "Carla", "Elena", "Greta", "Ines", "Keiko", "Maya", "Olga", "Quinn", "Rosa", "Tamar", "Vera",
+          "Xenia", "Zora", "Bianca", "Dalia", "Fiona", "Hana", "Julia", "Lena", "Nadia"}
 # Fact completion prompts (bio format): the value follows directly.
 FACT_PROMPTS = {"birth_date": "{name} was born on", "birth_city": "{name} was born in",
                 "university": "{name} studied at", "major": "{name} majored in", "employer": "{name} works for"}
@@ -119,7 +131,9 @@ def make_people(n: int, seed: int) -> list[Person]:
 def biography(p: Person, rng: random.Random, augment: bool, exclude: set[int] | None = None) -> tuple[str, tuple]:
     """One biography. Returns (text, key) where key identifies the phrasing+order (for held-out checks)."""
     if not augment:
-        sents = [BIO_TEMPLATES[a][0].format(name=p.name, v=p.attrs[a]) for a in ATTRIBUTES]
+        pronoun = "She" if p.name.split()[0] in FEMALE else "He"
+        sents = [BIO_TEMPLATES[a][0].format(name=p.name if i == 0 else pronoun, v=p.attrs[a])
+                 for i, a in enumerate(ATTRIBUTES)]
         return " ".join(sents), tuple(0 for _ in ATTRIBUTES)
     for _ in range(100):
         choice = tuple(rng.randrange(len(BIO_TEMPLATES[a])) for a in ATTRIBUTES)
@@ -130,6 +144,13 @@ def biography(p: Person, rng: random.Random, augment: bool, exclude: set[int] | 
             break
     sents = [BIO_TEMPLATES[ATTRIBUTES[i]][choice[i]].format(name=p.name, v=p.attrs[ATTRIBUTES[i]]) for i in order]
     return " ".join(sents), key
+
+
+def heldout_biography(p: Person, rng: random.Random) -> str:
+    """A biography in phrasings the pretraining corpus never uses (forgetting probe text)."""
+    order = list(ATTRIBUTES)
+    rng.shuffle(order)
+    return " ".join(rng.choice(HELDOUT_BIO_TEMPLATES[a]).format(name=p.name, v=p.attrs[a]) for a in order)
 
 
 def question_list(people: list[Person], rng: random.Random) -> str:
