@@ -1,0 +1,428 @@
+"""Read a results directory (docs/results-schema.md) into tidy pandas frames. Read-only: nothing here writes
+under ``results/`` or takes a lock.
+
+* :func:`load_runs` - evaluation metrics, one row per (run, checkpoint step, metric), base (step 0) rows
+  repeated for every run, every grid axis a column, one ``metric == "state"`` row per run so that failed,
+  running and pending runs are never a silent gap.
+* :func:`load_training` - the training log (``metrics.jsonl``), the same tidy shape (``source == "train"``).
+* :func:`run_table` - one row per run: state, why, last step, number of evaluations, axes.
+
+Run states (the schema's four): ``done`` (``DONE`` written), ``failed`` (``FAILED`` written, no ``DONE``),
+``running`` (started - metrics, checkpoints or evaluations on disk - but neither ``DONE`` nor ``FAILED``; the
+``detail`` says whether a live process holds the run's lock or the job may have died), ``pending`` (planned,
+nothing written).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+log = logging.getLogger("analysis")
+
+STATES = ("done", "failed", "running", "pending")
+#: config keys that always get a column (from the plan's axes, the run's config.yaml or the experiment)
+STANDARD_KEYS = ("regime.name", "regime.prompt_weight", "train.lr", "train.epochs", "train.seed")
+_EVAL = re.compile(r"^step-(\d{6})\.json$")
+_CKPT = re.compile(r"^step-(\d{6})$")
+ID_COLUMNS = ["experiment", "run_id", "state", "step", "epoch", "metric", "value"]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _get_dotted(d: Any, key: str) -> Any:
+    cur = d
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable JSON %s: %s", path, exc)
+        return None
+
+
+def _read_yaml(path: Path) -> dict | None:
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("unreadable YAML %s: %s", path, exc)
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return rows
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:  # a line cut by a crash: skip it, keep the rest
+            log.warning("%s:%d: not JSON, skipped", path, i)
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    return math.nan
+
+
+def _locked(lock: Path) -> bool:
+    """Whether some process holds a flock on ``lock``, read from /proc/locks (Linux) without touching the lock:
+    taking it ourselves, even briefly, could make a starting run think another process owns it."""
+    try:
+        st = os.stat(lock)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    for line in text.splitlines():
+        parts = line.split()
+        for p in parts:
+            bits = p.split(":")
+            if len(bits) == 3:
+                try:
+                    if (int(bits[0], 16), int(bits[1], 16), int(bits[2])) == want:
+                        return True
+                except ValueError:
+                    continue
+    return False
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+
+
+def experiment_dirs(results_dir: str | Path) -> list[Path]:
+    """``results/<experiment>`` itself, or every experiment directory under a ``results/`` root."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        return []
+    if _is_experiment(root):
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and _is_experiment(p))
+
+
+def _is_experiment(p: Path) -> bool:
+    return (p / "plan.json").is_file() or (p / "runs").is_dir()
+
+
+@dataclass
+class RunInfo:
+    """What the directory says about one run."""
+
+    experiment: str
+    run_id: str
+    dir: Path
+    state: str
+    detail: str
+    axes: dict = field(default_factory=dict)  # axis -> value (plan first, config.yaml for the rest)
+    config: dict | None = None  # resolved config.yaml
+    in_plan: bool = True
+    last_step: int | None = None
+    evals: list[tuple[int, Path]] = field(default_factory=list)
+
+
+def run_state(rdir: Path) -> tuple[str, str, int | None]:
+    """(state, detail, last logged/evaluated step) of a run directory (see the module doc)."""
+    rdir = Path(rdir)
+    if not rdir.is_dir():
+        return "pending", "planned; no run directory yet", None
+    metrics = _read_jsonl(rdir / "metrics.jsonl")
+    steps = [int(r["step"]) for r in metrics if isinstance(r.get("step"), (int, float))]
+    steps += [s for s, _ in _eval_files(rdir)]
+    ck = rdir / "checkpoints"
+    if ck.is_dir():
+        steps += [int(m.group(1)) for p in ck.iterdir() if (m := _CKPT.match(p.name))]
+    last = max(steps) if steps else None
+    if (rdir / "DONE").exists():
+        return "done", "", last
+    if (rdir / "FAILED").exists():
+        lines = (rdir / "FAILED").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return "failed", (lines[-1].strip() if lines else "FAILED (empty)"), last
+    where = f"last step {last}" if last is not None else "no step logged yet"
+    if _locked(rdir / ".lock"):
+        return "running", f"in progress ({where}); a live process holds the lock", last
+    if last is not None or (rdir / "metrics.jsonl").exists():
+        return "running", (f"incomplete: no DONE ({where}) and no live lock here - still running elsewhere, "
+                           "or the job died (harness run resumes it)"), last
+    return "pending", "run directory exists but nothing was written yet", None
+
+
+def _eval_files(rdir: Path) -> list[tuple[int, Path]]:
+    ev = Path(rdir) / "eval"
+    if not ev.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in ev.iterdir() if (m := _EVAL.match(p.name)))
+
+
+def load_plan(exp_dir: str | Path) -> dict | None:
+    return _read_json(Path(exp_dir) / "plan.json")
+
+
+def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[RunInfo], list[str]]:
+    """Every run of one experiment directory: the plan's runs (in plan order) and any run directory the plan does
+    not list. Returns (runs, axes). ``experiment`` (an ExperimentConfig, or its dict) fills config values of
+    runs that have no config.yaml yet; otherwise they come from runs that have one (non-axis keys are constant
+    over a grid)."""
+    exp_dir = Path(exp_dir)
+    plan = load_plan(exp_dir) or {}
+    name = plan.get("experiment") or exp_dir.name
+    axes: list[str] = list(plan.get("axes") or [])
+    planned = [(r["run_id"], dict(r.get("axes") or {})) for r in plan.get("runs", []) if r.get("run_id")]
+    on_disk = sorted(p.name for p in (exp_dir / "runs").iterdir() if p.is_dir()) if (exp_dir / "runs").is_dir() else []
+    order = [rid for rid, _ in planned] + [rid for rid in on_disk if rid not in {r for r, _ in planned}]
+    plan_axes = dict(planned)
+    runs: list[RunInfo] = []
+    for rid in order:
+        rdir = exp_dir / "runs" / rid
+        state, detail, last = run_state(rdir)
+        cfg = _read_yaml(rdir / "config.yaml") if rdir.is_dir() else None
+        info = RunInfo(name, rid, rdir, state, detail, dict(plan_axes.get(rid, {})), cfg, rid in plan_axes, last,
+                       _eval_files(rdir) if rdir.is_dir() else [])
+        runs.append(info)
+    # axes: the plan's, or (no plan) the config keys that vary between runs
+    configs = [_flatten(r.config) for r in runs if r.config]
+    if not axes and len(configs) > 1:
+        skip = ("name", "description", "results_dir", "launcher.", "grid")
+        keys = sorted(set().union(*configs))
+        for k in keys:
+            if k.startswith(skip):
+                continue
+            vals = {json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}
+            if len(vals) > 1:
+                axes.append(k)
+    # fill axis + standard columns from config.yaml, then constants from other runs / the experiment
+    exp_dict = experiment.to_dict() if hasattr(experiment, "to_dict") else experiment
+    keys = list(dict.fromkeys([*axes, *STANDARD_KEYS]))
+    sources = [r.config for r in runs if r.config] + ([exp_dict] if exp_dict else [])
+    constants = {k: next((v for c in sources if (v := _get_dotted(c, k)) is not None), None) for k in keys}
+    for r in runs:
+        for k in keys:
+            if k in r.axes:
+                continue
+            if r.config:
+                r.axes[k] = _get_dotted(r.config, k)
+            else:  # no config.yaml yet (pending): a non-axis key has the grid's constant value
+                r.axes[k] = None if k in axes else constants[k]
+    return runs, axes
+
+
+# ------------------------------------------------------------------------------------------------ frames
+
+
+def _axis_columns(runs: list[RunInfo], axes: Iterable[str]) -> list[str]:
+    cols = list(dict.fromkeys([*STANDARD_KEYS, *axes]))
+    for r in runs:
+        for k in r.axes:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _epochs_by_step(rdir: Path) -> dict[int, float]:
+    out = {}
+    for r in _read_jsonl(Path(rdir) / "metrics.jsonl"):
+        if isinstance(r.get("step"), (int, float)) and isinstance(r.get("epoch"), (int, float)):
+            out[int(r["step"])] = float(r["epoch"])
+    return out
+
+
+def _tidy(records: list[dict], axis_cols: list[str], extra: list[str]) -> pd.DataFrame:
+    cols = ID_COLUMNS + extra + axis_cols
+    df = pd.DataFrame.from_records(records, columns=cols)
+    df["step"] = df["step"].astype("Int64")
+    df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype(float)
+    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
+    df["state"] = pd.Categorical(df["state"], categories=list(STATES))
+    for c in axis_cols:  # numeric axes numeric, the rest strings (parquet wants one type per column)
+        conv = pd.to_numeric(df[c], errors="coerce")
+        if conv.notna().sum() == df[c].notna().sum() and not df[c].map(lambda v: isinstance(v, bool)).any():
+            df[c] = conv.astype(float)
+        else:
+            df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else
+                              (json.dumps(v) if isinstance(v, (list, dict)) else str(v))).astype("string")
+    return df
+
+
+def load_runs(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
+    """Evaluation results as one tidy frame (see docs/results-schema.md and docs in analysis/README.md).
+
+    Columns: ``experiment, run_id, state, step, epoch, metric, value, base_value, delta, in_plan, detail``
+    and one column per grid axis plus :data:`STANDARD_KEYS` (``regime.name``, ``regime.prompt_weight``,
+    ``train.lr``, ``train.epochs``, ``train.seed``) even when they are not axes. ``base_value`` is the
+    same metric at step 0 (the base model) and ``delta = value - base_value``. Every run, whatever its
+    state, gets the base rows (step 0) and one ``metric == "state"`` row (value NaN, step NA, ``detail`` =
+    why it is not done).
+    """
+    frames = []
+    for exp_dir in experiment_dirs(results_dir):
+        runs, axes = discover_runs(exp_dir, experiment)
+        cols = _axis_columns(runs, axes)
+        base = _read_json(exp_dir / "base" / "eval" / "step-000000.json")
+        base_metrics = {k: _num(v) for k, v in ((base or {}).get("metrics") or {}).items()}
+        base_epoch = float((base or {}).get("epoch") or 0.0)
+        if base is None:
+            log.warning("%s: no base evaluation (base/eval/step-000000.json): no step-0 rows, no deltas", exp_dir)
+        records = []
+        for r in runs:
+            common = {"experiment": r.experiment, "run_id": r.run_id, "state": r.state, "in_plan": r.in_plan,
+                      **{c: r.axes.get(c) for c in cols}}
+            records.append({**common, "step": None, "epoch": None, "metric": "state", "value": math.nan,
+                            "detail": r.detail or r.state})
+            for m, v in base_metrics.items():
+                records.append({**common, "step": 0, "epoch": base_epoch, "metric": m, "value": v})
+            epochs = _epochs_by_step(r.dir) if r.evals else {}
+            for step, path in r.evals:
+                if step == 0:
+                    continue  # step 0 is the experiment's base evaluation
+                ev = _read_json(path)
+                if not ev:
+                    continue
+                ep = ev.get("epoch")
+                ep = float(ep) if isinstance(ep, (int, float)) else epochs.get(step, math.nan)
+                for m, v in (ev.get("metrics") or {}).items():
+                    records.append({**common, "step": step, "epoch": ep, "metric": m, "value": _num(v)})
+        df = _tidy(records, cols, ["in_plan", "detail"])
+        df["base_value"] = df["metric"].map(base_metrics).astype(float)
+        df["delta"] = df["value"] - df["base_value"]
+        frames.append(df)
+    if not frames:
+        return _tidy([], list(STANDARD_KEYS), ["in_plan", "detail"]).assign(base_value=[], delta=[])
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    front = ID_COLUMNS + ["base_value", "delta", "in_plan", "detail"]
+    return df[front + [c for c in df.columns if c not in front]]
+
+
+def load_training(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
+    """The training logs (metrics.jsonl) in the same tidy shape as :func:`load_runs`: one row per (run, logged
+    step, metric) with ``source == "train"``; ``time`` (a timestamp) is dropped, every numeric field kept
+    (``loss`` is the regime's own loss and not comparable across regimes; ``loss_response`` and
+    ``loss_prompt`` are)."""
+    frames = []
+    for exp_dir in experiment_dirs(results_dir):
+        runs, axes = discover_runs(exp_dir, experiment)
+        cols = _axis_columns(runs, axes)
+        records = []
+        for r in runs:
+            common = {"experiment": r.experiment, "run_id": r.run_id, "state": r.state,
+                      **{c: r.axes.get(c) for c in cols}}
+            for row in _read_jsonl(r.dir / "metrics.jsonl") if r.dir.is_dir() else []:
+                if not isinstance(row.get("step"), (int, float)):
+                    continue
+                for k, v in row.items():
+                    if k in ("step", "epoch", "time") or isinstance(v, (str, list, dict)) or v is None:
+                        continue
+                    records.append({**common, "step": int(row["step"]), "epoch": row.get("epoch"), "metric": k,
+                                    "value": _num(v)})
+        frames.append(_tidy(records, cols, []).assign(source="train"))
+    if not frames:
+        return _tidy([], list(STANDARD_KEYS), []).assign(source=[])
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def run_table(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
+    """One row per run: experiment, run_id, state, detail, last_step, evaluations, in_plan, axes."""
+    rows = []
+    for exp_dir in experiment_dirs(results_dir):
+        runs, axes = discover_runs(exp_dir, experiment)
+        for r in runs:
+            rows.append({"experiment": r.experiment, "run_id": r.run_id, "state": r.state, "detail": r.detail,
+                         "last_step": r.last_step, "evaluations": len([s for s, _ in r.evals if s > 0]),
+                         "in_plan": r.in_plan, **{a: r.axes.get(a) for a in axes}})
+    df = pd.DataFrame(rows, columns=None if rows else ["experiment", "run_id", "state", "detail", "last_step",
+                                                        "evaluations", "in_plan"])
+    if len(df):
+        df["last_step"] = df["last_step"].astype("Int64")
+    return df
+
+
+# ------------------------------------------------------------------------------------------------ extras
+
+
+def load_tokens(path: str | Path) -> pd.DataFrame | None:
+    """A ``.tokens.parquet`` (per-token NLL of a fixed sample), or None when absent/unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        return pd.read_parquet(p)
+    except Exception as exc:  # noqa: BLE001 - a broken side file must not stop the report
+        log.warning("unreadable %s: %s", p, exc)
+        return None
+
+
+def load_provenance(exp_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict | None:
+    """provenance.json of the first run (in ``run_ids`` order, else directory order) that has one."""
+    root = Path(exp_dir) / "runs"
+    ids = list(run_ids) if run_ids is not None else (sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
+    for rid in ids:
+        p = _read_json(root / rid / "provenance.json")
+        if p:
+            return p
+    return None
+
+
+def load_audit(exp_dir: str | Path) -> dict | None:
+    """The mask audit written by ``harness inspect --json`` to results/<exp>/audit.json, if any."""
+    return _read_json(Path(exp_dir) / "audit.json")
+
+
+def is_lm_eval_metric(name: str) -> bool:
+    return ("/" in name and not name.startswith(("nll/", "forgetting/", "format/"))
+            and not name.endswith("_stderr") and name != "state")
+
+
+def default_target_metric(metrics: Iterable[str]) -> str | None:
+    """``world_qa/exact_match`` when present, else the first lm-eval metric (in order of appearance)."""
+    ms = [m for m in dict.fromkeys(metrics) if isinstance(m, str)]
+    if "world_qa/exact_match" in ms:
+        return "world_qa/exact_match"
+    return next((m for m in ms if is_lm_eval_metric(m)), None)
+
+
+def finite(x: Any) -> bool:
+    try:
+        return x is not None and not (isinstance(x, float) and math.isnan(x)) and np.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
