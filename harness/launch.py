@@ -234,6 +234,25 @@ def select_runs(exp: Experiment, only: str | None) -> list[RunSpec]:
     return runs
 
 
+def _check_schema(exp: Experiment) -> None:
+    """Refuse to mix results of an older schema into this experiment's directory."""
+    import json
+
+    from harness.config import SCHEMA_VERSION
+
+    plan = exp.out_dir / "plan.json"
+    if not plan.exists():
+        return
+    try:
+        schema = json.loads(plan.read_text()).get("schema")
+    except ValueError:
+        schema = None
+    if schema != SCHEMA_VERSION:
+        raise HarnessError(f"{plan} was written by results schema version {schema}; this harness writes "
+                           f"version {SCHEMA_VERSION}", where=str(exp.out_dir),
+                           fix="move the old results away (they are kept as they are) or rename the experiment")
+
+
 def _record_job(rdir: Path, backend: str, job: Any) -> None:
     info = {"backend": backend, "job_id": str(getattr(job, "job_id", "")), "submitted": now_iso()}
     paths = getattr(job, "paths", None)
@@ -254,6 +273,7 @@ def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None 
     summary = {"experiment": exp.config.name, "runs": len(runs), "done": sum(s.state == "done" for s in statuses),
                "running_elsewhere": running, "to_run": [r.run_id for r in todo], "backend": backend,
                "parallel": par, "threads_per_run": threads}
+    _check_schema(exp)
     if dry_run:
         _print_plan(exp, statuses, backend, par, threads, out)
         if backend == "slurm":

@@ -1,0 +1,169 @@
+"""`harness doctor EXP.yaml`: check an experiment before launch and say what would go wrong.
+
+Config, model and tokenizer, data (every row parsed), mask statistics per regime of the grid (drops and why,
+supervised fraction, turns without an end-of-turn marker), lm-eval task names, probe files, disk space and the
+launcher (SLURM reachability). Exit code 1 when anything would fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+
+class Report:
+    def __init__(self, out=print):
+        self.out = out
+        self.errors = 0
+        self.warnings = 0
+
+    def ok(self, what: str) -> None:
+        self.out(f"  ok    {what}")
+
+    def warn(self, what: str) -> None:
+        self.warnings += 1
+        self.out(f"  warn  {what}")
+
+    def fail(self, what: str) -> None:
+        self.errors += 1
+        self.out(f"  FAIL  {what}")
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
+    from harness.config import load_experiment
+
+    r = Report(out)
+    out(f"harness doctor {path}")
+    try:
+        exp = load_experiment(path, overrides)
+    except HarnessError as exc:
+        r.fail(f"config: {exc}")
+        return 1
+    cfg = exp.config
+    r.ok(f"config: {len(exp.runs)} runs, results in {exp.out_dir}")
+    plan = exp.out_dir / "plan.json"
+    if plan.exists():
+        from harness.config import SCHEMA_VERSION
+
+        try:
+            schema = json.loads(plan.read_text()).get("schema")
+        except ValueError:
+            schema = None
+        if schema != SCHEMA_VERSION:
+            r.fail(f"results: {plan} is from schema version {schema}, this harness writes {SCHEMA_VERSION}; "
+                   "move the old results away or rename the experiment")
+    # model + tokenizer
+    model_path = Path(cfg.model.name_or_path)
+    if model_path.exists():
+        r.ok(f"model: {model_path} ({_dir_size(model_path) / 1e6:.1f} MB)")
+    elif str(cfg.model.name_or_path).count("/") == 1 and not str(cfg.model.name_or_path).startswith((".", "/")):
+        r.warn(f"model: {cfg.model.name_or_path} is a hub name; it must be downloadable or cached on the compute nodes")
+    else:
+        r.fail(f"model: {model_path} not found (build the mini-world: harness world build)")
+    tok = None
+    try:
+        from harness.data import load_tokenizer
+        from harness.data.templates import resolve_template
+
+        if model_path.exists() or cfg.model.tokenizer:
+            tok = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
+                                 trust_remote_code=cfg.model.trust_remote_code,
+                                 chat_template=resolve_template(cfg.model.chat_template))
+            r.ok(f"tokenizer: {len(tok)} tokens, chat template {'set' if tok.chat_template else 'MISSING'}")
+    except HarnessError as exc:
+        r.fail(f"tokenizer: {exc}")
+    except Exception as exc:  # noqa: BLE001 - offline hub names etc.
+        r.warn(f"tokenizer: could not load ({type(exc).__name__}: {exc})")
+    # data + masks per regime
+    if tok is not None:
+        from harness.inspect import RegimeSpec, audit
+        from harness.data import load_conversations
+
+        specs: list[RegimeSpec] = []
+        for run in exp.runs:
+            s = RegimeSpec(run.config.regime.name, run.config.regime.options())
+            if s.label not in [x.label for x in specs]:
+                specs.append(s)
+        try:
+            src = cfg.data.train
+            convs = load_conversations(src.path, fmt=src.format, split=src.split, name=src.name, limit=src.limit,
+                                       system_prompt=cfg.data.system_prompt,
+                                       require_assistant=any(s.name != "prompt_only" for s in specs))
+            r.ok(f"data: {len(convs)} conversations in {src.path}")
+            a = audit(convs, tok, specs, max_length=cfg.data.max_length, truncation=cfg.data.truncation,
+                      boundary=cfg.data.boundary, eot=cfg.data.eot)
+            for st in a.stats():
+                line = (f"mask {st['regime']}: {st['examples']} examples, {st['supervised_tokens']} supervised "
+                        f"tokens ({100 * st['supervised_fraction']:.1f}%), mask {st['mask_hash']}")
+                if st["examples"] == 0:
+                    r.fail(line + " -- every example dropped")
+                elif st["dropped"] > 0.1 * (st["examples"] + st["dropped"]):
+                    r.warn(line + f"; dropped {st['dropped']} ({st['drop_reasons']})")
+                else:
+                    r.ok(line + (f"; dropped {st['dropped']} ({st['drop_reasons']})" if st["dropped"] else ""))
+                if st["turns_without_eot"]:
+                    r.warn(f"mask {st['regime']}: {st['turns_without_eot']} assistant turns have no end-of-turn "
+                           "marker: the model never learns to stop (set data.eot)")
+        except HarnessError as exc:
+            r.fail(f"data: {exc}")
+        if cfg.data.eval is not None:
+            try:
+                n = len(load_conversations(cfg.data.eval.path, fmt=cfg.data.eval.format, limit=cfg.data.eval.limit))
+                r.ok(f"eval data: {n} conversations")
+            except HarnessError as exc:
+                r.fail(f"eval data: {exc}")
+    # evaluation
+    if cfg.eval.tasks:
+        try:
+            from harness.evaluate import check_tasks
+
+            problems = check_tasks(cfg)
+            for p in problems:
+                r.fail(f"lm-eval: {p}")
+            if not problems:
+                r.ok(f"lm-eval tasks: {', '.join(t.name for t in cfg.eval.tasks)}")
+        except ImportError as exc:
+            r.warn(f"lm-eval not importable: {exc}")
+    for key in ("pretrain_text", "raw_questions", "nll_data"):
+        val = getattr(cfg.eval, key)
+        if val and not Path(val).exists():
+            r.fail(f"eval.{key}: {val} not found")
+    # disk
+    root = Path(cfg.results_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    per_ckpt = 3 * _dir_size(model_path) if model_path.exists() else 0  # weights + AdamW moments
+    epochs = int(cfg.train.epochs) + 1
+    need = per_ckpt * epochs * len(exp.runs)
+    if need and need > free:
+        r.fail(f"disk: ~{need / 1e9:.1f} GB of checkpoints needed, {free / 1e9:.1f} GB free in {root} "
+               "(set train.keep_last)")
+    else:
+        r.ok(f"disk: {free / 1e9:.1f} GB free (checkpoints need ~{need / 1e9:.2f} GB)")
+    # launcher
+    if cfg.launcher.backend == "slurm":
+        if not shutil.which("sbatch"):
+            r.fail("launcher: slurm backend but sbatch is not on PATH")
+        else:
+            res = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=20)
+            (r.ok if res.returncode == 0 else r.fail)(f"launcher: sinfo {'reachable' if res.returncode == 0 else res.stderr.strip()}")
+    else:
+        r.ok(f"launcher: {cfg.launcher.backend}, timeout {cfg.launcher.timeout_min} min per run")
+    out(f"{r.errors} problem(s), {r.warnings} warning(s)")
+    return 1 if r.errors else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check an experiment before launch")
+    p.add_argument("experiment")
+    p.add_argument("-o", "--override", action="append")
+    p.set_defaults(func=lambda a: doctor(a.experiment, a.override))
