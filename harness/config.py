@@ -262,10 +262,14 @@ class EvalConfig:
     """Conversations whose per-token losses are saved (tokens.parquet)."""
     max_new_tokens: int = 32
     """Bound on generated tokens in probes."""
+    kl_top_k: int = 64
+    """Base log-probs cached per position for forgetting/kl_base: the top k plus the tail mass (exact when
+    k >= vocabulary size, else a lower bound missing only the base's mass outside its top k)."""
 
     def __post_init__(self):
         _pos("eval.probe_limit", self.probe_limit)
         _pos("eval.max_new_tokens", self.max_new_tokens)
+        _pos("eval.kl_top_k", self.kl_top_k)
 
 
 @dataclass(frozen=True)

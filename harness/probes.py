@@ -1,15 +1,27 @@
 """Probes computed identically for every checkpoint (and the base model), whatever regime trained it.
 
-* fixed-mask NLL: mean NLL of held-out conversations on response, prompt and template tokens, with the
-  same segment masks for every run (training losses are not comparable across regimes: different
-  denominators), plus per-token losses of a fixed sample (the seed's per-token bar chart);
-* forgetting: NLL on held-out pretraining-like text, and KL(base || tuned) of next-token distributions;
-* format probe: raw questions (no chat template), greedy, answered / continued with another question / other.
+* **fixed-mask NLL**: mean NLL of held-out conversations on response (assistant + end-of-turn), prompt
+  (system/user/tool) and template tokens. The masks come from the segments of one tokenization, never from
+  the run's regime, so the numbers are comparable across regimes (training losses are not: different
+  denominators). Plus per-token losses of a fixed sample (the seed's per-token bar chart).
+* **forgetting**: NLL on held-out pretraining-like text, and KL(base || tuned) of next-token distributions
+  on the same text. The base model's log-probs are computed once per experiment and cached on disk
+  (:class:`BaseLogprobs`: the top-k log-probs of every position plus the tail mass), so a checkpoint's
+  evaluation only runs the tuned model.
+* **format**: raw questions (no chat template), greedy, bounded by ``max_new_tokens``; classified
+  answer-first as answered / continued with another question / other (``harness.world.measure``), and
+  generations that never stop are counted as unfinished.
+
+Models are any HF causal LM; tokenizers any fast HF tokenizer with a pad token.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,13 +33,20 @@ from harness.data import ConversationTokenizer, load_conversations, tokenize_all
 from harness.data.tokenize import PROMPT_SEGMENTS, RESPONSE_SEGMENTS, Segment, Tokenized
 from harness.errors import DataError
 
-SEG_NAME = {s.value: s.name.lower() for s in Segment}
+SEG_NAME = {int(s): s.name.lower() for s in Segment}
+GROUPS = {"response": [int(s) for s in RESPONSE_SEGMENTS], "prompt": [int(s) for s in PROMPT_SEGMENTS],
+          "template": [int(Segment.TEMPLATE)]}
+
+
+# ------------------------------------------------------------------------------------------ probe files
 
 
 def read_jsonl(path: str | Path, key: str, limit: int | None = None) -> list[dict]:
+    """Rows of a probe .jsonl that have a non-empty `key` (the first `limit`). Empty corpus: DataError."""
     p = Path(path)
-    if not p.exists():
-        raise DataError("probe file not found", where=str(p), fix="check eval.* paths (build the world first?)")
+    if not p.is_file():
+        raise DataError("probe file not found", where=str(p),
+                        fix="check the eval.* probe paths (build the mini-world first: harness world build)")
     rows = []
     for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -36,60 +55,85 @@ def read_jsonl(path: str | Path, key: str, limit: int | None = None) -> list[dic
             row = json.loads(line)
         except ValueError:
             raise DataError("malformed JSON", where=f"{p}:{i}", fix="one JSON object per line") from None
-        if key not in row:
-            raise DataError(f"row has no '{key}'", where=f"{p}:{i}", fix=f"each row needs a '{key}' field")
+        if not isinstance(row, dict) or key not in row:
+            raise DataError(f"row has no '{key}' field", where=f"{p}:{i}", fix=f"each row needs a '{key}' field")
+        if not str(row[key]).strip():
+            continue
         rows.append(row)
         if limit and len(rows) >= limit:
             break
     if not rows:
-        raise DataError("probe corpus is empty", where=str(p), fix="point the probe at a non-empty .jsonl")
+        raise DataError(f"probe corpus is empty (no row with a non-empty '{key}')", where=str(p),
+                        fix="point the probe at a non-empty .jsonl, or unset it")
     return rows
 
 
+# ------------------------------------------------------------------------------------------ forward passes
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _batches(seqs: Sequence[np.ndarray], pad: int, bs: int):
-    for i in range(0, len(seqs), bs):
-        chunk = seqs[i:i + bs]
-        T = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-        att = torch.zeros((len(chunk), T), dtype=torch.long)
-        for r, s in enumerate(chunk):
-            ids[r, :len(s)] = torch.as_tensor(s)
-            att[r, :len(s)] = 1
-        yield i, ids, att
+    """Right-padded batches of sequences of similar length; yields (original indices, ids, attention)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for i in range(0, len(order), bs):
+        idx = order[i:i + bs]
+        T = max(len(seqs[j]) for j in idx)
+        ids = torch.full((len(idx), T), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), T), dtype=torch.long)
+        for r, j in enumerate(idx):
+            ids[r, :len(seqs[j])] = torch.as_tensor(seqs[j], dtype=torch.long)
+            att[r, :len(seqs[j])] = 1
+        yield idx, ids, att
+
+
+def _logits(model, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    dev = _device(model)
+    return model(input_ids=ids.to(dev), attention_mask=att.to(dev), use_cache=False).logits.float()
 
 
 @torch.no_grad()
 def token_nll(model, seqs: Sequence[np.ndarray], pad: int, bs: int = 16) -> list[np.ndarray]:
-    """NLL of every token given its prefix (NaN at position 0), per sequence."""
-    device = next(model.parameters()).device
-    out: list[np.ndarray] = []
-    for _, ids, att in _batches(seqs, pad, bs):
-        logits = model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).logits.float()
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1).to(device),
-                              reduction="none").view(ids.shape[0], -1).cpu().numpy()
-        for r in range(ids.shape[0]):
-            n = int(att[r].sum())
-            out.append(np.concatenate([[np.nan], nll[r, : n - 1]]))
-    return out
+    """NLL of every token given its prefix (NaN at position 0), one float64 array per sequence."""
+    out: list[np.ndarray | None] = [None] * len(seqs)
+    for idx, ids, att in _batches(seqs, pad, bs):
+        logits = _logits(model, ids, att)
+        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1).to(logits.device),
+                              reduction="none").view(ids.shape[0], -1).double().cpu().numpy()
+        for r, j in enumerate(idx):
+            out[j] = np.concatenate([[np.nan], nll[r, : len(seqs[j]) - 1]])
+    return out  # type: ignore[return-value]
 
 
-def tokenize_eval_conversations(path: str, tok, max_length: int, limit: int | None) -> list[Tokenized]:
-    convs = load_conversations(path, limit=limit)
-    ct = ConversationTokenizer(tok, max_length=max_length, truncation="right")
+# ------------------------------------------------------------------------------------------ fixed-mask NLL
+
+
+def tokenize_eval_conversations(path: str, tok, *, max_length: int | None = None, limit: int | None = None,
+                                fmt: str = "auto", eot: str | None = None, boundary: str = "split",
+                                system_prompt: str | None = None) -> list[Tokenized]:
+    """Held-out conversations through the harness's one tokenization path (segments per token). Over-long
+    conversations are cut on the right, never dropped, so every run sees the same examples."""
+    convs = load_conversations(path, fmt=fmt, limit=limit, system_prompt=system_prompt)
+    ct = ConversationTokenizer(tok, eot=eot, boundary=boundary, max_length=max_length, truncation="right")
     examples, _ = tokenize_all(convs, ct)
+    if not examples:
+        raise DataError("no held-out conversation left after tokenization", where=path,
+                        fix="check the file and data.max_length")
     return examples
 
 
-def fixed_mask_nll(model, tok, examples: Sequence[Tokenized], token_examples: int = 8) -> tuple[dict, list[dict]]:
-    """Mean NLL on response / prompt / template tokens, and per-token rows for the first examples."""
-    nlls = token_nll(model, [t.input_ids for t in examples], tok.pad_token_id)
-    sums = {"response": [0.0, 0], "prompt": [0.0, 0], "template": [0.0, 0]}
-    groups = {"response": [int(s) for s in RESPONSE_SEGMENTS], "prompt": [int(s) for s in PROMPT_SEGMENTS],
-              "template": [int(Segment.TEMPLATE)]}
+def fixed_mask_nll(model, tok, examples: Sequence[Tokenized], token_examples: int = 8, bs: int = 16
+                   ) -> tuple[dict, list[dict]]:
+    """Mean NLL over response / prompt / template tokens of all `examples` (token-weighted), and per-token
+    rows (docs/results-schema.md, tokens.parquet) for the first `token_examples` of them."""
+    nlls = token_nll(model, [t.input_ids for t in examples], tok.pad_token_id, bs)
+    sums = {g: [0.0, 0] for g in GROUPS}
     rows: list[dict] = []
     for k, (t, nll) in enumerate(zip(examples, nlls)):
         valid = ~np.isnan(nll)
-        for g, segs in groups.items():
+        for g, segs in GROUPS.items():
             m = np.isin(t.segments, segs) & valid
             sums[g][0] += float(nll[m].sum())
             sums[g][1] += int(m.sum())
@@ -103,27 +147,158 @@ def fixed_mask_nll(model, tok, examples: Sequence[Tokenized], token_examples: in
     return metrics, rows
 
 
+# ------------------------------------------------------------------------------------------ forgetting
+
+
 def text_ids(tok, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
-    return [np.asarray(tok(t, add_special_tokens=False)["input_ids"][:max_length], dtype=np.int64) for t in texts]
+    """Token ids of plain texts (the tokenizer's own special tokens, e.g. BOS, included), cut at max_length.
+    Texts of fewer than two tokens carry no next-token prediction and are skipped."""
+    ids = [np.asarray(tok(t)["input_ids"][:max_length], dtype=np.int64) for t in texts]
+    return [x for x in ids if len(x) >= 2]
 
 
-def text_nll(model, tok, ids: Sequence[np.ndarray]) -> float:
-    nlls = token_nll(model, ids, tok.pad_token_id)
-    tot = sum(float(np.nansum(n)) for n in nlls)
-    cnt = sum(int((~np.isnan(n)).sum()) for n in nlls)
-    return tot / max(1, cnt)
+@dataclass
+class BaseLogprobs:
+    """The base model's next-token distributions on the probe texts, compressed to the top-k log-probs of
+    every position plus the remaining (tail) mass. KL(base || tuned) from it is exact when k >= vocabulary
+    size, otherwise the KL of the two distributions coarse-grained to {top-k tokens of the base, rest}: a
+    lower bound of the full KL that misses only what the base puts outside its top k."""
+
+    ids: list[np.ndarray]  # the probe token ids (checked against the tuned model's inputs)
+    top_idx: np.ndarray  # int32 [P, k], P = positions of all sequences concatenated
+    top_logp: np.ndarray  # float32 [P, k]
+    pretrain_nll: float  # the base's mean NLL on the same texts (for the delta)
+
+    @property
+    def k(self) -> int:
+        return int(self.top_idx.shape[1])
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lens = np.asarray([len(x) for x in self.ids], dtype=np.int64)
+        flat = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, lens=lens, flat=flat, top_idx=self.top_idx, top_logp=self.top_logp,
+                     pretrain_nll=np.asarray(self.pretrain_nll))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> "BaseLogprobs":
+        with np.load(path) as z:
+            lens, flat = z["lens"], z["flat"]
+            ids = np.split(flat, np.cumsum(lens)[:-1]) if len(lens) else []
+            return cls(list(ids), z["top_idx"], z["top_logp"], float(z["pretrain_nll"]))
 
 
 @torch.no_grad()
-def kl_to_base(base, tuned, tok, ids: Sequence[np.ndarray], bs: int = 16) -> float:
-    """Mean over positions of KL(base || tuned) of the next-token distribution."""
-    device = next(tuned.parameters()).device
-    tot, cnt = 0.0, 0
-    for _, x, att in _batches(ids, tok.pad_token_id, bs):
-        x, att = x.to(device), att.to(device)
-        lp_b = F.log_softmax(base(input_ids=x, attention_mask=att, use_cache=False).logits.float(), -1)
-        lp_t = F.log_softmax(tuned(input_ids=x, attention_mask=att, use_cache=False).logits.float(), -1)
-        kl = (lp_b.exp() * (lp_b - lp_t)).sum(-1)
-        tot += float((kl * att).sum())
-        cnt += int(att.sum())
-    return tot / max(1, cnt)
+def base_logprobs(base, tok, ids: Sequence[np.ndarray], top_k: int = 64, bs: int = 16) -> BaseLogprobs:
+    """Run the base model once over the probe texts: its mean NLL and top-k log-probs per position."""
+    n_pos = sum(len(x) for x in ids)
+    starts = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
+    top_idx = top_logp = None
+    nll_sum, nll_cnt = 0.0, 0
+    for idx, x, att in _batches(ids, tok.pad_token_id, bs):
+        lp = F.log_softmax(_logits(base, x, att), -1)
+        k = min(top_k, lp.shape[-1])
+        if top_idx is None:
+            top_idx = np.zeros((n_pos, k), np.int32)
+            top_logp = np.zeros((n_pos, k), np.float32)
+        v, i = lp.topk(k, dim=-1)
+        tgt = x[:, 1:].to(lp.device)
+        nll = -lp[:, :-1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        for r, j in enumerate(idx):
+            n = len(ids[j])
+            top_idx[starts[j]:starts[j] + n] = i[r, :n].cpu().numpy()
+            top_logp[starts[j]:starts[j] + n] = v[r, :n].cpu().numpy()
+            nll_sum += float(nll[r, : n - 1].double().sum())
+            nll_cnt += n - 1
+    assert top_idx is not None and top_logp is not None
+    return BaseLogprobs([np.asarray(x) for x in ids], top_idx, top_logp, nll_sum / max(1, nll_cnt))
+
+
+def _kl_topk(top_logp_b: torch.Tensor, top_idx_b: torch.Tensor, lp_t: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(base || tuned) over {top-k of the base, tail}; shapes [N, k], [N, k], [N, V]."""
+    lb = top_logp_b.double()
+    lt = lp_t.double().gather(-1, top_idx_b.long())
+    kl = (lb.exp() * (lb - lt)).sum(-1)
+    if top_idx_b.shape[-1] < lp_t.shape[-1]:
+        tail_b = (1 - lb.exp().sum(-1)).clamp_min(0)
+        tail_t = (1 - lt.exp().sum(-1)).clamp_min(1e-12)
+        kl = kl + torch.where(tail_b > 0, tail_b * (tail_b.clamp_min(1e-12).log() - tail_t.log()),
+                              torch.zeros_like(tail_b))
+    return kl
+
+
+@torch.no_grad()
+def pretrain_probe(model, tok, ids: Sequence[np.ndarray], base: BaseLogprobs | None = None, bs: int = 16
+                   ) -> dict:
+    """Mean NLL of `model` on the probe texts and, given the base's cached log-probs, the mean over all
+    positions of KL(base || model) of the next-token distribution (one forward pass for both)."""
+    if base is not None:
+        if len(base.ids) != len(ids) or any(not np.array_equal(a, b) for a, b in zip(base.ids, ids)):
+            raise DataError("the cached base log-probs were computed on other probe tokens", where="base cache",
+                            fix="delete <experiment>/base/eval/base_logprobs-*.npz (it is recomputed)")
+    starts = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
+    nll_sum, nll_cnt, kl_sum, kl_cnt = 0.0, 0, 0.0, 0
+    for idx, x, att in _batches(ids, tok.pad_token_id, bs):
+        lp = F.log_softmax(_logits(model, x, att), -1)
+        tgt = x[:, 1:].to(lp.device)
+        nll = -lp[:, :-1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        for r, j in enumerate(idx):
+            n = len(ids[j])
+            nll_sum += float(nll[r, : n - 1].double().sum())
+            nll_cnt += n - 1
+            if base is not None:
+                sl = slice(int(starts[j]), int(starts[j]) + n)
+                kl = _kl_topk(torch.from_numpy(base.top_logp[sl]).to(lp.device),
+                              torch.from_numpy(base.top_idx[sl]).to(lp.device), lp[r, :n])
+                kl_sum += float(kl.sum())
+                kl_cnt += n
+    out = {"forgetting/pretrain_nll": nll_sum / max(1, nll_cnt)}
+    if base is not None:
+        out["forgetting/pretrain_nll_delta"] = out["forgetting/pretrain_nll"] - base.pretrain_nll
+        out["forgetting/kl_base"] = max(0.0, kl_sum / max(1, kl_cnt))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ format probe
+
+
+def stop_strings(tok, eot: str | None = None) -> list[str]:
+    """Where a generation counts as finished: eos and the template's end-of-turn markers."""
+    from harness.data.tokenize import end_of_turn_markers
+
+    out = list(end_of_turn_markers(tok, eot))
+    if tok.eos_token and tok.eos_token not in out:
+        out.append(tok.eos_token)
+    return out
+
+
+def format_probe(model, tok, rows: Sequence[dict], max_new_tokens: int = 32, stop: Sequence[str] | None = None,
+                 batch_size: int = 64) -> tuple[dict, list[dict]]:
+    """Greedy continuations of raw questions ({prompt, answer}), classified answer-first. Returns the rates
+    (format/answered + format/continued_question + format/other = 1; format/unfinished separately: the
+    share that hit max_new_tokens without a stop token) and one sample row per question."""
+    from harness.world.measure import classify_format, generate
+
+    stop = list(stop) if stop is not None else stop_strings(tok)
+    gens, finished = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch_size, stop=stop)
+    samples = []
+    for r, g, f in zip(rows, gens, finished):
+        samples.append({"task": "probe/format", "prompt": r["prompt"], "answer": r.get("answer", ""),
+                        "generation": g, "class": classify_format(g, str(r.get("answer", ""))), "finished": f})
+    n = max(1, len(rows))
+    rates = {f"format/{c}": sum(s["class"] == c for s in samples) / n
+             for c in ("answered", "continued_question", "other")}
+    rates["format/unfinished"] = sum(not s["finished"] for s in samples) / n
+    return rates, samples
+
+
+def finite_or_none(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

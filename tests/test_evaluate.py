@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import load_experiment
-from harness.errors import ConfigError, DataError, HarnessError
+from harness.errors import DataError
 
 EXP = """\
 name: evaltest
@@ -86,61 +86,61 @@ def test_rerun_evaluates_nothing_and_half_written_json_is_redone(evaluated):
     assert len(redone) == 1 and _json(first)["metrics"]
 
 
-def test_in_memory_hflm_equals_loading_the_directory(evaluated, test_world):
+def test_in_memory_hflm_equals_loading_the_directory(evaluated):
+    """lm-eval on the in-memory model (what every evaluation does) == lm-eval loading the checkpoint dir."""
     import lm_eval
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.evaluate import run_lm_eval, task_manager
+    from harness.evaluate import flatten_lm_eval, run_lm_eval, task_manager_for
 
     cfg = evaluated.runs[0].config
     ckpt = sorted((evaluated.out_dir / "runs" / evaluated.runs[0].run_id / "checkpoints").glob("step-*"))[-1]
-    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="float32")
     tok = AutoTokenizer.from_pretrained(ckpt)
     mem, _, _ = run_lm_eval(model, tok, cfg)
-    tm = task_manager(cfg.eval.include_path, need_defaults=False)
+    tm = task_manager_for(cfg, cfg.eval.tasks)
     disk = {}
     for t in cfg.eval.tasks:
         res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={ckpt},dtype=float32", tasks=[t.name],
-                                      limit=t.limit, task_manager=tm, batch_size=t.batch_size, bootstrap_iters=0)
-        from harness.evaluate import _flatten
-
-        disk.update(_flatten(res))
-    assert {k: v for k, v in mem.items() if not k.endswith("_stderr")} == \
-        {k: v for k, v in disk.items() if not k.endswith("_stderr")}
+                                      limit=t.limit, task_manager=tm, batch_size=t.batch_size, device="cpu",
+                                      bootstrap_iters=0)
+        disk.update(flatten_lm_eval(res))
+    assert {k: v for k, v in mem.items() if not k.endswith("_stderr")} == disk
+    assert len(disk) == 3
 
 
 def test_bad_input(evaluated, tmp_path):
-    from harness.evaluate import check_tasks, evaluate_checkpoint
+    from harness.evaluate import EvaluationError, check_tasks, evaluate_checkpoint
     from harness.probes import read_jsonl
 
     cfg = evaluated.runs[0].config
     ck = tmp_path / "checkpoints" / "step-000001"
     ck.mkdir(parents=True)
-    with pytest.raises(HarnessError, match="no COMPLETED sentinel"):
+    with pytest.raises(EvaluationError, match="no COMPLETED sentinel"):
         evaluate_checkpoint(ck, cfg, tmp_path / "x.json")
     empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
+    empty.write_text("\n")
     with pytest.raises(DataError, match="probe corpus is empty"):
         read_jsonl(empty, "text")
     bad = load_experiment(evaluated.path, ["eval.tasks=[{name: world_qaa}]"]).runs[0].config
     problems = check_tasks(bad)
-    assert problems and "unknown lm-eval task 'world_qaa'" in problems[0] and "world_qa" in problems[0]
+    assert len(problems) == 1 and "unknown lm-eval task 'world_qaa'" in problems[0] and "world_qa" in problems[0]
 
 
 def test_shipped_experiments_name_real_tasks():
-    """Every task named in experiments/*.yaml resolves offline (local include_paths may not be built yet)."""
-    from harness.evaluate import _local_task_names, task_manager
+    """Every task named in experiments/*.yaml resolves offline with lm-eval's TaskManager, so a typo fails
+    here and not on the cluster. Local tasks whose include_path is not built yet are skipped (reported)."""
+    from harness.evaluate import resolve_task_names
 
-    names = set()
-    for p in Path(__file__).resolve().parents[1].glob("experiments/*.yaml"):
+    files = sorted(Path(__file__).resolve().parents[1].glob("experiments/*.yaml"))
+    assert files
+    names, skipped = set(), []
+    for p in files:
         cfg = load_experiment(p).config
-        local = any("results/world" in ip for ip in cfg.eval.include_path)
-        for t in cfg.eval.tasks:
-            if not (local and t.name.startswith("world_")):
-                names.add(t.name)
+        chk = resolve_task_names(cfg)
+        assert not chk.problems, f"{p.name}: {chk.problems}"
+        skipped += [f"{p.name}: {u}" for u in chk.unverified]
+        names |= {t.name for t in cfg.eval.tasks}
     assert names >= {"hellaswag", "arc_challenge", "winogrande", "mmlu"}
-    tm = task_manager((), need_defaults=True)
-    missing = sorted(n for n in names if n not in tm.all_tasks)
-    assert not missing, f"unknown lm-eval tasks in experiments/: {missing}"
-    from harness.world.build import TASKS
-    assert {n for n in TASKS} == {"world_qa", "world_qa_raw", "world_facts"}
+    if skipped:
+        print("not verified (include_path not built):", *skipped, sep="\n  ")
