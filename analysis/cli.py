@@ -27,7 +27,7 @@ def run_report(args: argparse.Namespace) -> int:
         from harness.config import load_experiment
 
         exp = load_experiment(target, getattr(args, "override", None))
-        experiment, experiment_file = exp.config, str(target)
+        experiment, experiment_file = exp, str(target)
         results_dir = exp.out_dir
         if not results_dir.is_dir():
             raise HarnessError("no results for this experiment yet", where=str(results_dir),

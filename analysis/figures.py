@@ -620,10 +620,12 @@ def render_all(ctx: Context, out_dir: Path, formats: tuple[str, ...] = ("pdf", "
                 results.append(res)
                 continue
             try:
-                for fmt in formats:
+                for k, fmt in enumerate(formats):
                     path = fig_dir / f"{name}.{fmt}"
                     fig.savefig(path, dpi=PNG_DPI)
                     res.files.append(path)
+                    if k == 0 and fig.get_layout_engine() is not None:
+                        fig.set_layout_engine("none")  # keep the positions just computed: lay out once, not per file
                 if "png" in formats:
                     res.png = (fig_dir / f"{name}.png").read_bytes()
                 else:

@@ -202,11 +202,17 @@ def load_plan(exp_dir: str | Path) -> dict | None:
 
 def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[RunInfo], list[str]]:
     """Every run of one experiment directory: the plan's runs (in plan order) and any run directory the plan does
-    not list. Returns (runs, axes). ``experiment`` (an ExperimentConfig, or its dict) fills config values of
-    runs that have no config.yaml yet; otherwise they come from runs that have one (non-axis keys are constant
-    over a grid)."""
+    not list. Returns (runs, axes). ``experiment`` (an ExperimentConfig or its dict, or a loaded Experiment)
+    fills config values of runs that have no config.yaml yet; otherwise they come from runs that have one
+    (non-axis keys are constant over a grid). A loaded Experiment also stands in for a missing plan.json."""
     exp_dir = Path(exp_dir)
     plan = load_plan(exp_dir) or {}
+    if not plan and getattr(experiment, "runs", None):  # no plan.json yet: the experiment file's grid
+        plan = {"experiment": experiment.config.name,
+                "axes": list(dict.fromkeys(k for r in experiment.runs for k in r.axes)),
+                "runs": [{"run_id": r.run_id, "axes": dict(r.axes)} for r in experiment.runs]}
+    if hasattr(experiment, "runs") and hasattr(experiment, "config"):
+        experiment = experiment.config
     name = plan.get("experiment") or exp_dir.name
     axes: list[str] = list(plan.get("axes") or [])
     planned = [(r["run_id"], dict(r.get("axes") or {})) for r in plan.get("runs", []) if r.get("run_id")]
@@ -237,6 +243,9 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     keys = list(dict.fromkeys([*axes, *STANDARD_KEYS]))
     sources = [r.config for r in runs if r.config] + ([exp_dict] if exp_dict else [])
     constants = {k: next((v for c in sources if (v := _get_dotted(c, k)) is not None), None) for k in keys}
+    # an axis of one sub-grid (a list of grids) that another sub-grid leaves at the experiment's value
+    off_axis = {k: next((_get_dotted(r.config, k) for r in runs if r.config and k not in r.axes
+                         and _get_dotted(r.config, k) is not None), None) for k in axes}
     for r in runs:
         for k in keys:
             if k in r.axes:
@@ -244,7 +253,7 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
             if r.config:
                 r.axes[k] = _get_dotted(r.config, k)
             else:  # no config.yaml yet (pending): a non-axis key has the grid's constant value
-                r.axes[k] = None if k in axes else constants[k]
+                r.axes[k] = off_axis.get(k) if k in axes else constants[k]
     return runs, axes
 
 

@@ -73,8 +73,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
                  formats: Sequence[str] = ("pdf", "png"), target: str | None = None, retention: str | None = None,
                  experiment: Any = None, experiment_file: str | None = None,
                  only: list[str] | None = None) -> Report:
-    """Build the report of one experiment directory (``results/<experiment>``). ``experiment`` (an
-    ExperimentConfig) supplies the config shown in the report and values of runs without a config.yaml."""
+    """Build the report of one experiment directory (``results/<experiment>``). ``experiment`` (a loaded
+    Experiment, or an ExperimentConfig) supplies the config shown in the report, values of runs without a
+    config.yaml and, for an Experiment, the planned runs when plan.json is missing."""
     dirs = experiment_dirs(results_dir)
     if not dirs:
         raise HarnessError("no results here (expected plan.json or runs/)", where=str(results_dir),
@@ -83,6 +84,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
         raise HarnessError(f"{len(dirs)} experiments under this directory: {', '.join(d.name for d in dirs)}",
                            where=str(results_dir), fix="point at one of them: results/<experiment>")
     exp_dir = dirs[0]
+    config = experiment.config if hasattr(experiment, "runs") and hasattr(experiment, "config") else experiment
     out = Path(out_dir) if out_dir else exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     formats = tuple(f.strip().lower().lstrip(".") for f in formats if f.strip())
@@ -140,9 +142,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     not_done = runs[runs["state"] != "done"] if len(runs) else runs
     plan = load_plan(exp_dir) or {}
     prov = load_provenance(exp_dir, list(runs["run_id"]) if len(runs) else None)
-    cfg_text = _config_text(experiment, exp_dir, runs)
+    cfg_text = _config_text(config, exp_dir, runs)
     rep = Report(out, out / "report.html", out / "report.md", figs, tab, data, target, states, not_done, notes)
-    args = (rep, exp_dir, plan, axes, retention, frames, prov, cfg_text, ctx.notes, experiment, experiment_file)
+    args = (rep, exp_dir, plan, axes, retention, frames, prov, cfg_text, ctx.notes, config, experiment_file)
     rep.markdown.write_text(_markdown(*args), encoding="utf-8")
     rep.html.write_text(_html(*args), encoding="utf-8")
     return rep
@@ -204,8 +206,8 @@ def _methods(target, retention, axes) -> list[str]:
         f"Fact retention: `{retention}` (drop = base − tuned)." if retention else "No fact-retention metric.",
         "Only runs in state *done* enter figures and tables; every other run is listed above.",
         "Tables use each run's final evaluated checkpoint. Mean over seeds with a 95% percentile bootstrap CI "
-        f"of the mean ({stats.N_BOOT} resamples, RNG seed {stats.BOOT_SEED}); one seed gives no CI. Figures use "
-        "seaborn's 95% bootstrap CI over seeds (seed 0).",
+        f"of the mean ({stats.N_BOOT} resamples, RNG seed {stats.BOOT_SEED}); one seed gives no CI. Figure bands and "
+        "whiskers are the same percentile bootstrap over seeds (1000 resamples, seed 0).",
         "Paired comparisons pair runs of two regimes that share every other grid axis ("
         + ", ".join(a for a in axes if a not in ("regime.name", "regime.prompt_weight")) + ").",
         "Prompt-loss-weight fits: metric = a(w − b)² + c with w = weight^0.30103 (Huerta-Enochian & Ko), "
@@ -224,7 +226,10 @@ def _not_done_frame(rep: Report, axes) -> pd.DataFrame:
     if rep.not_done.empty:
         return rep.not_done
     cols = ["run_id", "state", "detail", "last_step"] + [a for a in axes if a in rep.not_done.columns]
-    return rep.not_done[cols].astype(str).replace({"<NA>": "–", "None": "–", "nan": "–"})
+    out = rep.not_done[cols].copy()
+    for c in cols:
+        out[c] = [tables.cell_text(c, v) for v in out[c]]
+    return out
 
 
 def _markdown(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, notes, experiment,

@@ -26,6 +26,7 @@ REGIME_COLOURS = {
 #: further regimes (registered ones) take these in sorted-name order
 EXTRA_COLOURS = ("#56B4E9", "#D55E00", "#F0E442", "#000000")
 BASE_COLOUR = "#7F7F7F"
+FONTTYPE = 42  # TrueType in PDFs (editable text; venues reject Type 3)
 REGIME_ORDER = tuple(REGIME_COLOURS)
 SEGMENT_COLOURS = {"template": "#999999", "system": "#CC79A7", "user": "#0072B2", "assistant": "#009E73",
                    "eot": "#E69F00", "tool": "#56B4E9"}  # harness.inspect's
@@ -119,7 +120,7 @@ def variant_colours(variants: Iterable[str]) -> dict[str, str]:
 
 @contextlib.contextmanager
 def paper_style() -> Iterator[None]:
-    rc = {"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200, "figure.dpi": 100,
+    rc = {"pdf.fonttype": FONTTYPE, "ps.fonttype": FONTTYPE, "savefig.dpi": 200, "figure.dpi": 100,
           "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "legend.title_fontsize": 8,
           "xtick.labelsize": 8, "ytick.labelsize": 8, "font.family": "DejaVu Sans"}
     with plt.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("paper", rc=rc):

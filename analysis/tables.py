@@ -36,11 +36,18 @@ def fmt_ci(mean: float, lo: float, hi: float, n: int | None = None) -> str:
 
 
 def _axis_value(col: str, v) -> str:
-    if col == "train.lr" and isinstance(v, float) and v == v:
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return "–"
+    if col == "train.lr" and isinstance(v, (int, float)):
         return f"{v:.0e}".replace("e-0", "e-")
-    if isinstance(v, float) and v == v and v == int(v):
+    if isinstance(v, float):
         return f"{v:g}"
-    return fmt(v)
+    return str(v)
+
+
+def cell_text(col: str, v) -> str:
+    """Display text of one cell of a run listing (axes formatted, missing as '–')."""
+    return _axis_value(col, v)
 
 
 def summary_table(summ: pd.DataFrame, metrics: Sequence[str], base: dict | None = None) -> pd.DataFrame:
