@@ -14,6 +14,15 @@ import torch
 import torch.distributed as tdist
 
 
+def env_ranks(env) -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables, else SLURM's (srun), else a single process."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+    return 0, 1, 0
+
+
 @dataclass
 class Dist:
     rank: int = 0
@@ -24,9 +33,7 @@ class Dist:
     @classmethod
     def from_env(cls) -> "Dist":
         env = os.environ
-        world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", "1")))
-        rank = int(env.get("RANK", env.get("SLURM_PROCID", "0")))
-        local = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", "0")))
+        rank, world, local = env_ranks(env)
         cuda = torch.cuda.is_available()
         device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
         if cuda:
@@ -54,6 +61,15 @@ class Dist:
         for g in grads:
             g.copy_(flat[off:off + g.numel()].view_as(g))
             off += g.numel()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (a stop request seen by one rank stops all together,
+        so no rank waits forever in a collective the others left)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+        return bool(t.item() > 0)
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -69,6 +69,15 @@ def loss_denominator(labels: torch.Tensor, weights: torch.Tensor | None = None, 
     return _sequence_weights(w, seq_ids)[1].to(torch.float32)
 
 
+def token_weights(labels: torch.Tensor, weights: torch.Tensor | None = None, normalization: str = "token",
+                  seq_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Effective weight of each shifted target [B, T-1]: the loss is ``(token_weights * nll).sum() / denominator``
+    (lets a trainer evaluate the NLL only where the weight is non-zero)."""
+    _check_norm(normalization)
+    _, w = _shifted(labels, weights)
+    return _sequence_weights(w, seq_ids)[0] if normalization == "sequence" else w
+
+
 def _check_norm(normalization: str) -> None:
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")

@@ -12,21 +12,36 @@ from harness.errors import ConfigError, did_you_mean
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: norms, biases (any 1-D parameter) are never decayed."""
+    """Decay the matrices of linear layers only. Norm gains and biases (any 1-D parameter) and embedding
+    tables are never decayed (as in minGPT/OLMo: decay pulls rarely-seen token rows to zero, which in SFT
+    on a small vocabulary slice means forgetting the rest). A tied lm_head shares the embedding's table."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        skip = p.ndim < 2 or "norm" in name.lower() or id(p) in embeddings
+        (no_decay if skip else decay).append(p)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
 
 def _adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    # foreach is the fast path on CPU and GPU; fused is CUDA-only for fp32 params here
-    on_cuda = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), fused=on_cuda or None,
-                             foreach=None if on_cuda else True, **kwargs)
+    # fused is one kernel per step over all tensors: measured here 30 ms vs 167 ms (foreach) for 3.8M fp32
+    # params on 2 CPU threads, i.e. most of a tiny model's step; also the fast path on CUDA
+    device = next(model.parameters()).device.type
+    fused = device in _fused_devices()
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), fused=fused or None,
+                             foreach=None if fused else True, **kwargs)
+
+
+def _fused_devices() -> list[str]:
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    except ImportError:  # pragma: no cover - older torch: fused on CUDA only
+        return ["cuda"]
+    return _get_fused_kernels_supported_devices()
 
 
 OPTIMIZERS: dict[str, Callable[[torch.nn.Module, TrainConfig], torch.optim.Optimizer]] = {"adamw": _adamw}

@@ -4,10 +4,18 @@ Plain torch, no trainer framework. Examples are tokenized once, masked by the ru
 with per-example position ids (attention isolated: no attention mask, ``use_cache=False``), and optimized with
 a loss normalised over the *whole* optimizer step (all micro-batches, all ranks). Everything needed to resume
 bit-exactly lives in one ``state`` dict saved with each checkpoint.
+
+Speed (CPU and GPU): the LM head is applied only where it is needed. The decoder body runs on every token,
+but logits are computed for the supervised positions (with gradient) and, on logging steps, for the other
+prompt/response positions of the fixed-mask metrics (without gradient). With a short response and a
+vocabulary that is large next to the hidden size, the head is most of the FLOPs, so this is the main win
+(a model whose logits are not a plain ``lm_head(hidden)``, e.g. with soft-capping, is detected at start and
+falls back to full logits).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -18,17 +26,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from harness.checkpoint import latest_checkpoint, load_state, prune_checkpoints, save_checkpoint
-from harness.config import ExperimentConfig, RunSpec, save_yaml, to_dict
+from harness.config import ExperimentConfig, RunSpec, TrainConfig, save_yaml
 from harness.data import ConversationTokenizer, apply_all, load_conversations, load_tokenizer, tokenize_all
 from harness.data.prepare import MaskedData
 from harness.data.templates import resolve_template
 from harness.distributed import Dist
 from harness.errors import ConfigError, HarnessError, SupervisionError
-from harness.loss import loss_denominator, loss_from_nll, per_token_nll
+from harness.loss import loss_denominator, token_weights
 from harness.optim import lr_lambda, make_optimizer
-from harness.packing import collate, epoch_order, pack_rows, segment_masks
+from harness.packing import Batch, collate, epoch_order, pack_rows, segment_masks
 from harness.provenance import file_sha256, provenance
 from harness.runs import atomic_write_json, atomic_write_text, now_iso
 
@@ -39,6 +48,11 @@ try:  # transformers' per-shard progress bars drown the training log
     _hf_logging.disable_progress_bar()
 except ImportError:  # pragma: no cover
     pass
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64, "auto": "auto"}
+# the per-step metrics vector, summed over micro-batches and ranks (float64, one all-reduce)
+M_LOSS, M_RESP, M_NRESP, M_PROMPT, M_NPROMPT, M_TOKENS, M_SUP = range(7)
 
 
 class TrainingError(HarnessError):
@@ -67,16 +81,37 @@ def prepare_data(cfg: ExperimentConfig, tokenizer=None) -> tuple[object, MaskedD
     return tok, data
 
 
+def _is_local(path: str | Path) -> bool:
+    p = Path(path)
+    return str(path).startswith((".", "/", "~")) or len(p.parts) > 2 or p.exists()
+
+
+def check_model(cfg: ExperimentConfig) -> None:
+    """Fail before any data work: the model path exists and its positions cover data.max_length."""
+    from transformers import AutoConfig
+
+    path = cfg.model.name_or_path
+    if _is_local(path) and not (Path(path).expanduser() / "config.json").exists():
+        raise ConfigError("model path not found" if not Path(path).exists() else "no config.json in model path",
+                          where=str(path), fix="check model.name_or_path (build the mini-world with "
+                          "`harness world build`)")
+    try:
+        mcfg = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code,
+                                          revision=cfg.model.revision)
+    except OSError as exc:
+        raise ConfigError(f"cannot load the model config: {exc}", where=str(path),
+                          fix="check the path or hub name; offline runs need a local copy") from None
+    max_pos = getattr(mcfg, "max_position_embeddings", None)
+    if max_pos and cfg.data.max_length > max_pos:
+        raise ConfigError(f"data.max_length {cfg.data.max_length} exceeds the model's {max_pos} positions",
+                          where="data.max_length", fix=f"set data.max_length <= {max_pos}")
+
+
 def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device):
     from transformers import AutoModelForCausalLM
 
-    p = Path(path)
-    if (str(path).startswith((".", "/")) or len(p.parts) > 2) and not p.exists():
-        raise ConfigError("model path not found", where=str(path),
-                          fix="check model.name_or_path (build the mini-world with `harness world build`)")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-             "float64": torch.float64, "auto": "auto"}[cfg.model.dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.model.dtype],
+                                                 attn_implementation=cfg.model.attn_implementation,
                                                  trust_remote_code=cfg.model.trust_remote_code,
                                                  revision=cfg.model.revision, use_safetensors=True)
     model.config.use_cache = False  # a KV cache is useless in training and breaks packed attention isolation
@@ -84,6 +119,7 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device):
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Override every dropout probability (config fields for code that reads them, modules for the rest)."""
     for key in list(vars(model.config)):
         if "dropout" in key and isinstance(getattr(model.config, key), float):
             setattr(model.config, key, p)
@@ -95,7 +131,8 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 
 
 def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[tuple[int, list]]:
-    """(epoch, rows) for every optimizer step: a pure function of the data, seed and budget."""
+    """(epoch, rows) for every optimizer step: a pure function of the data, seed and budget, so a resumed run
+    needs only its step number to continue with exactly the rows it would have seen."""
     tc, L = cfg.train, cfg.data.max_length
     lengths = [len(t) for t in data.examples]
     sup = [m.n_supervised for m in data.masks]
@@ -111,7 +148,7 @@ def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[tuple[int, list]
             plan += [(epoch, s) for s in steps[:take]]
             if remaining <= 1:
                 break
-        else:
+        else:  # stop at the first step that reaches the budget: every regime sees the same supervised tokens
             for s in steps:
                 plan.append((epoch, s))
                 seen += sum(sup[i] for r in s for i in r.examples)
@@ -128,11 +165,150 @@ def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[tuple[int, list]
     return plan
 
 
-def _autocast(cfg: ExperimentConfig, device: torch.device):
-    use = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    if use:
+def epoch_fractions(plan: list) -> list[float]:
+    """Epochs completed after each step, e.g. 1.5 halfway through the second epoch."""
+    per_epoch: dict[int, int] = {}
+    for e, _ in plan:
+        per_epoch[e] = per_epoch.get(e, 0) + 1
+    out, seen = [], {}
+    for e, _ in plan:
+        seen[e] = seen.get(e, 0) + 1
+        out.append(round(e + seen[e] / per_epoch[e], 6))
+    return out
+
+
+def split_lm_head(model: torch.nn.Module, sample_ids: torch.Tensor | None = None):
+    """(body, head) when the model's logits are exactly ``head(body(...).last_hidden_state)``, else None.
+
+    Checked numerically on `sample_ids` (eval mode, no grad): a model that scales or soft-caps its logits
+    fails the check and trains with full logits instead of silently training the wrong function."""
+    head = model.get_output_embeddings()
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if not isinstance(head, torch.nn.Linear) or not isinstance(body, torch.nn.Module) or body is model:
+        return None
+    if sample_ids is not None:
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                full = model(input_ids=sample_ids, use_cache=False).logits
+                mine = head(body(input_ids=sample_ids, use_cache=False).last_hidden_state)
+        finally:
+            model.train(was)
+        if full.shape != mine.shape or not torch.allclose(full.float(), mine.float(), rtol=1e-4, atol=1e-4):
+            log.info("logits are not lm_head(hidden) for %s: full logits", type(model).__name__)
+            return None
+    return body, head
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class Engine:
+    """One optimizer step, exactly as ``train()`` runs it (benchmarks drive it directly).
+
+    ``step(batches)`` takes this rank's micro-batches of the step, computes the step-wide loss denominator
+    (all micro-batches, all ranks), accumulates gradients, reduces them across ranks, clips, and steps the
+    optimizer and schedule. Returns the step's metrics vector (M_* indices), summed over ranks."""
+
+    def __init__(self, model: torch.nn.Module, tc: TrainConfig, total_steps: int, dist: Dist | None = None,
+                 precision: str = "auto", sample_ids: torch.Tensor | None = None):
+        self.model, self.tc = model, tc
+        self.dist = dist or Dist()
+        self.device = next(model.parameters()).device
+        self.amp = lambda: _autocast(precision, self.device)
+        if tc.dropout is not None:
+            set_dropout(model, tc.dropout)
+        if tc.gradient_checkpointing:
+            # non-reentrant: works with inputs that need no grad and keeps dropout's RNG replay exact
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        split = split_lm_head(model, sample_ids)
+        self.head = split[1] if split else None
+        core = split[0] if split else model
+        self.fwd = torch.compile(core) if tc.compile else core
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = make_optimizer(model, tc)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(tc, total_steps))
+        model.train()
+
+    def step(self, batches: list[Batch], *, metrics: bool = True, step: int = 0) -> tuple[torch.Tensor, float]:
+        """Returns (metrics vector summed over ranks, grad norm before clipping). Raises TrainingError on a
+        non-finite loss or gradient, before the optimizer touches the weights."""
+        norm, dev, dist = self.tc.normalization, self.device, self.dist
+        # the step's denominator over every micro-batch and rank: accumulation == one big batch
+        denom = sum((loss_denominator(b.labels, b.weights, norm, b.seq_ids) for b in batches),
+                    torch.zeros((), device=dev)).double()
+        denom = dist.all_reduce(denom)
+        if float(denom) <= 0:
+            raise SupervisionError(f"optimizer step {step} has zero supervised tokens", where="train",
+                                   fix="check the regime and data (harness inspect)")
+        m = torch.zeros(7, dtype=torch.float64, device=dev)
+        for b in batches:
+            m += self._micro(b, denom, norm, metrics)
+        if dist.world > 1:
+            dist.all_reduce_grads(self.params)
+            m = dist.all_reduce(m)
+        max_norm = self.tc.max_grad_norm or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if self.params else torch.zeros(())
+        finite = torch.isfinite(torch.stack([m[M_LOSS], grad_norm.to(m)]))
+        if not bool(finite.all()):  # same verdict on every rank: loss and grads were all-reduced
+            what = "loss" if not bool(finite[0]) else "gradient norm"
+            value = float(m[M_LOSS] if what == "loss" else grad_norm)
+            self.opt.zero_grad(set_to_none=True)
+            raise TrainingError(f"non-finite {what} ({value}) at optimizer step {step}", where="train",
+                                fix="lower train.lr, set train.max_grad_norm, or check the data; the last "
+                                "COMPLETED checkpoint is kept and a rerun resumes from it")
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return m, float(grad_norm)
+
+    def _micro(self, b: Batch, denom: torch.Tensor, norm: str, metrics: bool) -> torch.Tensor:
+        m = torch.zeros(7, dtype=torch.float64, device=denom.device)
+        kw = dict(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.attention_mask,
+                  use_cache=False)
+        eff = token_weights(b.labels, b.weights, norm, b.seq_ids)  # [B, T-1] weight of each next-token target
+        sup = eff > 0
+        with self.amp():
+            out = self.fwd(**kw)
+        if self.head is not None:
+            hidden = out.last_hidden_state[:, :-1]  # position t predicts token t+1
+            with self.amp():
+                logits = self.head(hidden[sup])
+            nll_sup = _nll(logits, b.labels[:, 1:][sup])
+        else:
+            hidden = None
+            nll_all = _nll(out.logits[:, :-1].flatten(0, 1), b.input_ids[:, 1:].flatten()).view(sup.shape)
+            nll_sup = nll_all[sup]
+        loss = (eff[sup].to(nll_sup.dtype) * nll_sup).sum() / denom.to(nll_sup.dtype)
+        loss.backward()
+        m[M_LOSS] = loss.detach().double()
+        m[M_TOKENS] = b.n_tokens
+        m[M_SUP] = sup.sum()
+        if metrics:  # fixed-mask NLL (same masks for every regime), from this very forward pass
+            with torch.no_grad():
+                resp, prompt = segment_masks(b)
+                nll = torch.zeros(sup.shape, dtype=torch.float64, device=sup.device)
+                nll[sup] = nll_sup.detach().double()
+                rest = (resp | prompt) & ~sup
+                if hidden is None:
+                    nll[rest] = nll_all.detach()[rest].double()
+                elif bool(rest.any()):
+                    with self.amp():
+                        logits = self.head(hidden.detach()[rest])
+                    nll[rest] = _nll(logits, b.input_ids[:, 1:][rest]).double()
+                m[M_RESP], m[M_NRESP] = (nll * resp).sum(), resp.sum()
+                m[M_PROMPT], m[M_NPROMPT] = (nll * prompt).sum(), prompt.sum()
+        return m
+
+
+def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if logits.dtype in (torch.float16, torch.bfloat16):  # half-precision logits: the loss is taken in fp32
+        logits = logits.float()
+    return F.cross_entropy(logits, targets, reduction="none")
 
 
 def _progress(total: int, start: int):
@@ -147,157 +323,123 @@ def _progress(total: int, start: int):
 
 
 def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Train one run into `run_dir`, resuming from its newest COMPLETED checkpoint. Returns a summary; with
-    status "interrupted" when `should_stop()` became true (a checkpoint was saved at that step)."""
+    """Train one run into `run_dir`, resuming from its newest COMPLETED checkpoint.
+
+    Returns a summary (also written to ``DONE``); with status "interrupted" when `should_stop()` became true
+    on any rank (a checkpoint was saved at that step). A run already DONE returns its summary at once."""
     cfg, tc = spec.config, spec.config.train
     run_dir = Path(run_dir)
     if (run_dir / "DONE").exists():
         return json.loads((run_dir / "DONE").read_text() or "{}")
     should_stop = should_stop or (lambda: False)
+    check_model(cfg)
     dist = Dist.from_env()
     device = dist.device
     if tc.threads and device.type == "cpu":
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # dropout; the weights come from the checkpoint
 
     tok, data = prepare_data(cfg)
+    stats = data.stats()
     plan = plan_steps(data, cfg)
     total = len(plan)
-    last_of_epoch = {i for i in range(total) if i == total - 1 or (tc.save_every_epoch and plan[i + 1][0] != plan[i][0])}
     epoch_at = epoch_fractions(plan)
+    save_at = {i + 1 for i in range(total) if i == total - 1 or (tc.save_every_epoch and plan[i + 1][0] != plan[i][0])}
+    if tc.save_every_steps:
+        save_at |= set(range(tc.save_every_steps, total + 1, tc.save_every_steps))
+    pad = tok.pad_token_id
+    if pad is None:  # load_tokenizer already falls back to eos; a tokenizer with neither still trains
+        pad = 0
+        log.warning("tokenizer has no pad or eos token: padding with id 0 (never attended to, never in the loss)")
+
     resume = latest_checkpoint(run_dir)
     model = load_model(cfg, resume[1] if resume else cfg.model.name_or_path, device)
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos and cfg.data.max_length > max_pos:
-        raise ConfigError(f"data.max_length {cfg.data.max_length} exceeds the model's {max_pos} positions",
-                          where="data.max_length", fix=f"set data.max_length <= {max_pos}")
-    if tok.pad_token_id is None:
-        raise ConfigError("tokenizer has no pad token", where="model.tokenizer", fix="set one")
-    if tc.dropout is not None:
-        set_dropout(model, tc.dropout)
-    if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    fwd = torch.compile(model) if tc.compile else model
-    opt = make_optimizer(model, tc)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc, total))
+    first = data.examples[plan[0][1][0].examples[0]]
+    sample = torch.as_tensor(first.input_ids[:32], device=device)[None]
+    eng = Engine(model, tc, total, dist, tc.precision, sample_ids=sample)
 
     # the one resumable dict: everything that makes a resumed run bit-identical to an uninterrupted one
-    state = {"step": 0, "supervised_tokens": 0, "tokens": 0, "train_seconds": 0.0}
+    state = {"step": 0, "supervised_tokens": 0, "tokens": 0, "train_seconds": 0.0, "total_steps": total,
+             "mask_hash": stats["mask_hash"]}
     if resume:
         saved = load_state(resume[1])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
+        prog = saved["progress"]
+        if (prog.get("total_steps"), prog.get("mask_hash")) != (total, stats["mask_hash"]) and "mask_hash" in prog:
+            raise ConfigError(f"checkpoint {resume[1].name} was trained on other data or another plan "
+                              f"({prog.get('total_steps')} steps, mask {prog.get('mask_hash')}; now {total}, "
+                              f"{stats['mask_hash']})", where=str(run_dir),
+                              fix="use a fresh run directory (the run id changes with the config)")
+        eng.opt.load_state_dict(saved["optimizer"])
+        eng.sched.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in saved:
             torch.cuda.set_rng_state(saved["rng_cuda"])
-        state = saved["progress"]
+        state.update(prog)
     if dist.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
-        stats = data.stats()
         atomic_write_json(run_dir / "provenance.json", provenance(
-            run_id=spec.run_id, config_hash=spec.config_hash, data={"train": cfg.data.train.path,
-            "sha256": file_sha256(cfg.data.train.path)}, mask=stats, steps=total, world_size=dist.world,
-            started=now_iso(), resumed_from=state["step"] if resume else None))
+            run_id=spec.run_id, config_hash=spec.config_hash,
+            data={"train": cfg.data.train.path, "sha256": file_sha256(cfg.data.train.path)}, mask=stats,
+            tokenizer={"pad_token": tok.pad_token, "pad_token_id": pad, "eos_token": tok.eos_token},
+            engine={"lm_head": "supervised positions" if eng.head is not None else "full logits",
+                    "optimizer": type(eng.opt).__name__, "device": str(device)},
+            steps=total, world_size=dist.world, started=now_iso(), resumed_from=state["step"] if resume else None))
         _truncate_metrics(run_dir / "metrics.jsonl", state["step"])
-    if data.drops.total and dist.rank == 0:
-        log.warning("%s: dropped %s", spec.run_id, data.drops.describe())
+        if data.drops.total:
+            log.warning("%s: dropped %s", spec.run_id, data.drops.describe())
 
-    L, norm = cfg.data.max_length, tc.normalization
+    L = cfg.data.max_length
     rows_per_micro = max(1, (tc.micro_batch_tokens or tc.batch_tokens) // L)
-    pad = tok.pad_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
     bar = _progress(total, state["step"]) if dist.rank == 0 else None
-    model.train()
-    for step in range(state["step"], total):
-        t0 = time.perf_counter()
-        epoch, rows = plan[step]
-        mine = rows[dist.rank::dist.world]  # data parallel: rank r takes every world-th row of the step
-        batches = [collate(mine[i:i + rows_per_micro], data.examples, data.masks, pad, tc.packing).to(device)
-                   for i in range(0, len(mine), rows_per_micro)]
-        # the step's denominator over every micro-batch and rank: accumulation == one big batch
-        denom = sum((loss_denominator(b.labels, b.weights, norm, b.seq_ids) for b in batches),
-                    torch.zeros((), device=device))
-        denom = dist.all_reduce(denom.double())
-        if float(denom) <= 0:
-            raise SupervisionError(f"optimizer step {step} has zero supervised tokens", where=spec.run_id,
-                                   fix="check the regime and data (harness inspect)")
-        # loss, response nll sum/count, prompt nll sum/count, real tokens, supervised tokens (summed over ranks)
-        m = torch.zeros(7, dtype=torch.float64, device=device)
-        for b in batches:
-            with _autocast(cfg, device):
-                logits = fwd(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.attention_mask,
-                             use_cache=False).logits
-            nll = per_token_nll(logits, b.input_ids)  # every position once; the regime picks its weights
-            loss = loss_from_nll(nll, b.labels, b.weights, norm, denominator=denom, seq_ids=b.seq_ids)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss.item()}) at optimizer step {step + 1} (epoch {epoch})",
-                                    where=spec.run_id, fix="lower train.lr or check the data; the last COMPLETED "
-                                    "checkpoint is kept")
-            loss.backward()
-            with torch.no_grad():
-                resp, prompt = segment_masks(b)
-                nd = nll.detach().double()
-                m += torch.stack([loss.detach().double(), (nd * resp).sum(), resp.sum().double(),
-                                  (nd * prompt).sum(), prompt.sum().double(),
-                                  torch.tensor(float(b.n_tokens), dtype=torch.float64, device=device),
-                                  (b.weights[:, 1:] > 0).sum().double()])
-        if dist.world > 1:
-            dist.all_reduce_grads(params)
-            m = dist.all_reduce(m)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm or float("inf"))
-        lr = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        state["step"] = step + 1
-        state["tokens"] += int(m[5])
-        state["supervised_tokens"] += int(m[6])
-        state["train_seconds"] += dt
-        if dist.rank == 0 and (state["step"] % tc.log_every == 0 or step == total - 1):
-            row = {"step": state["step"], "epoch": epoch_at[step], "lr": lr, "loss": float(m[0]),
-                   "loss_response": float(m[1] / m[2]) if m[2] else None,
-                   "loss_prompt": float(m[3] / m[4]) if m[4] else None,
-                   "supervised_tokens": state["supervised_tokens"], "tokens": state["tokens"],
-                   "tokens_per_s": round(float(m[5]) / dt, 1), "grad_norm": float(grad_norm), "time": now_iso()}
-            with open(run_dir / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            _report(bar, row, total)
-        stop = should_stop()
-        if step in last_of_epoch or stop or (tc.save_every_steps and state["step"] % tc.save_every_steps == 0):
-            if dist.rank == 0:
-                save_checkpoint(run_dir, state["step"], model, tok, {
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
-                    **({"rng_cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
-                    "progress": dict(state)})
-                prune_checkpoints(run_dir, tc.keep_last)
-            dist.barrier()
-        if stop:
-            if bar is not None:
-                bar.close()
-            return {"status": "interrupted", "step": state["step"], "total_steps": total}
-    if bar is not None:
-        bar.close()
+    try:
+        for step in range(state["step"], total):
+            t0 = time.perf_counter()
+            epoch, rows = plan[step]
+            mine = rows[dist.rank::dist.world]  # data parallel: rank r takes every world-th row of the step
+            batches = [collate(mine[i:i + rows_per_micro], data.examples, data.masks, pad, tc.packing).to(device)
+                       for i in range(0, len(mine), rows_per_micro)]
+            logging_step = (step + 1) % tc.log_every == 0 or step == total - 1
+            lr = eng.sched.get_last_lr()[0]
+            m, grad_norm = eng.step(batches, metrics=logging_step, step=step + 1)
+            dt = time.perf_counter() - t0
+            state["step"] = step + 1
+            state["tokens"] += int(m[M_TOKENS])
+            state["supervised_tokens"] += int(m[M_SUP])
+            state["train_seconds"] += dt
+            if dist.rank == 0 and logging_step:
+                row = {"step": state["step"], "epoch": epoch_at[step], "lr": lr, "loss": float(m[M_LOSS]),
+                       "loss_response": float(m[M_RESP] / m[M_NRESP]) if m[M_NRESP] else None,
+                       "loss_prompt": float(m[M_PROMPT] / m[M_NPROMPT]) if m[M_NPROMPT] else None,
+                       "supervised_tokens": state["supervised_tokens"], "tokens": state["tokens"],
+                       "tokens_per_s": round(float(m[M_TOKENS]) / dt, 1), "grad_norm": grad_norm,
+                       "time": now_iso()}
+                with open(run_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                _report(bar, row, total)
+            stop = dist.any(bool(should_stop()))
+            if state["step"] in save_at or stop:
+                if dist.rank == 0:
+                    save_checkpoint(run_dir, state["step"], model, tok, {
+                        "optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict(),
+                        "rng_cpu": torch.get_rng_state(),
+                        **({"rng_cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
+                        "progress": dict(state)})
+                    prune_checkpoints(run_dir, tc.keep_last)
+                dist.barrier()
+            if stop:
+                return {"status": "interrupted", "run_id": spec.run_id, "step": state["step"], "total_steps": total}
+    finally:
+        if bar is not None:
+            bar.close()
     summary = {"status": "done", "run_id": spec.run_id, "steps": total, "supervised_tokens":
                state["supervised_tokens"], "tokens": state["tokens"],
                "train_seconds": round(state["train_seconds"], 3), "finished": now_iso()}
     if dist.rank == 0:
         atomic_write_text(run_dir / "DONE", json.dumps(summary) + "\n")  # written last
+    dist.barrier()
     dist.close()
     return summary
-
-
-def epoch_fractions(plan: list) -> list[float]:
-    """Epochs completed after each step, e.g. 1.5 halfway through the second epoch."""
-    per_epoch: dict[int, int] = {}
-    for e, _ in plan:
-        per_epoch[e] = per_epoch.get(e, 0) + 1
-    out, seen = [], {}
-    for e, _ in plan:
-        seen[e] = seen.get(e, 0) + 1
-        out.append(round(e + seen[e] / per_epoch[e], 6))
-    return out
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -310,9 +452,48 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def _report(bar, row: dict, total: int) -> None:
     if bar is not None:
-        bar.update(1)
+        bar.update(row["step"] - bar.n)
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
     elif row["step"] == total or row["step"] % max(1, total // 10) == 0:
-        print(f"step {row['step']}/{total} epoch {row['epoch']:.2f} loss {row['loss']:.4f} "
-              f"resp {row['loss_response'] if row['loss_response'] is None else round(row['loss_response'], 4)} "
-              f"lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", flush=True)
+        resp = "-" if row["loss_response"] is None else f"{row['loss_response']:.4f}"
+        print(f"step {row['step']}/{total} epoch {row['epoch']:.2f} loss {row['loss']:.4f} resp {resp} "
+              f"lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`harness train EXP.yaml [-o k=v ...] [--run PREFIX] [--out DIR]`: train one run of the grid in-process."""
+    p = subparsers.add_parser("train", help="train one run of an experiment's grid in this process (resumes)")
+    p.add_argument("experiment", help="experiment YAML")
+    p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
+    p.add_argument("--run", metavar="PREFIX", help="run id (or unique prefix) to train; default: the first run")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: <results_dir>/<name>/runs/<run_id>)")
+    p.set_defaults(func=_train_cmd)
+    return p
+
+
+def select_run(runs, prefix: str | None):
+    """The first run, or the one whose id starts with `prefix` (ambiguous or unknown: a clear error)."""
+    if not prefix:
+        return runs[0]
+    hits = [r for r in runs if r.run_id.startswith(prefix)]
+    if len(hits) == 1:
+        return hits[0]
+    ids = ", ".join(r.run_id for r in (hits or runs)[:8])
+    raise ConfigError(f"{'several' if hits else 'no'} runs match --run {prefix!r}", where="--run",
+                      fix=f"give a longer prefix; runs: {ids}")
+
+
+def _train_cmd(args: argparse.Namespace) -> int:
+    from harness.config import load_experiment
+    from harness.runs import run_dir
+
+    exp = load_experiment(args.experiment, args.override)
+    spec = select_run(exp.runs, args.run)
+    rdir = Path(args.out) if args.out else run_dir(exp, spec)
+    print(f"training {spec.run_id} -> {rdir}", file=sys.stderr)
+    summary = train(spec, rdir)
+    print(json.dumps(summary))
+    return 0

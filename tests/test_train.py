@@ -12,16 +12,22 @@ import torch
 from safetensors.torch import load_file
 
 from harness.config import load_experiment
-from harness.data import tokenize_conversation
 from harness.errors import SupervisionError
 from harness.train import TrainingError, train
-from tests.tiny import build_tiny, conversations
+from tests.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     return root, build_tiny(root)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():  # train() sets torch's thread count for the process (train.threads: 1 in tiny.yaml)
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 def spec_of(exp_path, *overrides):
@@ -56,21 +62,86 @@ def test_smoke_run_directory_file_set(tiny, tmp_path):
     assert train(spec_of(exp), rdir)["status"] == "done"  # DONE: returns at once
 
 
-def test_packed_logits_equal_each_example_alone(tiny):
-    root, exp = tiny
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _tiny_data(exp, *overrides):
+    from harness.train import prepare_data
 
-    tok = AutoTokenizer.from_pretrained(root / "model")
+    spec = spec_of(exp, *overrides)
+    tok, data = prepare_data(spec.config)
+    return spec, tok, data
+
+
+def test_packed_logits_equal_each_example_alone(tiny):
+    """Rows built by the engine (collate: per-example position_ids, no attention mask) isolate examples."""
+    root, exp = tiny
+    from transformers import AutoModelForCausalLM
+
+    from harness.packing import Row, collate
+
+    _, tok, data = _tiny_data(exp)
     model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float32, attn_implementation="sdpa").eval()
-    exs = [tokenize_conversation(c["messages"], tok) for c in conversations(3, 7)]
-    ids = torch.cat([torch.from_numpy(t.input_ids) for t in exs])[None]
-    pos = torch.cat([torch.arange(len(t)) for t in exs])[None]
+    idx = [0, 5, 7, 11]
+    b = collate([Row(idx, sum(len(data.examples[i]) for i in idx))], data.examples, data.masks, tok.pad_token_id)
+    assert b.attention_mask is None and b.input_ids.shape[1] == sum(len(data.examples[i]) for i in idx)
     with torch.no_grad():
-        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
-        alone = torch.cat([model(input_ids=torch.from_numpy(t.input_ids)[None]).logits[0] for t in exs])
-        leaky = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos).logits[0]
-    assert torch.allclose(packed, alone, atol=1e-5, rtol=0)
+        packed = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits[0]
+        alone = torch.cat([model(input_ids=torch.from_numpy(data.examples[i].input_ids)[None]).logits[0]
+                           for i in idx])
+        leaky = model(input_ids=b.input_ids, attention_mask=torch.ones_like(b.input_ids),
+                      position_ids=b.position_ids).logits[0]
+    assert (packed - alone).abs().max().item() < 1e-5
     assert (leaky - alone).abs().max() > 1e-3  # an attention mask silently breaks isolation: keep it out
+
+
+def test_engine_loss_on_packed_rows_equals_examples_alone(tiny):
+    """The engine's step loss (packed rows, LM head on supervised positions only) equals the weighted NLL of
+    each example run alone through the full model, normalised over the whole step."""
+    root, exp = tiny
+    from transformers import AutoModelForCausalLM
+
+    from harness.loss import per_token_nll
+    from harness.packing import collate, pack_rows
+    from harness.train import Engine
+
+    spec, tok, data = _tiny_data(exp, "model.dtype=float64")
+    model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float64)
+    idx = list(range(12))
+    rows = pack_rows([len(data.examples[i]) for i in idx], 64, idx)
+    assert any(len(r.examples) > 1 for r in rows)
+    batches = [collate(rows[:2], data.examples, data.masks, tok.pad_token_id),
+               collate(rows[2:], data.examples, data.masks, tok.pad_token_id)]
+    eng = Engine(model, spec.config.train, 10, sample_ids=batches[0].input_ids[:1, :16])
+    assert eng.head is not None  # the fast path is the one under test
+    with torch.no_grad():
+        num = den = resp_sum = resp_n = 0.0
+        for i in idx:
+            t, m = data.examples[i], data.masks[i]
+            ids = torch.from_numpy(t.input_ids)[None]
+            nll = per_token_nll(model(input_ids=ids).logits, ids)[0]
+            w = torch.from_numpy(m.weights[1:]).double()
+            num, den = num + float((w * nll).sum()), den + float(w.sum())
+            resp = torch.from_numpy((t.segments[1:] == 3) | (t.segments[1:] == 4))
+            resp_sum, resp_n = resp_sum + float(nll[resp].sum()), resp_n + int(resp.sum())
+    m, _ = eng.step(batches, metrics=True, step=1)
+    assert abs(float(m[0]) - num / den) < 1e-10
+    assert abs(float(m[1] / m[2]) - resp_sum / resp_n) < 1e-10
+
+
+def test_lm_head_on_supervised_positions_equals_full_logits(tiny, tmp_path, monkeypatch):
+    root, exp = tiny
+    import harness.train as T
+
+    args = ("train.max_steps=3", "model.dtype=float64", "regime.name=prompt_weight", "regime.prompt_weight=0.3")
+    fast = train(spec_of(exp, *args), tmp_path / "fast")
+    monkeypatch.setattr(T, "split_lm_head", lambda model, sample_ids=None: None)
+    full = train(spec_of(exp, *args), tmp_path / "full")
+    assert fast["steps"] == full["steps"] == 3
+    ma = [json.loads(x) for x in (tmp_path / "fast/metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    for ra, rb in zip(ma, mb):
+        for key in ("loss", "loss_response", "loss_prompt", "grad_norm"):
+            assert abs(ra[key] - rb[key]) < 1e-9, key
+    a, b = weights(tmp_path / "fast/checkpoints/step-000003"), weights(tmp_path / "full/checkpoints/step-000003")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-9
 
 
 def test_resume_is_bit_exact(tiny, tmp_path):
@@ -141,15 +212,15 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny, tmp_path, monk
     root, exp = tiny
     import harness.train as T
 
-    real = T.per_token_nll
+    real = T._nll
     count = {"n": 0}
 
-    def poisoned(logits, labels):
-        count["n"] += 1
-        out = real(logits, labels)
+    def poisoned(logits, targets):  # the loss of the third micro-batch (= optimizer step 3) becomes NaN
+        count["n"] += torch.is_grad_enabled()  # the metrics' extra no-grad calls do not count
+        out = real(logits, targets)
         return out * float("nan") if count["n"] >= 3 else out
 
-    monkeypatch.setattr(T, "per_token_nll", poisoned)
+    monkeypatch.setattr(T, "_nll", poisoned)
     rdir = tmp_path / "nan"
     with pytest.raises(TrainingError, match="non-finite loss .* at optimizer step 3"):
         train(spec_of(exp, "train.save_every_steps=1"), rdir)
@@ -199,25 +270,128 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, exp, rdir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, world, port, exp, rdir, style):
+    env = (dict(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)) if style == "torchrun" else
+           dict(SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank)))
+    os.environ.update(env, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     train(load_experiment(exp, ["train.max_steps=4"]).runs[0], rdir)
 
 
-def test_two_gloo_processes_equal_one(tiny, tmp_path):
+@pytest.mark.parametrize("style", ["torchrun", "slurm"])
+def test_two_gloo_processes_equal_one(tiny, tmp_path, style):
     root, exp = tiny
     import torch.multiprocessing as mp
 
     one = tmp_path / "one"
     train(spec_of(exp, "train.max_steps=4"), one)
     two = tmp_path / "two"
-    mp.spawn(_worker, args=(2, _free_port(), str(exp), str(two)), nprocs=2, join=True)
+    # fork: the workers inherit the imported torch/transformers (spawn re-imports them: ~10 s per test)
+    mp.start_processes(_worker, args=(2, _free_port(), str(exp), str(two), style), nprocs=2, join=True,
+                       start_method="fork")
     a = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert len(a) == len(b) == 4
     for ra, rb in zip(a, b):
-        for key in ("loss", "loss_response", "grad_norm", "supervised_tokens", "tokens"):
+        for key in ("loss", "loss_response", "loss_prompt", "grad_norm", "supervised_tokens", "tokens"):
             assert abs(ra[key] - rb[key]) < 1e-5, (key, ra[key], rb[key])
     wa, wb = weights(one / "checkpoints/step-000004"), weights(two / "checkpoints/step-000004")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())  # rank 0 wrote
+
+
+def test_dist_env_parsing(monkeypatch):
+    from harness.distributed import env_ranks
+
+    assert env_ranks({}) == (0, 1, 0)
+    assert env_ranks({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == (3, 8, 1)
+    assert env_ranks({"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "SLURM_LOCALID": "2"}) == (5, 6, 2)
+    # torchrun inside a SLURM allocation: torchrun's variables win
+    assert env_ranks({"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == (1, 2, 0)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_pad_token_missing_is_set_and_said(tiny, tmp_path, caplog):
+    root, exp = tiny
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    tdir = tmp_path / "tok"
+    shutil.copytree(root / "model", tdir)
+    cfg = json.loads((tdir / "tokenizer_config.json").read_text())
+    cfg.pop("pad_token", None)
+    (tdir / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert AutoTokenizer.from_pretrained(tdir).pad_token is None
+    with caplog.at_level("WARNING"):
+        out = train(spec_of(exp, f"model.tokenizer={tdir}", "train.max_steps=1"), tmp_path / "r")
+    assert out["status"] == "done" and "no pad token" in caplog.text
+    prov = json.loads((tmp_path / "r/provenance.json").read_text())
+    assert prov["tokenizer"]["pad_token"] == "<|endoftext|>"
+
+
+def test_checkpoint_schedule_and_keep_last(tiny, tmp_path):
+    root, exp = tiny
+    from harness.checkpoint import prune_checkpoints
+    from harness.runs import completed_checkpoints
+
+    r = tmp_path / "r"
+    train(spec_of(exp, "train.save_every_epoch=false", "train.save_every_steps=5", "train.keep_last=1"), r)
+    # steps 5, 10, 15 and the last (16): none has an eval yet, so keep_last deletes nothing
+    assert [s for s, _ in completed_checkpoints(r)] == [5, 10, 15, 16]
+    for s in (5, 15):
+        (r / "eval").mkdir(exist_ok=True)
+        (r / f"eval/step-{s:06d}.json").write_text("{}")
+    prune_checkpoints(r, 1)
+    assert [s for s, _ in completed_checkpoints(r)] == [10, 16]  # 10 still needs its eval; 16 is the newest
+    assert not (r / "checkpoints/step-000005").exists()
+
+
+def test_dropout_with_gradient_checkpointing_is_exact(tiny, tmp_path):
+    """Non-reentrant checkpointing replays dropout's RNG: same weights with and without it."""
+    root, exp = tiny
+    args = ("train.max_steps=2", "train.dropout=0.2", "model.dtype=float64")
+    train(spec_of(exp, *args), tmp_path / "a")
+    train(spec_of(exp, *args, "train.gradient_checkpointing=true"), tmp_path / "b")
+    train(spec_of(exp, "train.max_steps=2", "model.dtype=float64"), tmp_path / "c")
+    a, b, c = (weights(tmp_path / f"{x}/checkpoints/step-000002") for x in "abc")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-12
+    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-6  # dropout did act
+
+
+def test_bf16_autocast_runs(tiny, tmp_path):
+    root, exp = tiny
+    train(spec_of(exp, "train.max_steps=2", "train.precision=bf16"), tmp_path / "r")
+    rows = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] and r["loss"] > 0 for r in rows)
+
+
+def test_resume_refuses_a_changed_plan(tiny, tmp_path):
+    root, exp = tiny
+    from harness.errors import ConfigError
+
+    r = tmp_path / "r"
+    train(spec_of(exp), r, should_stop=lambda: True)
+    with pytest.raises(ConfigError, match="other data or another plan"):
+        train(spec_of(exp, "train.epochs=3"), r)
+
+
+def test_cli_train_selects_run_by_prefix(tiny, tmp_path, capsys):
+    root, exp = tiny
+    import argparse
+
+    from harness.errors import ConfigError
+    from harness.train import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    grid = ["-o", "grid.regime.name=[prompt_masked, full]", "-o", "train.max_steps=1"]
+    args = parser.parse_args(["train", str(exp), *grid, "--run", "full", "--out", str(tmp_path / "r")])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"].startswith("full-")
+    assert (tmp_path / "r/DONE").exists()
+    args = parser.parse_args(["train", str(exp), *grid, "--run", "nope"])
+    with pytest.raises(ConfigError, match="no runs match"):
+        args.func(args)

@@ -22,6 +22,7 @@ train:
   batch_tokens: 256
   seed: 1
   log_every: 1
+  threads: 1
 launcher: {{backend: debug}}
 """
 
