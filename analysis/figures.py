@@ -31,7 +31,6 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 log = logging.getLogger("analysis")
 
-CI = ("ci", 95)
 N_BOOT = 1000
 LR, EPOCHS, SEED, REGIME, WEIGHT = "train.lr", "train.epochs", "train.seed", "regime.name", "regime.prompt_weight"
 MAX_TOKENS = 64
@@ -332,7 +331,8 @@ def fig_learning_vs_forgetting(ctx: Context):
     regimes = list(dict.fromkeys(variant_regime(v) for v in ctx.order if v in set(pts["variant"])))
     for r in regimes:
         p = pts[pts[REGIME] == r]
-        idx = stats.pareto_front(p["x"].to_numpy(), p["y"].to_numpy())
+        sign = -1.0 if stats.lower_is_better(ctx.target) else 1.0  # the front keeps the better target
+        idx = stats.pareto_front(p["x"].to_numpy(), sign * p["y"].to_numpy())
         if len(idx):
             col = ctx.palette.get(r, ctx.palette[p["variant"].iloc[0]])
             ax.step(p["x"].to_numpy()[idx], p["y"].to_numpy()[idx], where="post", color=col, lw=1.6, zorder=2)
@@ -342,7 +342,7 @@ def fig_learning_vs_forgetting(ctx: Context):
         ax.scatter([0.0], [base.iloc[0]], marker="*", s=90, color=BASE_COLOUR, zorder=4)
         extra.append(Line2D([], [], color=BASE_COLOUR, marker="*", lw=0, markersize=9, label="base model"))
     ax.set_xlabel(metric_label(xm) + "  (← less forgetting)")
-    ax.set_ylabel(metric_label(ctx.target) + "  (↑ better)")
+    ax.set_ylabel(metric_label(ctx.target) + ("  (↓ better)" if stats.lower_is_better(ctx.target) else "  (↑ better)"))
     ax.set_title("Learning vs forgetting (each point: configuration × checkpoint, mean over seeds)", fontsize=9)
     pal = {**ctx.palette}
     _legend(fig, [v for v in ctx.order if v in set(pts["variant"])], pal, extra=extra, line=False)

@@ -210,6 +210,9 @@ def _methods(target, retention, axes) -> list[str]:
         "whiskers are the same percentile bootstrap over seeds (1000 resamples, seed 0).",
         "Paired comparisons pair runs of two regimes that share every other grid axis ("
         + ", ".join(a for a in axes if a not in ("regime.name", "regime.prompt_weight")) + ").",
+        f"With few seeds or pairs (n < {tables.MIN_PAIRS}) a percentile bootstrap CI is too narrow (it can only "
+        "take a handful of values): read such CIs as descriptive; the paired table puts their verdict in "
+        "parentheses.",
         "Prompt-loss-weight fits: metric = a(w − b)² + c with w = weight^0.30103 (Huerta-Enochian & Ko), "
         "least squares over every seed's final checkpoint.",
     ]

@@ -13,6 +13,8 @@ import pandas as pd
 from analysis import stats
 from analysis.style import variant_order
 
+#: below this many pairs a percentile bootstrap CI is too narrow to call a difference (flagged in the table)
+MIN_PAIRS = 5
 AXIS_NAMES = {"train.lr": "LR", "train.epochs": "epochs", "train.seed": "seed", "regime.name": "regime",
               "regime.prompt_weight": "prompt weight", "variant": "regime"}
 
@@ -109,8 +111,9 @@ def paired_table(pairs: pd.DataFrame) -> pd.DataFrame:
         "mean A − B [95% CI]": [fmt_ci(m, lo, hi) if n > 1 else f"{m:.3f} (1 pair)"
                                  for m, lo, hi, n in zip(pairs["mean_diff"], pairs["ci_low"], pairs["ci_high"],
                                                          pairs["n_pairs"])],
-        "CI excludes 0": ["yes" if (lo > 0 or hi < 0) else ("no" if lo == lo else "–")
-                          for lo, hi in zip(pairs["ci_low"], pairs["ci_high"])],
+        "CI excludes 0": ["–" if lo != lo else (f"({'yes' if (lo > 0 or hi < 0) else 'no'}; n<{MIN_PAIRS})"
+                                                 if n < MIN_PAIRS else ("yes" if (lo > 0 or hi < 0) else "no"))
+                          for lo, hi, n in zip(pairs["ci_low"], pairs["ci_high"], pairs["n_pairs"])],
     })
 
 

@@ -35,15 +35,20 @@ def frame(synth):
 
 @pytest.fixture(scope="module")
 def report(synth, tmp_path_factory):
-    """The whole report, through the CLI entry point, PDF and PNG."""
-    from analysis.cli import add_parser
+    """The whole report through `harness report EXP.yaml`, PDF and PNG."""
+    import contextlib
+    import io
 
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
+    from harness.cli import main
+
     yaml_path = synth.experiment_yaml(tmp_path_factory.mktemp("exp") / "synth.yaml")
-    args = parser.parse_args(["report", str(yaml_path), "--format", "pdf,png"])
-    assert args.func(args) == 0
-    return synth.exp_dir / "report"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["report", str(yaml_path), "--format", "pdf,png"]) == 0
+    report_dir = synth.exp_dir / "report"
+    assert out.getvalue().strip() == str(report_dir / "report.html")  # stdout: the path
+    assert "10 drawn, 0 skipped" in err.getvalue()
+    return report_dir
 
 
 def _same(a: float, b: float) -> bool:
