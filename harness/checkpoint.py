@@ -9,6 +9,7 @@ never loaded and is replaced on the next save.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,18 @@ import torch
 from harness.runs import atomic_write_text, completed_checkpoints, eval_json, now_iso, valid_json
 
 STATE_FILE = "trainer_state.pt"
+_FAULT_HITS: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for the reliability suite: HARNESS_FAULT=<name>:<n> kills the process (as kill -9
+    would: no cleanup, no finally) the n-th time execution reaches this point. Off unless set."""
+    spec = os.environ.get("HARNESS_FAULT", "")
+    if not spec.startswith(name + ":"):
+        return
+    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    if _FAULT_HITS[name] == int(spec.split(":", 1)[1]):
+        os._exit(137)
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -39,7 +52,9 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> 
         inner.config.use_cache = use_cache
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / STATE_FILE)
+    fault_point("checkpoint_write")  # between the files and the rename: a half checkpoint on disk
     tmp.rename(final)
+    fault_point("checkpoint_rename")  # renamed but no COMPLETED yet
     atomic_write_text(final / "COMPLETED", now_iso() + "\n")
     return final
 

@@ -1,0 +1,149 @@
+"""Fault injection on real processes: kill -9 during a step, during a checkpoint write, of the launcher
+mid-grid, and two launchers at once. After a rerun, results equal an uninterrupted run's, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.config import load_experiment
+from harness.train import train
+from tests.tiny import build_tiny
+
+HARNESS = [sys.executable, "-m", "harness.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    return root, build_tiny(root)
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.update(extra)
+    return env
+
+
+def _exp_file(tiny, tmp_path, name: str, extra: str = "") -> Path:
+    root, base = tiny
+    text = base.read_text().replace("name: tiny", f"name: {name}").replace(
+        f"results_dir: {root}/results", f"results_dir: {tmp_path}/results") + extra
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text)
+    return p
+
+
+def _final_weights(rdir: Path) -> dict:
+    step = max(int(p.name[5:]) for p in (rdir / "checkpoints").iterdir() if (p / "COMPLETED").exists())
+    return load_file(str(rdir / f"checkpoints/step-{step:06d}/model.safetensors"))
+
+
+def _metrics(rdir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (rdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in rows]
+
+
+def _reference(exp_path: Path, tmp_path: Path, idx: int = 0) -> Path:
+    spec = load_experiment(exp_path).runs[idx]
+    ref = tmp_path / f"ref-{idx}"
+    train(spec, ref)
+    return ref
+
+
+def _same(rdir: Path, ref: Path) -> None:
+    a, b = _final_weights(rdir), _final_weights(ref)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(rdir) == _metrics(ref)  # no duplicated or missing log rows either
+
+
+@pytest.mark.parametrize("point", ["checkpoint_write", "checkpoint_rename"])
+def test_kill_during_checkpoint_write(tiny, tmp_path, point):
+    exp = _exp_file(tiny, tmp_path, "ckfault")
+    r = subprocess.run(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(HARNESS_FAULT=f"{point}:1"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 137
+    spec = load_experiment(exp).runs[0]
+    rdir = tmp_path / "results" / "ckfault" / "runs" / spec.run_id
+    partial = [p for p in (rdir / "checkpoints").iterdir()]
+    assert partial and not any((p / "COMPLETED").exists() for p in partial)  # half checkpoint, never trusted
+    r = subprocess.run(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _same(rdir, _reference(exp, tmp_path))
+
+
+def test_kill_9_mid_training_then_rerun(tiny, tmp_path):
+    exp = _exp_file(tiny, tmp_path, "killstep", "\n".join(["", "grid:", "  train.epochs: [6]", ""]))
+    spec = load_experiment(exp).runs[0]
+    rdir = tmp_path / "results" / "killstep" / "runs" / spec.run_id
+    p = subprocess.Popen(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < 240:
+        m = rdir / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 20:  # past the first epoch checkpoint (step 8)
+            break
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (rdir / "DONE").exists()
+    r = subprocess.run(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _same(rdir, _reference(exp, tmp_path))
+
+
+def test_kill_9_of_launcher_and_jobs_mid_grid(tiny, tmp_path):
+    grid = "\n".join(["", "launcher: {backend: local, timeout_min: 10}", "grid:",
+                      "  regime.name: [prompt_masked, full, prompt_only]", "  train.epochs: [4]", ""])
+    exp = _exp_file(tiny, tmp_path, "killgrid", grid.replace("launcher: {backend: debug}", ""))
+    exp.write_text(exp.read_text().replace("launcher: {backend: debug}\n", ""))
+    runs = load_experiment(exp).runs
+    out = tmp_path / "results" / "killgrid" / "runs"
+    p = subprocess.Popen(HARNESS + ["run", str(exp), "--parallel", "1"], env=_env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < 300 and not (out / runs[0].run_id / "DONE").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)  # the second run is under way
+    os.killpg(p.pid, signal.SIGKILL)  # the launcher and the jobs it started (one session)
+    p.wait()
+    time.sleep(0.5)
+    done_before = sum((out / r.run_id / "DONE").exists() for r in runs)
+    assert 1 <= done_before < 3
+    r = subprocess.run(HARNESS + ["run", str(exp), "--parallel", "1"], env=_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for i, run in enumerate(runs):
+        _same(out / run.run_id, _reference(exp, tmp_path, i))
+    again = subprocess.run(HARNESS + ["run", str(exp)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert "all 3 runs are done" in again.stdout
+
+
+def test_two_launchers_at_once_train_each_run_once(tiny, tmp_path):
+    exp = _exp_file(tiny, tmp_path, "twice", "\n".join(["", "grid:", "  regime.name: [prompt_masked, full]",
+                                                        "  train.epochs: [4]", ""]))
+    procs = [subprocess.Popen(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0
+    refused = [o for p, o in zip(procs, outs) if p.returncode != 0]
+    for o in refused:
+        assert "another `harness run` is launching" in o[1]
+    for i, run in enumerate(load_experiment(exp).runs):
+        rdir = tmp_path / "results" / "twice" / "runs" / run.run_id
+        prov = json.loads((rdir / "provenance.json").read_text())
+        assert prov["resumed_from"] is None  # trained once, from scratch, never restarted
+        _same(rdir, _reference(exp, tmp_path, i))
