@@ -143,7 +143,8 @@ def bench_plain(root: Path, model_dir: Path, seq: int, rows: int, steps: int, wa
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
     tokens, seconds = 0, 0.0
-    for i, (_, step_rows) in enumerate(plan[: warmup + steps]):
+    for i, step in enumerate(plan[: warmup + steps]):
+        step_rows = step.rows
         t0 = time.perf_counter()
         b = collate(step_rows, data.examples, data.masks, tok.pad_token_id)
         logits = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits

@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -130,27 +130,34 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
             m.attention_dropout = p
 
 
-def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[tuple[int, list]]:
-    """(epoch, rows) for every optimizer step: a pure function of the data, seed and budget, so a resumed run
-    needs only its step number to continue with exactly the rows it would have seen."""
+class PlannedStep(NamedTuple):
+    epoch: int  # 0-based epoch the step belongs to
+    rows: list  # packed rows (harness.packing.Row) of the whole step, all ranks
+    epochs_done: float  # epochs completed after this step, e.g. 1.5 halfway through the second
+
+
+def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[PlannedStep]:
+    """Every optimizer step of the run: a pure function of the data, seed and budget, so a resumed run needs
+    only its step number to continue with exactly the rows it would have seen."""
     tc, L = cfg.train, cfg.data.max_length
     lengths = [len(t) for t in data.examples]
     sup = [m.n_supervised for m in data.masks]
     rows_per_step = max(1, tc.batch_tokens // L)
-    plan: list[tuple[int, list]] = []
+    plan: list[PlannedStep] = []
     seen, epoch = 0, 0
     while True:
         rows = pack_rows(lengths, L, epoch_order(len(lengths), tc.seed, epoch), tc.packing)
         steps = [rows[i:i + rows_per_step] for i in range(0, len(rows), rows_per_step)]
+        n = len(steps)
         if tc.budget == "epochs":
             remaining = tc.epochs - epoch
-            take = len(steps) if remaining >= 1 else max(1, math.ceil(remaining * len(steps)))
-            plan += [(epoch, s) for s in steps[:take]]
+            take = n if remaining >= 1 else max(1, math.ceil(remaining * n))
+            plan += [PlannedStep(epoch, s, round(epoch + (k + 1) / n, 6)) for k, s in enumerate(steps[:take])]
             if remaining <= 1:
                 break
         else:  # stop at the first step that reaches the budget: every regime sees the same supervised tokens
-            for s in steps:
-                plan.append((epoch, s))
+            for k, s in enumerate(steps):
+                plan.append(PlannedStep(epoch, s, round(epoch + (k + 1) / n, 6)))
                 seen += sum(sup[i] for r in s for i in r.examples)
                 if seen >= tc.supervised_tokens:
                     break
@@ -163,18 +170,6 @@ def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[tuple[int, list]
     if tc.max_steps:
         plan = plan[: tc.max_steps]
     return plan
-
-
-def epoch_fractions(plan: list) -> list[float]:
-    """Epochs completed after each step, e.g. 1.5 halfway through the second epoch."""
-    per_epoch: dict[int, int] = {}
-    for e, _ in plan:
-        per_epoch[e] = per_epoch.get(e, 0) + 1
-    out, seen = [], {}
-    for e, _ in plan:
-        seen[e] = seen.get(e, 0) + 1
-        out.append(round(e + seen[e] / per_epoch[e], 6))
-    return out
 
 
 def split_lm_head(model: torch.nn.Module, sample_ids: torch.Tensor | None = None):
@@ -224,7 +219,11 @@ class Engine:
             set_dropout(model, tc.dropout)
         if tc.gradient_checkpointing:
             # non-reentrant: works with inputs that need no grad and keeps dropout's RNG replay exact
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kw = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
         split = split_lm_head(model, sample_ids)
         self.head = split[1] if split else None
         core = split[0] if split else model
@@ -343,8 +342,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
     stats = data.stats()
     plan = plan_steps(data, cfg)
     total = len(plan)
-    epoch_at = epoch_fractions(plan)
-    save_at = {i + 1 for i in range(total) if i == total - 1 or (tc.save_every_epoch and plan[i + 1][0] != plan[i][0])}
+    save_at = {i + 1 for i in range(total)
+               if i == total - 1 or (tc.save_every_epoch and plan[i + 1].epoch != plan[i].epoch)}
     if tc.save_every_steps:
         save_at |= set(range(tc.save_every_steps, total + 1, tc.save_every_steps))
     pad = tok.pad_token_id
@@ -354,7 +353,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
 
     resume = latest_checkpoint(run_dir)
     model = load_model(cfg, resume[1] if resume else cfg.model.name_or_path, device)
-    first = data.examples[plan[0][1][0].examples[0]]
+    first = data.examples[plan[0].rows[0].examples[0]]
     sample = torch.as_tensor(first.input_ids[:32], device=device)[None]
     eng = Engine(model, tc, total, dist, tc.precision, sample_ids=sample)
 
@@ -395,7 +394,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
     try:
         for step in range(state["step"], total):
             t0 = time.perf_counter()
-            epoch, rows = plan[step]
+            rows = plan[step].rows
             mine = rows[dist.rank::dist.world]  # data parallel: rank r takes every world-th row of the step
             batches = [collate(mine[i:i + rows_per_micro], data.examples, data.masks, pad, tc.packing).to(device)
                        for i in range(0, len(mine), rows_per_micro)]
@@ -408,7 +407,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             state["supervised_tokens"] += int(m[M_SUP])
             state["train_seconds"] += dt
             if dist.rank == 0 and logging_step:
-                row = {"step": state["step"], "epoch": epoch_at[step], "lr": lr, "loss": float(m[M_LOSS]),
+                row = {"step": state["step"], "epoch": plan[step].epochs_done, "lr": lr, "loss": float(m[M_LOSS]),
                        "loss_response": float(m[M_RESP] / m[M_NRESP]) if m[M_NRESP] else None,
                        "loss_prompt": float(m[M_PROMPT] / m[M_NPROMPT]) if m[M_NPROMPT] else None,
                        "supervised_tokens": state["supervised_tokens"], "tokens": state["tokens"],

@@ -206,6 +206,15 @@ def test_supervised_token_budget(tiny, tmp_path):
     s = train(spec_of(exp, "train.budget=supervised_tokens", "train.supervised_tokens=500"), tmp_path / "b")
     rows = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["supervised_tokens"] >= 500 and rows[-2]["supervised_tokens"] < 500
+    # epochs count whole passes: the budget ends part-way through one (8 steps per epoch here)
+    assert [r["epoch"] for r in rows] == [round((i + 1) / 8, 6) for i in range(len(rows))]
+    assert s["steps"] == len(rows) == 13 and rows[-1]["epoch"] == 1.625
+    # another regime supervises more tokens per example, so it reaches the same budget in fewer steps
+    f = train(spec_of(exp, "train.budget=supervised_tokens", "train.supervised_tokens=500", "regime.name=full"),
+              tmp_path / "f")
+    rows_f = [json.loads(x) for x in (tmp_path / "f/metrics.jsonl").read_text().splitlines()]
+    assert rows_f[-1]["supervised_tokens"] >= 500 and rows_f[-2]["supervised_tokens"] < 500
+    assert f["steps"] < s["steps"]
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny, tmp_path, monkeypatch):
