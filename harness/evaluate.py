@@ -69,9 +69,22 @@ def _cache_dir() -> Path:
 
 
 def _lm_eval_tasks_dir() -> Path:
-    import lm_eval.tasks
+    """lm_eval/tasks without importing lm_eval (whose import pulls in torch, transformers and datasets)."""
+    import importlib.util
 
-    return Path(lm_eval.tasks.__file__).parent
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("lm-eval is not installed", where="eval.tasks", fix="pip install 'lm-eval>=0.4.5'")
+    return Path(list(spec.submodule_search_locations)[0]) / "tasks"
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
 
 
 def _index_entries(index: dict, root: Path | None) -> dict:
@@ -103,10 +116,8 @@ def _index_entries(index: dict, root: Path | None) -> dict:
 def default_task_index() -> dict:
     """Every task, group and tag bundled with the installed lm-eval: {name: {kind, family, children}}.
     Built by lm-eval's own TaskManager once per lm-eval version and cached on disk."""
-    import lm_eval
-
     root = _lm_eval_tasks_dir().resolve()
-    version = getattr(lm_eval, "__version__", "unknown")
+    version = _lm_eval_version()
     key = hashlib.sha256(f"{version}|{root}".encode()).hexdigest()[:12]
     if key in _INDEX_CACHE:
         return _INDEX_CACHE[key]
@@ -354,12 +365,13 @@ def run_lm_eval(model, tok, cfg: ExperimentConfig, tasks: Sequence[TaskConfig] |
                     res = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
                                                   apply_chat_template=chat, task_manager=tm, log_samples=True,
                                                   bootstrap_iters=BOOTSTRAP_ITERS)
-                except (ConnectionError, OSError, ValueError) as exc:
-                    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    raise EvaluationError(f"lm-eval could not run {names}: {msg}", where="eval.tasks",
+                except (ConnectionError, OSError) as exc:  # datasets/hub: not cached and offline, or no file
+                    msg = str(exc).splitlines()[0] if str(exc) else ""
+                    raise EvaluationError(f"lm-eval could not load the data of {names}: {type(exc).__name__}: "
+                                          f"{msg}", where="eval.tasks",
                                           fix="offline (HF_DATASETS_OFFLINE=1) a benchmark needs its dataset in "
-                                          "the local HF cache; download it once on a connected machine, or drop "
-                                          "the task") from exc
+                                          "the local HF cache: download it once on a connected machine (or "
+                                          "drop the task)") from exc
             for k in merged:
                 if k != "calls" and isinstance(res.get(k), dict):
                     merged[k].update(res[k])
@@ -541,7 +553,7 @@ class Evaluator:
             return None
         if self._base_lp is None:
             path = self.base_cache_path
-            with _file_lock(self.base_dir / ".eval.lock"):
+            with _file_lock(self.base_dir / ".logprobs.lock"):
                 if path.exists():
                     try:
                         self._base_lp = P.BaseLogprobs.load(path)
@@ -559,15 +571,21 @@ class Evaluator:
     def evaluate(self, model, *, is_base: bool = False) -> EvalResult:
         cfg, e = self.cfg, self.cfg.eval
         model.eval()
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
         metrics, results, samples = run_lm_eval(model, self.tok, cfg, self.tasks, self.tm) if self.tasks \
             else ({}, {}, [])
+        seconds["lm_eval"] = time.perf_counter() - t
         token_rows: list = []
         probes: dict[str, Any] = {"eval_hash": self.hash}
         if self.conversations is not None:
+            t = time.perf_counter()
             m, token_rows = P.fixed_mask_nll(model, self.tok, self.conversations, e.token_examples)
             metrics.update(m)
             probes["nll"] = {"path": self.paths["nll"], "examples": len(self.conversations)}
+            seconds["nll"] = time.perf_counter() - t
         if self.text_ids is not None:
+            t = time.perf_counter()
             base = self.base_logprobs(base_model=model if is_base else None)
             m = P.pretrain_probe(model, self.tok, self.text_ids, base)
             if is_base:  # the base against itself: zero by definition (not a noisy ~1e-9)
@@ -575,12 +593,16 @@ class Evaluator:
             metrics.update(m)
             probes["pretrain"] = {"path": self.paths["pretrain"], "texts": len(self.text_ids),
                                   "kl_top_k": base.k if base else None}
+            seconds["forgetting"] = time.perf_counter() - t
         if self.raw is not None:
+            t = time.perf_counter()
             rates, fsamples = P.format_probe(model, self.tok, self.raw, e.max_new_tokens, self.stop)
             metrics.update(rates)
             samples += fsamples
             probes["format"] = {"path": self.paths["raw"], "questions": len(self.raw),
                                 "max_new_tokens": e.max_new_tokens, "stop": self.stop}
+            seconds["format"] = time.perf_counter() - t
+        probes["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
         return EvalResult({k: P.finite_or_none(v) for k, v in metrics.items()}, results, samples, token_rows,
                           probes)
 
@@ -677,16 +699,15 @@ def evaluate_base(cfg: ExperimentConfig, experiment_dir: str | Path, *, force: b
     base_dir = Path(experiment_dir) / "base"
     out = base_dir / "eval" / "step-000000.json"
     h = eval_hash(cfg)
-    with _file_lock(base_dir / ".eval.lock"):
+    with _file_lock(base_dir / ".eval.lock"):  # held throughout: a concurrent caller waits, then reuses
         if not force and valid_eval(out, h):
             return json.loads(out.read_text())
-    t0 = time.perf_counter()
-    ev = evaluator_for(cfg, base_dir)
-    model = load_eval_model(cfg.model.name_or_path, cfg, ev.device)
-    res = ev.evaluate(model, is_base=True)
-    payload = _payload(res, run_id="base", step=0, epoch=0.0, checkpoint=str(cfg.model.name_or_path),
-                       seconds=time.perf_counter() - t0, hash_=ev.hash)
-    with _file_lock(base_dir / ".eval.lock"):
+        t0 = time.perf_counter()
+        ev = evaluator_for(cfg, base_dir)
+        model = load_eval_model(cfg.model.name_or_path, cfg, ev.device)
+        res = ev.evaluate(model, is_base=True)
+        payload = _payload(res, run_id="base", step=0, epoch=0.0, checkpoint=str(cfg.model.name_or_path),
+                           seconds=time.perf_counter() - t0, hash_=ev.hash)
         write_eval(out, payload, res.samples, res.token_rows)
     return payload
 
@@ -754,13 +775,17 @@ def pending_checkpoints(run_dir: str | Path, cfg: ExperimentConfig) -> list[tupl
 
 def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool = False) -> list[dict]:
     """Evaluate every COMPLETED checkpoint of a run lacking a valid eval JSON (a half-written or invalid one
-    is redone; `force` redoes all). The base's log-probs are cached in ``<experiment>/base``."""
+    is redone; `force` redoes all). The experiment's base row (``<experiment>/base/eval/step-000000.json``)
+    is evaluated first if missing (once: concurrent runs wait for it); the base's log-probs are cached there."""
     run_dir = Path(run_dir)
-    base_dir = run_dir.resolve().parent.parent / "base" if run_dir.resolve().parent.name == "runs" else \
-        Path(config.results_dir) / config.name / "base"
+    in_exp = run_dir.resolve().parent.name == "runs"
+    exp_dir = run_dir.resolve().parent.parent if in_exp else Path(config.results_dir) / config.name
+    base_dir = exp_dir / "base"
     todo = pending_checkpoints(run_dir, config) if not force else completed_checkpoints(run_dir)
     if not todo:
         return []
+    if in_exp:
+        evaluate_base(config, exp_dir)
     ev = evaluator_for(config, base_dir)
     epochs = _epochs_by_step(run_dir)
     out = []
@@ -849,7 +874,9 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     if not args.force and not adhoc and not args.out and valid_eval(out_json, eval_hash(cfg)):
         print(f"{out_json} is up to date (use --force to redo it)")
         return 0
-    r = evaluate_checkpoint(target, cfg, out_json, run_id=run_dir.name if step is not None else None, step=step)
+    in_run = step is not None and target.parent.name == "checkpoints"
+    r = evaluate_checkpoint(target, cfg, out_json, run_id=run_dir.name if in_run else None, step=step,
+                            epoch=_epochs_by_step(run_dir).get(step) if in_run else None)
     _print_metrics(r["metrics"], f"wrote {out_json} ({r['seconds']:.1f} s)")
     return 0
 

