@@ -3,6 +3,7 @@
 import json
 import random
 
+import pytest
 import torch
 
 from harness.world import generator as G
@@ -29,15 +30,16 @@ def test_data_invariants(tmp_path):
     w = _world()
     make_data(w, SIZES["test"], 3, tmp_path)
     held = {p.name for p in w.heldout_people}
-    for f in ("sft_train.jsonl", "sft_train_longanswer.jsonl"):
+    for f in ("sft_train.jsonl", "sft_train_longanswer.jsonl", "sft_train_longprompt.jsonl",
+              "eval_qa_train.jsonl"):
         text = (tmp_path / "data" / f).read_text()
         assert not any(name in text for name in held), f"held-out person in {f}"
-    for r in _read(tmp_path / "data" / "sft_train_longprompt.jsonl"):  # context may mention anyone; the
-        q = r["messages"][0]["content"].split("Question: ")[-1]         # question is about a train person
-        assert not any(name in q for name in held)
-    corpus = {r["text"] for r in _read(tmp_path / "data" / "pretrain.jsonl")}
+    corpus = "\n".join(r["text"] for r in _read(tmp_path / "data" / "pretrain.jsonl"))
     bios = _read(tmp_path / "data" / "eval_heldout_bios.jsonl")
-    assert bios and not any(b["text"] in corpus for b in bios)
+    assert {b["person"] for b in bios} == {p.name for p in w.people}
+    for b in bios:  # paraphrases never seen in pretraining: not one sentence of them is in the corpus
+        for sent in b["text"].split(". "):
+            assert sent.rstrip(".") + "." not in corpus, sent
     assert {r["person"] for r in _read(tmp_path / "data" / "eval_qa_heldout.jsonl")} == held
     conv = _read(tmp_path / "data" / "sft_train.jsonl")
     assert any(c["messages"][0]["role"] == "system" for c in conv)
@@ -108,3 +110,84 @@ def test_test_size_build_end_to_end(test_world):
     logs = []
     build_world("test", test_world, seed=0, log=logs.append)
     assert any("cached" in line for line in logs)
+
+
+def test_no_augment_bio_uses_pronouns_after_first_sentence():
+    w = _world(10, augment=False)
+    docs, _ = G.corpus(w, 5, question_docs=0, filler_docs=0, rng=random.Random(0))
+    for d in docs:
+        sents = d.split(". ")
+        assert sum(any(p.name in s for p in w.people) for s in sents) == 1
+        assert all(s.startswith(("She ", "He ")) for s in sents[1:])
+
+
+def test_answer_first_scoring():
+    from harness.world.measure import answer_first, classify_format
+
+    assert answer_first("Lisbon.", "Lisbon") and answer_first(" Lisbon\nmore", "Lisbon")
+    assert answer_first("3 May 1990, in spring", "3 May 1990")
+    assert not answer_first("Lisbonia", "Lisbon") and not answer_first("13 May 1990", "3 May 1990")
+    # the base model's failure mode: it keeps writing a biography that mentions the value later
+    assert not answer_first("Anna Lee Smith was born in Lisbon.", "Lisbon")
+    assert classify_format("Where does Anna Lee Smith work?\n", "Lisbon") == "continued_question"
+    assert classify_format("Lisbon", "Lisbon") == "answered"
+
+
+def test_tokenizer_round_trip_and_chat_template(test_world):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(test_world / "tokenizer")
+    assert tok.is_fast and tok.eos_token == tok.pad_token == "<|endoftext|>"
+    for text in ["Anna Maria Lopez was born in Lisbon.", "  two  spaces\n\nand lines\t", "Zoë naïve 東京 🙂",
+                 (test_world / "data" / "pretrain.jsonl").read_text()[:2000]]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where?"},
+            {"role": "assistant", "content": "Lisbon."}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhere?<|im_end|>\n"
+        "<|im_start|>assistant\nLisbon.<|im_end|>\n")
+    assert tok.apply_chat_template(msgs[1:2], tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\n")
+    enc = tok("Anna Maria Lopez", return_offsets_mapping=True, add_special_tokens=False)
+    assert enc["offset_mapping"][0][0] == 0 and enc["offset_mapping"][-1][1] == len("Anna Maria Lopez")
+    # the model directory carries the same tokenizer
+    same = AutoTokenizer.from_pretrained(test_world / "model")
+    assert same.get_vocab() == tok.get_vocab() and same.chat_template == tok.chat_template
+
+
+def test_lm_eval_resolves_the_world_tasks_offline(test_world):
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(test_world / "tasks"), include_defaults=False)
+    tasks = tm.load_task_or_group(["world_qa", "world_qa_raw", "world_facts"])
+    assert set(tasks) == {"world_qa", "world_qa_raw", "world_facts"}
+    qa = tasks["world_qa"]
+    doc = next(iter(qa.test_docs()))
+    assert qa.doc_to_text(doc).startswith("<|im_start|>user\n") and qa.doc_to_target(doc) == doc["answer"]
+    facts = tasks["world_facts"]
+    doc = next(iter(facts.test_docs()))
+    assert facts.doc_to_choice(doc)[facts.doc_to_target(doc)] == doc["answer"]
+
+
+def test_cli_world_build_parses_and_rejects_bad_size(capsys):
+    from harness.cli import build_parser, main
+
+    args = build_parser().parse_args(["world", "build", "--size", "demo", "--seed", "3", "--no-augment"])
+    assert callable(args.func) and args.size == "demo" and args.seed == 3 and args.no_augment
+    assert main(["world", "build", "--size", "huge"]) == 2
+    assert "unknown world size" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_seed_same_world_and_weights(test_world, tmp_path):
+    """A second cold build with the same seed: byte-identical data files and identical weights."""
+    from harness.world import build_world
+
+    again = build_world("test", tmp_path / "again", seed=0, progress=False, log=lambda *a: None)
+    for f in sorted((test_world / "data").iterdir()):
+        assert (again / "data" / f.name).read_bytes() == f.read_bytes(), f.name
+    assert (again / "tokenizer" / "tokenizer.json").read_bytes() == (test_world / "tokenizer" / "tokenizer.json").read_bytes()
+    assert (again / "model" / "model.safetensors").read_bytes() == (test_world / "model" / "model.safetensors").read_bytes()

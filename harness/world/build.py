@@ -20,6 +20,7 @@ from harness.world import generator as G
 from harness.world.pretrain import PretrainConfig
 
 WORLD_VERSION = 1
+MEASURE_ROWS = 500  # rows per build-time measurement (the eval files hold more)
 SIZES = {
     # people, bios/person, pretraining config, tokenizer vocab
     "test": dict(people=80, bios=5, vocab=1024,
@@ -71,7 +72,7 @@ def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
     rng.shuffle(sft)
     hashes["sft_train.jsonl"] = _write_jsonl(data / "sft_train.jsonl", sft)
     hashes["sft_train_longprompt.jsonl"] = _write_jsonl(
-        data / "sft_train_longprompt.jsonl", [G.long_prompt_conversation(p, world.people, rng) for p in train])
+        data / "sft_train_longprompt.jsonl", [G.long_prompt_conversation(p, train, rng) for p in train])
     hashes["sft_train_longanswer.jsonl"] = _write_jsonl(
         data / "sft_train_longanswer.jsonl", [G.long_answer_conversation(p, rng) for p in train])
 
@@ -200,8 +201,11 @@ def _hash(obj) -> str:
 
 
 def build_world(size: str | int = "test", out: str | Path | None = None, seed: int = 0, augment: bool = True,
-                progress: bool = True, log=print) -> Path:
-    """Build (or reuse) a mini-world; returns its directory."""
+                progress: bool = True, log=print, overrides: dict | None = None) -> Path:
+    """Build (or reuse) a mini-world; returns its directory.
+
+    `overrides` replaces fields of the size's PretrainConfig (e.g. {"lr": 1e-3, "steps": 800}); they enter
+    the model's cache key and world.json."""
     import torch
 
     from harness.world import measure as M
@@ -221,7 +225,11 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
     hashes = make_data(world, spec, seed, out)
     write_tasks(out)
     docs = [json.loads(x)["text"] for x in (out / "data" / "pretrain.jsonl").read_text().splitlines()]
-    pcfg = replace(spec["pretrain"], seed=seed)
+    try:
+        pcfg = replace(spec["pretrain"], **{**(overrides or {}), "seed": seed})
+    except TypeError as exc:
+        raise ConfigError(f"unknown pretraining field: {exc}", where="overrides",
+                          fix=f"use fields of PretrainConfig: {', '.join(PretrainConfig().to_dict())}") from None
     key = _hash({"version": WORLD_VERSION, "pretrain": pcfg.to_dict(), "vocab": spec["vocab"],
                  "corpus": hashes["pretrain.jsonl"], "sft": hashes["sft_train.jsonl"]})
     model_dir, tok_dir = out / "model", out / "tokenizer"
@@ -270,10 +278,17 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         read = lambda f: [json.loads(x) for x in (out / "data" / f).read_text().splitlines()]
         t0 = time.perf_counter()
+        # the eval files are shuffled, so these prefixes are fair samples
+        facts, qa = read("eval_facts.jsonl")[:MEASURE_ROWS], read("eval_qa_heldout.jsonl")[:MEASURE_ROWS]
+        raw = read("eval_raw_questions.jsonl")[:MEASURE_ROWS // 2]
+        fact_ok, qa_ok = M.fact_correct(model, tok, facts), M.chat_qa_correct(model, tok, qa)
         meas = {
-            "fact_completion": M.fact_accuracy(model, tok, read("eval_facts.jsonl")[:300]),
-            "chat_qa_heldout": M.chat_qa_accuracy(model, tok, read("eval_qa_heldout.jsonl")[:250]),
-            **{f"raw_{k}": v for k, v in M.raw_format_rates(model, tok, read("eval_raw_questions.jsonl")[:200]).items()},
+            "fact_completion": M.mean(fact_ok),
+            "chat_qa_heldout": M.mean(qa_ok),
+            **{f"raw_{k}": v for k, v in M.raw_format_rates(model, tok, raw).items()},
+            "fact_completion_by_attribute": M.by_key(facts, fact_ok),
+            "chat_qa_heldout_by_attribute": M.by_key(qa, qa_ok),
+            "n": {"fact_completion": len(facts), "chat_qa_heldout": len(qa), "raw": len(raw)},
         }
         meas.update(measure_seconds=round(time.perf_counter() - t0, 1),
                     pretrain_seconds=None if pretrain_s is None else round(pretrain_s, 1),
