@@ -73,8 +73,15 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from harness.train import add_parser
+
+    add_parser(sub)
+
+
 # Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
-_REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch, _add_eval, _add_report, _add_doctor]
+_REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch, _add_train, _add_eval, _add_report,
+               _add_doctor]
 
 
 def build_parser() -> argparse.ArgumentParser:
