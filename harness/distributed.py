@@ -62,6 +62,14 @@ class Dist:
             g.copy_(flat[off:off + g.numel()].view_as(g))
             off += g.numel()
 
+    def gather_object(self, obj) -> list:
+        """`obj` of every rank, in rank order, on every rank (e.g. the per-rank RNG states for a checkpoint)."""
+        if self.world == 1:
+            return [obj]
+        out: list = [None] * self.world
+        tdist.all_gather_object(out, obj)
+        return out
+
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (a stop request seen by one rank stops all together,
         so no rank waits forever in a collective the others left)."""

@@ -336,7 +336,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
     device = dist.device
     if tc.threads and device.type == "cpu":
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)  # dropout; the weights come from the checkpoint
+    torch.manual_seed(tc.seed + dist.rank)  # dropout (its own stream per rank); the weights are loaded
 
     tok, data = prepare_data(cfg)
     stats = data.stats()
@@ -370,9 +370,11 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                               fix="use a fresh run directory (the run id changes with the config)")
         eng.opt.load_state_dict(saved["optimizer"])
         eng.sched.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in saved:
-            torch.cuda.set_rng_state(saved["rng_cuda"])
+        rngs = saved["rng"]  # one per rank; a different world size continues from rank 0's
+        rng = rngs[dist.rank] if len(rngs) == dist.world else rngs[0]
+        torch.set_rng_state(rng["cpu"])
+        if device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
         state.update(prog)
     if dist.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -418,11 +420,11 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                 _report(bar, row, total)
             stop = dist.any(bool(should_stop()))
             if state["step"] in save_at or stop:
+                rng = dist.gather_object({"cpu": torch.get_rng_state(),
+                                          **({"cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {})})
                 if dist.rank == 0:
                     save_checkpoint(run_dir, state["step"], model, tok, {
-                        "optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict(),
-                        "rng_cpu": torch.get_rng_state(),
-                        **({"rng_cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
+                        "optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict(), "rng": rng,
                         "progress": dict(state)})
                     prune_checkpoints(run_dir, tc.keep_last)
                 dist.barrier()
