@@ -670,6 +670,9 @@ def write_eval(out_json: Path, payload: dict, samples: list, token_rows: list) -
     _atomic_bytes(out_json.parent / f"{stem}.samples.jsonl.gz", _samples)
     if token_rows:
         _atomic_bytes(out_json.parent / f"{stem}.tokens.parquet", _tokens)
+    from harness.checkpoint import fault_point
+
+    fault_point("eval_write")  # reliability suite: killed with the side files written, the JSON not yet
     atomic_write_text(out_json, json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n")
 
 

@@ -67,7 +67,7 @@ def _same(rdir: Path, ref: Path) -> None:
     assert _metrics(rdir) == _metrics(ref)  # no duplicated or missing log rows either
 
 
-@pytest.mark.parametrize("point", ["checkpoint_write", "checkpoint_rename"])
+@pytest.mark.parametrize("point", ["checkpoint_write", "checkpoint_rename", "eval_write"])
 def test_kill_during_checkpoint_write(tiny, tmp_path, point):
     exp = _exp_file(tiny, tmp_path, "ckfault")
     r = subprocess.run(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(HARNESS_FAULT=f"{point}:1"),
@@ -75,12 +75,19 @@ def test_kill_during_checkpoint_write(tiny, tmp_path, point):
     assert r.returncode == 137
     spec = load_experiment(exp).runs[0]
     rdir = tmp_path / "results" / "ckfault" / "runs" / spec.run_id
-    partial = [p for p in (rdir / "checkpoints").iterdir()]
-    assert partial and not any((p / "COMPLETED").exists() for p in partial)  # half checkpoint, never trusted
+    if point == "eval_write":  # killed while evaluating (the base, first): side files may exist, the JSON not
+        assert not (rdir.parents[1] / "base" / "eval" / "step-000000.json").exists()
+    else:
+        partial = [p for p in (rdir / "checkpoints").iterdir()]
+        assert partial and not any((p / "COMPLETED").exists() for p in partial)  # half checkpoint, never trusted
     r = subprocess.run(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     _same(rdir, _reference(exp, tmp_path))
+    from harness.runs import missing_evals
+
+    assert not missing_evals(rdir)  # every checkpoint evaluated after the rerun
+    assert json.loads((rdir.parents[1] / "base" / "eval" / "step-000000.json").read_text())["metrics"]
 
 
 def test_kill_9_mid_training_then_rerun(tiny, tmp_path):
