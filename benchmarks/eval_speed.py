@@ -106,9 +106,9 @@ def main() -> int:
         t0 = time.perf_counter()
         ev.base_logprobs()
         t_base = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = evaluate_checkpoint(ckpt, cfg, ckpt.parent.parent / "eval" / "step-000001.json", evaluator=ev)
-        t_ckpt = time.perf_counter() - t0
+        t_ckpt, c_ckpt = time.perf_counter() - t0, time.process_time() - c0
         n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(
             model_dir).parameters())
         le = r["lm_eval"]["n-samples"]
@@ -117,7 +117,8 @@ def main() -> int:
                "docs": {k: v["effective"] for k, v in le.items()},
                "probes": {k: v for k, v in r["probes"].items() if isinstance(v, dict) and k != "seconds"},
                "import_s": round(t_import, 2), "setup_s": round(t_setup, 2), "base_logprobs_s": round(t_base, 2),
-               "checkpoint_s": round(t_ckpt, 2), "checkpoint_breakdown_s": r["probes"]["seconds"]}
+               "checkpoint_s": round(t_ckpt, 2), "checkpoint_cpu_s": round(c_ckpt, 2),
+               "checkpoint_breakdown_s": r["probes"]["seconds"]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"world {res['world']}; model {res['model']} ({res['params']:,} params); "
@@ -127,6 +128,8 @@ def main() -> int:
     print(f"setup (tasks, tokenized probes) {res['setup_s']:6.1f} s  (once per process and config)")
     print(f"base log-probs for KL           {res['base_logprobs_s']:6.1f} s  (once per experiment)")
     print(f"one checkpoint, all tasks+probes {res['checkpoint_s']:5.1f} s  {res['checkpoint_breakdown_s']}")
+    print(f"  (process CPU time {res['checkpoint_cpu_s']:.1f} s; a load average above the core count means "
+          "other processes shared the cores and the wall time is inflated)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0

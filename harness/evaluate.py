@@ -521,10 +521,12 @@ class Evaluator:
         self.tm = task_manager_for(cfg, self.tasks) if self.tasks else None
         self.conversations = None
         if self.paths["nll"]:
-            src = d.eval if (d.eval and not e.nll_data) else None
+            src = d.eval if (d.eval and not e.nll_data) else None  # data.eval: its format/split/limit apply
+            limits = [x for x in (e.probe_limit, src.limit if src else None) if x]
             self.conversations = P.tokenize_eval_conversations(
-                self.paths["nll"], self.tok, max_length=d.max_length, limit=e.probe_limit,
-                fmt=src.format if src else "auto", eot=d.eot, boundary=d.boundary, system_prompt=d.system_prompt)
+                self.paths["nll"], self.tok, max_length=d.max_length, limit=min(limits) if limits else None,
+                fmt=src.format if src else "auto", split=src.split if src else "train",
+                name=src.name if src else None, eot=d.eot, boundary=d.boundary, system_prompt=d.system_prompt)
         self.text_ids = None
         if self.paths["pretrain"]:
             texts = [str(r["text"]) for r in P.read_jsonl(self.paths["pretrain"], "text", e.probe_limit)]

@@ -75,17 +75,30 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batches(seqs: Sequence[np.ndarray], pad: int, bs: int):
-    """Right-padded batches of sequences of similar length; yields (original indices, ids, attention)."""
+def batch_tokens_for(model) -> int:
+    """Tokens per forward pass in the probes: as many as keep the fp32 logits (and their log-softmax) near
+    512 MB, between 256 and 16384 (a 2k-vocabulary toy model: 16k tokens; a 150k-vocabulary LLM: ~900)."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 32000)
+    return max(256, min(16384, (1 << 27) // vocab))
+
+
+def _batches(seqs: Sequence[np.ndarray], pad: int, batch_tokens: int):
+    """Right-padded batches of sequences of similar length, at most `batch_tokens` (padded) tokens each;
+    yields (original indices, ids, attention)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    for i in range(0, len(order), bs):
-        idx = order[i:i + bs]
-        T = max(len(seqs[j]) for j in idx)
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and (j + 1 - i) * len(seqs[order[j]]) <= batch_tokens:
+            j += 1
+        idx = order[i:j]
+        i = j
+        T = max(len(seqs[k]) for k in idx)
         ids = torch.full((len(idx), T), pad, dtype=torch.long)
         att = torch.zeros((len(idx), T), dtype=torch.long)
-        for r, j in enumerate(idx):
-            ids[r, :len(seqs[j])] = torch.as_tensor(seqs[j], dtype=torch.long)
-            att[r, :len(seqs[j])] = 1
+        for r, k in enumerate(idx):
+            ids[r, :len(seqs[k])] = torch.as_tensor(seqs[k], dtype=torch.long)
+            att[r, :len(seqs[k])] = 1
         yield idx, ids, att
 
 
@@ -95,10 +108,10 @@ def _logits(model, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def token_nll(model, seqs: Sequence[np.ndarray], pad: int, bs: int = 16) -> list[np.ndarray]:
+def token_nll(model, seqs: Sequence[np.ndarray], pad: int, batch_tokens: int | None = None) -> list[np.ndarray]:
     """NLL of every token given its prefix (NaN at position 0), one float64 array per sequence."""
     out: list[np.ndarray | None] = [None] * len(seqs)
-    for idx, ids, att in _batches(seqs, pad, bs):
+    for idx, ids, att in _batches(seqs, pad, batch_tokens or batch_tokens_for(model)):
         logits = _logits(model, ids, att)
         nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1).to(logits.device),
                               reduction="none").view(ids.shape[0], -1).double().cpu().numpy()
@@ -111,11 +124,12 @@ def token_nll(model, seqs: Sequence[np.ndarray], pad: int, bs: int = 16) -> list
 
 
 def tokenize_eval_conversations(path: str, tok, *, max_length: int | None = None, limit: int | None = None,
-                                fmt: str = "auto", eot: str | None = None, boundary: str = "split",
+                                fmt: str = "auto", split: str = "train", name: str | None = None,
+                                eot: str | None = None, boundary: str = "split",
                                 system_prompt: str | None = None) -> list[Tokenized]:
     """Held-out conversations through the harness's one tokenization path (segments per token). Over-long
     conversations are cut on the right, never dropped, so every run sees the same examples."""
-    convs = load_conversations(path, fmt=fmt, limit=limit, system_prompt=system_prompt)
+    convs = load_conversations(path, fmt=fmt, split=split, name=name, limit=limit, system_prompt=system_prompt)
     ct = ConversationTokenizer(tok, eot=eot, boundary=boundary, max_length=max_length, truncation="right")
     examples, _ = tokenize_all(convs, ct)
     if not examples:
@@ -124,11 +138,11 @@ def tokenize_eval_conversations(path: str, tok, *, max_length: int | None = None
     return examples
 
 
-def fixed_mask_nll(model, tok, examples: Sequence[Tokenized], token_examples: int = 8, bs: int = 16
-                   ) -> tuple[dict, list[dict]]:
+def fixed_mask_nll(model, tok, examples: Sequence[Tokenized], token_examples: int = 8,
+                   batch_tokens: int | None = None) -> tuple[dict, list[dict]]:
     """Mean NLL over response / prompt / template tokens of all `examples` (token-weighted), and per-token
     rows (docs/results-schema.md, tokens.parquet) for the first `token_examples` of them."""
-    nlls = token_nll(model, [t.input_ids for t in examples], tok.pad_token_id, bs)
+    nlls = token_nll(model, [t.input_ids for t in examples], tok.pad_token_id, batch_tokens)
     sums = {g: [0.0, 0] for g in GROUPS}
     rows: list[dict] = []
     for k, (t, nll) in enumerate(zip(examples, nlls)):
@@ -197,13 +211,14 @@ class BaseLogprobs:
 
 
 @torch.no_grad()
-def base_logprobs(base, tok, ids: Sequence[np.ndarray], top_k: int = 64, bs: int = 16) -> BaseLogprobs:
+def base_logprobs(base, tok, ids: Sequence[np.ndarray], top_k: int = 64, batch_tokens: int | None = None
+                  ) -> BaseLogprobs:
     """Run the base model once over the probe texts: its mean NLL and top-k log-probs per position."""
     n_pos = sum(len(x) for x in ids)
     starts = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
     top_idx = top_logp = None
     nll_sum, nll_cnt = 0.0, 0
-    for idx, x, att in _batches(ids, tok.pad_token_id, bs):
+    for idx, x, att in _batches(ids, tok.pad_token_id, batch_tokens or batch_tokens_for(base)):
         lp = F.log_softmax(_logits(base, x, att), -1)
         k = min(top_k, lp.shape[-1])
         if top_idx is None:
@@ -236,8 +251,8 @@ def _kl_topk(top_logp_b: torch.Tensor, top_idx_b: torch.Tensor, lp_t: torch.Tens
 
 
 @torch.no_grad()
-def pretrain_probe(model, tok, ids: Sequence[np.ndarray], base: BaseLogprobs | None = None, bs: int = 16
-                   ) -> dict:
+def pretrain_probe(model, tok, ids: Sequence[np.ndarray], base: BaseLogprobs | None = None,
+                   batch_tokens: int | None = None) -> dict:
     """Mean NLL of `model` on the probe texts and, given the base's cached log-probs, the mean over all
     positions of KL(base || model) of the next-token distribution (one forward pass for both)."""
     if base is not None:
@@ -246,7 +261,7 @@ def pretrain_probe(model, tok, ids: Sequence[np.ndarray], base: BaseLogprobs | N
                             fix="delete <experiment>/base/eval/base_logprobs-*.npz (it is recomputed)")
     starts = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
     nll_sum, nll_cnt, kl_sum, kl_cnt = 0.0, 0, 0.0, 0
-    for idx, x, att in _batches(ids, tok.pad_token_id, bs):
+    for idx, x, att in _batches(ids, tok.pad_token_id, batch_tokens or batch_tokens_for(model)):
         lp = F.log_softmax(_logits(model, x, att), -1)
         tgt = x[:, 1:].to(lp.device)
         nll = -lp[:, :-1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
@@ -281,7 +296,7 @@ def stop_strings(tok, eot: str | None = None) -> list[str]:
 
 
 def format_probe(model, tok, rows: Sequence[dict], max_new_tokens: int = 32, stop: Sequence[str] | None = None,
-                 batch_size: int = 64) -> tuple[dict, list[dict]]:
+                 batch_size: int = 128) -> tuple[dict, list[dict]]:
     """Greedy continuations of raw questions ({prompt, answer}), classified answer-first. Returns the rates
     (format/answered + format/continued_question + format/other = 1; format/unfinished separately: the
     share that hit max_new_tokens without a stop token) and one sample row per question."""

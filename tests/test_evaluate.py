@@ -5,9 +5,11 @@ every task named in experiments/*.yaml resolving offline."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.config import load_experiment
 from harness.errors import DataError
@@ -20,7 +22,7 @@ data:
   train: {{path: {w}/data/sft_train.jsonl}}
   eval: {{path: {w}/data/eval_qa_heldout.jsonl, limit: 40}}
   max_length: 128
-train: {{lr: 3e-3, epochs: 2, batch_tokens: 1024, seed: 1}}
+train: {{lr: 3e-3, epochs: 2, batch_tokens: 1024, seed: 1, threads: 1}}
 eval:
   every_checkpoint: false
   include_path: [{w}/tasks]
@@ -36,6 +38,16 @@ KEYS = ("world_qa/exact_match", "world_qa_raw/exact_match", "world_facts/acc", "
         "format/answered", "format/continued_question", "format/other", "format/unfinished")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one thread is as fast, and far faster when other processes share the cores (OpenMP
+    threads spin-wait when oversubscribed: 7x slower evaluation measured on a loaded 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def evaluated(test_world, tmp_path_factory):
     """Base + one prompt-masked SFT run, trained and evaluated through the launcher (debug backend)."""
@@ -45,7 +57,9 @@ def evaluated(test_world, tmp_path_factory):
     p = root / "e.yaml"
     p.write_text(EXP.format(root=root, w=test_world))
     exp = load_experiment(p)
+    t0 = time.perf_counter()
     launch(exp, out=lambda *a: None)
+    print(f"\ntrain + evaluate (base and one checkpoint) through the launcher: {time.perf_counter() - t0:.1f} s")
     return exp
 
 

@@ -15,6 +15,16 @@ from harness.data.tokenize import Segment
 from harness.errors import DataError
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread is as fast, and far faster when other processes share the cores (OpenMP
+    threads spin-wait when oversubscribed: 7x slower evaluation measured on a loaded 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_model(tok, seed: int = 0, hidden: int = 32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -48,7 +58,7 @@ def test_fixed_mask_nll_is_the_segment_mean_of_per_token_nll(chatml_tok, conv_fi
 
     model = tiny_model(chatml_tok)
     ex = P.tokenize_eval_conversations(str(conv_file), chatml_tok, max_length=64)
-    metrics, rows = P.fixed_mask_nll(model, chatml_tok, ex, token_examples=2, bs=2)
+    metrics, rows = P.fixed_mask_nll(model, chatml_tok, ex, token_examples=2, batch_tokens=60)
     # reference: one unpadded forward per example, harness.loss.per_token_nll, segment masks
     sums = {g: [0.0, 0] for g in P.GROUPS}
     for t in ex:
@@ -75,8 +85,8 @@ def test_fixed_mask_nll_is_the_segment_mean_of_per_token_nll(chatml_tok, conv_fi
 def test_fixed_mask_nll_does_not_depend_on_batching(chatml_tok, conv_file):
     model = tiny_model(chatml_tok)
     ex = P.tokenize_eval_conversations(str(conv_file), chatml_tok, max_length=64)
-    a, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, bs=1)
-    b, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, bs=3)  # right padding must not change a number
+    a, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, batch_tokens=1)
+    b, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, batch_tokens=10**5)  # right padding must not change a number
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5)
 
@@ -98,13 +108,13 @@ def test_kl_from_cached_base_logprobs(chatml_tok, tmp_path):
     texts = ["the quick brown fox jumps over the lazy dog.", "What is the capital of France? Paris.", "2+2=4, 3+3=6."]
     ids = P.text_ids(chatml_tok, texts, 64)
     V = len(chatml_tok)
-    full = P.base_logprobs(base, chatml_tok, ids, top_k=V + 10, bs=2)  # k >= vocabulary: exact
+    full = P.base_logprobs(base, chatml_tok, ids, top_k=V + 10, batch_tokens=40)  # k >= vocabulary: exact
     assert full.k == V
     full.save(tmp_path / "b.npz")
     loaded = P.BaseLogprobs.load(tmp_path / "b.npz")
     assert all(np.array_equal(a, b) for a, b in zip(loaded.ids, ids)) and loaded.pretrain_nll == full.pretrain_nll
     exact = _exact_kl(base, tuned, ids)
-    m = P.pretrain_probe(tuned, chatml_tok, ids, loaded, bs=3)
+    m = P.pretrain_probe(tuned, chatml_tok, ids, loaded, batch_tokens=10**5)
     assert m["forgetting/kl_base"] == pytest.approx(exact, rel=1e-4)
     assert m["forgetting/pretrain_nll_delta"] == pytest.approx(m["forgetting/pretrain_nll"] - full.pretrain_nll)
     # top-k + tail: a lower bound of the exact KL, and close to it
