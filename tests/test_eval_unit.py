@@ -261,6 +261,9 @@ def test_cli_run_dir_checkpoint_and_adhoc_tasks(tiny, tmp_path, capsys):
     assert adhoc["lm_eval"]["calls"][0]["batch_size"] == 4  # the config's options for that task are kept
     assert set(json.loads((rdir / "eval" / "step-000005.json").read_text())["lm_eval"]["results"]) == \
         {"tiny_qa", "tiny_mc"}  # the run's own row is untouched
+    args = parser.parse_args(["eval", str(tiny.path)])  # an experiment file: its base model
+    assert args.func(args) == 0 and "base of tiny" in capsys.readouterr().out
+    assert (tiny.out_dir / "base" / "eval" / "step-000000.json").exists()
 
 
 def test_eval_hash_changes_with_what_the_evaluation_depends_on(tiny, tmp_path):
