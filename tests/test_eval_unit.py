@@ -77,7 +77,8 @@ def tiny(tmp_path_factory):
     _jsonl(root / "qa.jsonl", [{"question": f"What is {a}+{b}?", "answer": str(a + b)} for a, b in sums])
     _jsonl(root / "mc.jsonl", [{"prompt": f"{a}+{b}=", "choices": [f" {a + b}", f" {a + b + 1}"], "label": 0}
                                for a, b in sums])
-    _jsonl(root / "bios.jsonl", [{"text": f"the quick brown fox jumps over the lazy dog {i}. 2+2=4."} for i in range(8)])
+    _jsonl(root / "bios.jsonl", [{"text": f"the quick brown fox jumps over the lazy dog {i}. 2+2=4."}
+                                 for i in range(8)])
     _jsonl(root / "raw.jsonl", [{"prompt": f"What is {a}+{b}?\n", "answer": str(a + b)} for a, b in sums])
     (root / "tasks").mkdir()
     (root / "tasks" / "tiny_qa.yaml").write_text(QA_TASK.format(data=root / "qa.jsonl"))
