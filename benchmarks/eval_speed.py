@@ -43,6 +43,7 @@ eval:
           {{name: world_facts, batch_size: {bs}}}]
   pretrain_text: {w}/data/eval_heldout_bios.jsonl
   raw_questions: {w}/data/eval_raw_questions.jsonl
+  threads: {threads}
 """
 
 
@@ -66,7 +67,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", help="mini-world directory (default: results/world/demo-seed0, else test-seed0)")
     ap.add_argument("--batch-size", type=int, default=64, help="lm-eval batch size of every task")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="eval.threads (default: the evaluator's choice: 1 for models under 20M parameters)")
     ap.add_argument("--json", help="also write the numbers to this JSON file")
     args = ap.parse_args()
     root = Path(__file__).resolve().parents[1]
@@ -81,8 +83,6 @@ def main() -> int:
     from harness.config import load_experiment
     from harness.evaluate import Evaluator, evaluate_checkpoint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     import lm_eval.models.huggingface  # noqa: F401  (import cost reported separately)
 
     t_import = time.perf_counter() - t_import
@@ -94,7 +94,8 @@ def main() -> int:
             model_dir = _random_demo_model(world, tmp / "random-model")
             note = " (world model not built: randomly initialised model of the demo shape)"
         exp_path = tmp / "bench.yaml"
-        exp_path.write_text(EXP.format(out=tmp, model=model_dir, w=world, bs=args.batch_size))
+        exp_path.write_text(EXP.format(out=tmp, model=model_dir, w=world, bs=args.batch_size,
+                                       threads="null" if args.threads is None else args.threads))
         cfg = load_experiment(exp_path).config
         ckpt = tmp / "results/evalbench/runs/bench/checkpoints/step-000001"
         shutil.copytree(model_dir, ckpt)
@@ -104,7 +105,11 @@ def main() -> int:
         ev = Evaluator(cfg, base_dir=tmp / "results/evalbench/base")
         t_setup = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ev.base_logprobs()
+        from harness.evaluate import _eval_threads, load_eval_model
+
+        base = load_eval_model(model_dir, cfg)
+        with _eval_threads(base, args.threads):
+            ev.base_logprobs(base_model=base)
         t_base = time.perf_counter() - t0
         t0, c0 = time.perf_counter(), time.process_time()
         r = evaluate_checkpoint(ckpt, cfg, ckpt.parent.parent / "eval" / "step-000001.json", evaluator=ev)
@@ -113,7 +118,7 @@ def main() -> int:
             model_dir).parameters())
         le = r["lm_eval"]["n-samples"]
         res = {"world": str(world), "model": str(model_dir) + note, "params": n_params,
-               "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
+               "threads": args.threads or "auto", "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
                "docs": {k: v["effective"] for k, v in le.items()},
                "probes": {k: v for k, v in r["probes"].items() if isinstance(v, dict) and k != "seconds"},
                "import_s": round(t_import, 2), "setup_s": round(t_setup, 2), "base_logprobs_s": round(t_base, 2),

@@ -431,7 +431,8 @@ def eval_hash(cfg: ExperimentConfig) -> str:
     files' contents. Equal hashes: comparable rows; the base is re-evaluated when it changes."""
     d = to_dict(cfg)
     ev = dict(d["eval"])
-    ev.pop("every_checkpoint", None)
+    for key in ("every_checkpoint", "threads"):  # which checkpoints, and how fast: not what is measured
+        ev.pop(key, None)
     paths = probe_paths(cfg)
     payload = {"version": EVAL_VERSION, "model": d["model"],
                "model_files": _file_fingerprint(cfg.model.name_or_path),
@@ -571,6 +572,10 @@ class Evaluator:
     # ---- everything for one model
 
     def evaluate(self, model, *, is_base: bool = False) -> EvalResult:
+        with _eval_threads(model, self.cfg.eval.threads):
+            return self._evaluate(model, is_base)
+
+    def _evaluate(self, model, is_base: bool) -> EvalResult:
         cfg, e = self.cfg, self.cfg.eval
         model.eval()
         seconds: dict[str, float] = {}
@@ -607,6 +612,25 @@ class Evaluator:
         probes["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
         return EvalResult({k: P.finite_or_none(v) for k, v in metrics.items()}, results, samples, token_rows,
                           probes)
+
+
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+@contextlib.contextmanager
+def _eval_threads(model, threads: int | None) -> Iterator[None]:
+    """eval.threads for the duration of one evaluation (see its doc for the small-model default)."""
+    if threads is None:
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+        threads = 1 if on_cpu and small else None
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 _EVALUATORS: dict[tuple, Evaluator] = {}

@@ -280,3 +280,15 @@ def test_eval_hash_changes_with_what_the_evaluation_depends_on(tiny, tmp_path):
     before = eval_hash(cfg)
     copy.write_text(copy.read_text() + '{"text": "one more held-out text"}\n')  # same path, new content
     assert eval_hash(cfg) != before
+
+
+def test_small_models_are_evaluated_on_one_thread_and_threads_are_restored(tiny):
+    from harness.evaluate import _eval_threads, load_eval_model
+
+    model = load_eval_model(tiny.config.model.name_or_path, tiny.config)
+    torch.set_num_threads(2)
+    with _eval_threads(model, None):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with _eval_threads(model, 2):
+        assert torch.get_num_threads() == 2
