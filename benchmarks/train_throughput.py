@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -117,6 +118,8 @@ def bench_engine(root: Path, model_dir: Path, seq: int, rows: int, steps: int, w
                                      threads=threads, regime=regime))
     spec = load_experiment(exp).runs[0]
     rdir = root / "runs" / exp.stem
+    if rdir.exists():  # a repeat: train afresh
+        shutil.rmtree(rdir)
     train(spec, rdir)
     log = [json.loads(x) for x in (rdir / "metrics.jsonl").read_text().splitlines()]
     prev = 0
@@ -136,7 +139,10 @@ def bench_plain(root: Path, model_dir: Path, seq: int, rows: int, steps: int, wa
     from harness.train import plan_steps, prepare_data
 
     torch.set_num_threads(threads)
-    spec = load_experiment(root / f"exp-{model_dir.name}-{seq}-prompt_masked.yaml").runs[0]
+    exp = root / f"plain-{model_dir.name}-{seq}.yaml"
+    exp.write_text(EXPERIMENT.format(root=root, model=model_dir, seq=seq, batch=rows * seq, steps=warmup + steps,
+                                     threads=threads, regime="prompt_masked"))
+    spec = load_experiment(exp).runs[0]
     tok, data = prepare_data(spec.config)
     plan = plan_steps(data, spec.config)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -167,15 +173,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=2048)
-    ap.add_argument("--examples", type=int, default=1500)
+    ap.add_argument("--examples", type=int, default=800)
     ap.add_argument("--regimes", default="prompt_masked,full", help="comma list of regimes to time")
+    ap.add_argument("--repeats", type=int, default=2, help="measure each cell N times, report the best")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain reference loop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, fp32, "
-          f"{args.rows} packed rows/step, vocab {args.vocab}")
+          f"{args.rows} packed rows/step, vocab {args.vocab}, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_world(root, args.vocab, args.examples)
@@ -185,13 +193,19 @@ def main() -> None:
             n_params = sum(p.numel() for p in
                            __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir).parameters())
             for seq in seqs:
-                cells = []
-                for regime in args.regimes.split(","):
-                    tps, sup = bench_engine(root, model_dir, seq, args.rows, args.steps, args.warmup, args.threads,
-                                            regime)
-                    cells.append(f"train() {regime} {tps / 1e3:6.1f}k tok/s (supervised {sup:.0%})")
-                if not args.no_plain:
-                    cells.append(f"plain loop {bench_plain(root, model_dir, seq, args.rows, args.steps, args.warmup, args.threads) / 1e3:6.1f}k tok/s")
+                best: dict[str, float] = {}
+                sup: dict[str, float] = {}
+                for _ in range(args.repeats):  # interleaved, best of N: other load on the box only slows runs down
+                    for regime in args.regimes.split(","):
+                        tps, sup[regime] = bench_engine(root, model_dir, seq, args.rows, args.steps, args.warmup,
+                                                        args.threads, regime)
+                        best[regime] = max(best.get(regime, 0.0), tps)
+                    if not args.no_plain:
+                        tps = bench_plain(root, model_dir, seq, args.rows, args.steps, args.warmup, args.threads)
+                        best["plain"] = max(best.get("plain", 0.0), tps)
+                cells = [f"train() {r} {best[r] / 1e3:5.1f}k tok/s ({sup[r]:.0%} supervised)" for r in sup]
+                if "plain" in best:
+                    cells.append(f"plain loop {best['plain'] / 1e3:5.1f}k tok/s")
                 print(f"{name} ({n_params / 1e6:.2f}M) seq {seq}: " + " | ".join(cells), flush=True)
 
 

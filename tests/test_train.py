@@ -24,8 +24,11 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():  # train() sets torch's thread count for the process (train.threads: 1 in tiny.yaml)
+def _one_thread():
+    """One torch thread per test (as train.threads: 1 in tiny.yaml): a 32-wide model gains nothing from two,
+    and on a shared box two OpenMP threads per process thrash (measured 20x slower under load 8)."""
     n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
 
@@ -55,6 +58,9 @@ def test_smoke_run_directory_file_set(tiny, tmp_path):
             "grad_norm"} <= set(rows[0])
     prov = json.loads((rdir / "provenance.json").read_text())
     assert prov["data"]["sha256"] and prov["mask"]["mask_hash"] and prov["packages"]["torch"]
+    assert prov["git"]["commit"] and prov["git"]["dirty"] in (True, False) and prov["python"] and prov["host"]
+    state = torch.load(rdir / f"checkpoints/step-{n:06d}/trainer_state.pt", weights_only=True)
+    assert {"optimizer", "scheduler", "rng", "progress"} <= set(state) and state["progress"]["step"] == n
     cfg = json.loads((rdir / f"checkpoints/step-{n:06d}/config.json").read_text())
     assert cfg["use_cache"] is True
     from transformers import AutoModelForCausalLM
