@@ -239,7 +239,7 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
         log(f"base model cached ({key}); nothing to do")
         return out
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(2)  # fixed: same seed -> identical weights, whatever the machine's core count
+    torch.set_num_threads(pcfg.threads)  # fixed: same seed -> identical weights, whatever the machine's cores
     try:
         if not cached:
             # the tokenizer sees the corpus and the SFT/eval text (so chat answers tokenize like the corpus)
