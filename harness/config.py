@@ -614,8 +614,23 @@ class RunSpec:
 
 _ABBREV_VALUES = {"prompt_masked": "masked", "prompt_only": "promptonly", "prompt_weight": "plw", "full": "full"}
 _ABBREV_KEYS = {"regime.name": "", "train.lr": "lr", "train.epochs": "ep", "train.seed": "s",
-                "regime.prompt_weight": "plw", "regime.turns": "turns", "data.train.path": "data",
-                "data.train.limit": "n", "data.max_length": "len", "train.batch_tokens": "bt"}
+                "regime.prompt_weight": "plw", "regime.turns": "turns", "data.train.path": "",
+                "data.train.limit": "n", "data.max_length": "len", "train.batch_tokens": "bt",
+                "model.name_or_path": ""}
+# axes left out of the readable prefix (they still enter the hash): eval data follows the training data
+_UNLABELLED_AXES = {"data.eval.path", "data.eval.limit"}
+_GENERIC_STEMS = {"model", "tokenizer", "data", "checkpoint", "final", "base"}
+
+
+def _path_label(v: str) -> str:
+    """A path's most telling part: its stem, or its parent's name when the stem is generic
+    (results/world/demo-seed0-noaug/model -> demo-seed0-noaug; Qwen/Qwen2.5-0.5B -> Qwen2.5-0.5B)."""
+    parts = [p for p in v.rstrip("/").split("/") if p]
+    if len(parts) > 1 and Path(parts[-1]).stem in _GENERIC_STEMS:
+        return parts[-2]
+    if "." in parts[-1] and not parts[-1].endswith((".jsonl", ".json", ".parquet")):
+        return parts[-1]  # a hub name such as Qwen2.5-0.5B, not a file suffix
+    return re.sub(r"^(sft_train_|sft_|eval_)", "", Path(parts[-1]).stem)
 
 
 def _fmt_value(v: Any) -> str:
@@ -628,7 +643,7 @@ def _fmt_value(v: Any) -> str:
             s = f"{mant.rstrip('0').rstrip('.')}e{exp}"
         return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), s)
     if isinstance(v, str):
-        v = _ABBREV_VALUES.get(v, Path(v).stem if "/" in v else v)
+        v = _ABBREV_VALUES.get(v, _path_label(v) if "/" in v else v)
     return re.sub(r"[^A-Za-z0-9.+\-]", "", str(v))[:24]
 
 
@@ -703,7 +718,7 @@ def expand(cfg_raw: dict, lines: _LineMap | None = None) -> list[RunSpec]:
         cfg = _build_checked(raw, lines, f"grid point {label}" if label else "")
         resolved = to_dict(cfg)
         pt = {k: _get_dotted(resolved, k) for k in pt}  # typed values: '1e-4' (YAML str) and 0.0001 agree
-        prefix = "-".join(axis_label(k, v) for k, v in pt.items()) or "run"
+        prefix = "-".join(axis_label(k, v) for k, v in pt.items() if k not in _UNLABELLED_AXES) or "run"
         run_id = f"{prefix}-{config_hash(cfg)}"
         if run_id in seen:
             continue  # two grid points resolving to the same config are the same run

@@ -129,3 +129,20 @@ def test_run_id_independent_of_yaml_spelling(tmp_path):
     b = load_experiment(write(tmp_path, BASE.replace("[1e-4, 2e-5]", "[0.0001, 2.0e-5]"), "b.yaml"))
     assert [r.run_id for r in a.runs] == [r.run_id for r in b.runs]
     assert a.runs[0].axes == {"regime.name": "prompt_masked", "train.lr": 1e-4, "train.seed": 1}
+
+
+def test_run_id_labels_paths_by_their_telling_part():
+    from harness.config import axis_label
+
+    assert axis_label("model.name_or_path", "results/world/demo-seed0-noaug/model") == "demo-seed0-noaug"
+    assert axis_label("model.name_or_path", "Qwen/Qwen2.5-0.5B") == "Qwen2.5-0.5B"
+    assert axis_label("data.train.path", "results/world/demo-seed0/data/sft_train_longprompt.jsonl") == "longprompt"
+
+
+def test_shipped_reproduction_grids_have_distinct_readable_ids():
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    for name in ("prompt_weight", "instruction_modelling", "knowledge_extraction"):
+        exp = load_experiment(root / f"{name}.yaml")
+        prefixes = [r.run_id.rsplit("-", 1)[0] for r in exp.runs]
+        assert len(set(prefixes)) == len(prefixes), name  # readable without the hash
+        assert all("eval" not in p for p in prefixes)
