@@ -25,8 +25,16 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/harness demo
 
+# Benchmarks (about 20 min on 2 cores): TRL only here, as the `bench` extra (never in the dev/test install).
+# Each writes benchmarks/out/<name>.json; benchmarks/report.py turns them into benchmarks/RESULTS.md.
 bench: $(VENV)/.installed
-	$(PY) benchmarks/train_throughput.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/vs_trl.py
+	$(PY) benchmarks/data_prep.py
+	$(PY) benchmarks/mfu.py
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/overhead.py --launcher debug
+	$(PY) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

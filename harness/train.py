@@ -326,6 +326,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
 
     Returns a summary (also written to ``DONE``); with status "interrupted" when `should_stop()` became true
     on any rank (a checkpoint was saved at that step). A run already DONE returns its summary at once."""
+    started = time.perf_counter()
     cfg, tc = spec.config, spec.config.train
     run_dir = Path(run_dir)
     if (run_dir / "DONE").exists():
@@ -435,7 +436,9 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             bar.close()
     summary = {"status": "done", "run_id": spec.run_id, "steps": total, "supervised_tokens":
                state["supervised_tokens"], "tokens": state["tokens"],
-               "train_seconds": round(state["train_seconds"], 3), "finished": now_iso()}
+               "train_seconds": round(state["train_seconds"], 3),
+               "wall_seconds": round(time.perf_counter() - started, 3),  # this call: data, model, steps, saves
+               "finished": now_iso()}
     if dist.rank == 0:
         atomic_write_text(run_dir / "DONE", json.dumps(summary) + "\n")  # written last
     dist.barrier()
