@@ -30,6 +30,8 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/vs_trl.py
+	$(PY) benchmarks/vs_trl.py --threads 1 --models h256x4 --kinds ours,trl_packed --rounds 2 \
+	    --out benchmarks/out/vs_trl_1thread.json
 	$(PY) benchmarks/data_prep.py
 	$(PY) benchmarks/mfu.py
 	$(PY) benchmarks/overhead.py

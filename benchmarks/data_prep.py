@@ -1,6 +1,6 @@
 """Data preparation: tokenize + segment + label N mini-world conversations, ours vs TRL's dataset preparation.
 
-    .venv/bin/python benchmarks/data_prep.py                   # 20,000 conversations, 3 rounds
+    .venv/bin/python benchmarks/data_prep.py                   # 20,000 conversations, 2 rounds
     .venv/bin/python benchmarks/data_prep.py --n 2000 --rounds 1
 
 Both start from the same JSONL file on disk and end with trainer-ready examples under the assistant-only regime:
@@ -14,8 +14,9 @@ Both start from the same JSONL file on disk and end with trainer-ready examples 
   column), with ``packing=False`` and with ``packing=True`` (bfd); ``dataset_num_proc`` unset (one process, like
   ours), and also 2 processes.
 
-Rounds alternate ours / TRL in one process after one untimed warm-up of each; the median is reported. The same run
-checks that both produced the same tokens and the same supervised positions for every conversation.
+Rounds alternate ours / TRL in one process after an untimed warm-up of each on --check other conversations,
+which also checks that both produce the same tokens and the same supervised positions for every conversation;
+the median of the rounds is reported.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def check_same(data, prepared) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000, help="conversations")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--check", type=int, default=2000, help="conversations of the untimed warm-up + equality check")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-num-proc", action="store_true", help="skip TRL with dataset_num_proc=2")
@@ -110,22 +112,23 @@ def main() -> None:
             [json.loads(x) for x in small.read_text().splitlines()]),
             args=SFTConfig(output_dir=str(root / "o"), max_length=args.seq, assistant_only_loss=True,
                            use_cpu=True, report_to="none", bf16=False))
-        variants = {"ours_padded": lambda: ours(path, tok, args.seq, False),
-                    "trl_padded": lambda: trl_prepare(trainer, path, trl_tok, args.seq, False, None),
-                    "ours_packed": lambda: ours(path, tok, args.seq, True),
-                    "trl_packed": lambda: trl_prepare(trainer, path, trl_tok, args.seq, True, None)}
+        variants = {"ours_padded": lambda p: ours(p, tok, args.seq, False),
+                    "trl_padded": lambda p: trl_prepare(trainer, p, trl_tok, args.seq, False, None),
+                    "ours_packed": lambda p: ours(p, tok, args.seq, True),
+                    "trl_packed": lambda p: trl_prepare(trainer, p, trl_tok, args.seq, True, None)}
         if not args.no_num_proc:
-            variants["trl_padded_2proc"] = lambda: trl_prepare(trainer, path, trl_tok, args.seq, False, 2)
+            variants["trl_padded_2proc"] = lambda p: trl_prepare(trainer, p, trl_tok, args.seq, False, 2)
         times: dict[str, list[float]] = {k: [] for k in variants}
-        out = {k: fn() for k, fn in variants.items()}  # warm-up (imports, template compilation)
+        warm = write_jsonl(root / "warm.jsonl", mini_world_conversations(args.check, seed=2))
+        out = {k: fn(warm) for k, fn in variants.items()}  # warm-up (imports, template compilation)
         same = check_same(out["ours_padded"], out["trl_padded"])
-        print(f"  same tokens {same['same_tokens']}/{same['examples']}, same supervised positions "
-              f"{same['same_supervised_positions']}/{same['examples']}", flush=True)
+        print(f"  warm-up on {args.check} other conversations: same tokens {same['same_tokens']}/{same['examples']}, "
+              f"same supervised positions {same['same_supervised_positions']}/{same['examples']}", flush=True)
         del out
         for r in range(args.rounds):
             for k, fn in variants.items():
                 t0 = time.perf_counter()
-                fn()
+                fn(path)
                 times[k].append(time.perf_counter() - t0)
                 print(f"  round {r + 1} {k:17s} {times[k][-1]:6.2f} s  ({args.n / times[k][-1]:7.0f} conv/s; "
                       f"{load()})", flush=True)

@@ -76,6 +76,19 @@ def vs_trl_section(r: dict) -> list[str]:
     return lines + [""]
 
 
+def one_thread_section(r: dict) -> list[str]:
+    a = r["args"]
+    lines = [f"**Contention check, {a['threads']} thread** (same set-up; a thread never waits at an OpenMP barrier "
+             "for a partner descheduled by the other job on the machine):", "",
+             "| model | vs | ours tok/s | TRL tok/s | ratio (per round) | loss curves agree |", "|---|---|---:|---:|---|---|"]
+    for name, e in r["models"].items():
+        for kind, p in e["pairs"].items():
+            lines.append(f"| {name} | {kind} | {p['median']['ours']['tokens_per_s']:.0f} | "
+                         f"{p['median'][kind]['tokens_per_s']:.0f} | **{p['median_ratio']:.2f}x** "
+                         f"({', '.join(f'{x:.2f}' for x in p['ratios'])}) | {p['curves']['agree']} |")
+    return lines + [""]
+
+
 def data_prep_section(r: dict) -> list[str]:
     med, sp, same = r["median_s"], r["speedup"], r["same"]
     lines = ["## 3. Data preparation", "",
@@ -197,6 +210,9 @@ def main() -> None:
     lines += acceptance(vs, dp, mfu, oh)
     if vs:
         lines += vs_trl_section(vs)
+    vs1 = _load("vs_trl_1thread")
+    if vs1:
+        lines += one_thread_section(vs1)
     if mfu:
         lines += mfu_section(mfu)
     if dp:

@@ -1,7 +1,9 @@
 """Side by side: `harness.train.train()` vs TRL's `SFTTrainer` on the same tiny Llamas and mini-world data.
 
     .venv/bin/pip install -e ".[bench]"          # TRL is a benchmark-only extra
-    .venv/bin/python benchmarks/vs_trl.py         # h128x2 and h256x4, 3 rounds, writes benchmarks/out/vs_trl.json
+    .venv/bin/python benchmarks/vs_trl.py         # h128x2 and h256x4, 3 rounds -> benchmarks/out/vs_trl.json
+    .venv/bin/python benchmarks/vs_trl.py --threads 1 --models h256x4 --kinds ours,trl_packed \\
+        --out benchmarks/out/vs_trl_1thread.json  # contention check: no OpenMP barriers
     .venv/bin/python benchmarks/vs_trl.py --models h128x2 --rounds 1 --steps 8
 
 Same for every run: random-init Llama (seed 0, fp32, sdpa), mini-world SFT conversations, a byte-BPE ChatML
@@ -212,7 +214,7 @@ def main() -> None:
     ap.add_argument("--models", default="h128x2,h256x4", help=f"comma list of {sorted(MODELS)}")
     ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {KINDS}")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of ours / trl_packed / trl_padded")
-    ap.add_argument("--steps", type=int, default=24, help="optimizer steps per run")
+    ap.add_argument("--steps", type=int, default=14, help="optimizer steps per run")
     ap.add_argument("--warmup", type=int, default=4, help="untimed first steps")
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--rows", type=int, default=8, help="rows of --seq tokens per optimizer step")
