@@ -200,8 +200,10 @@ def main() -> None:
         if not args.no_levers:
             name = args.levers_model
             model_dir = save_model(root, name, len(tok), args.seq, tok.eos_token_id)
+            other = 1 if args.threads > 1 else 2
             settings = {"eager (baseline)": dict(), "torch.compile": dict(compile=True),
-                        "1 thread": dict(threads=1), "micro-batch of 1 row": dict(micro_rows=1)}
+                        f"{other} thread{'s' if other > 1 else ''}": dict(threads=other),
+                        "micro-batch of 1 row": dict(micro_rows=1)}
             for label, kw in settings.items():
                 t0 = time.perf_counter()
                 s = Setup(root, model_dir, data, args.seq, args.rows, kw.pop("threads", args.threads), **kw)
