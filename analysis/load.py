@@ -161,6 +161,7 @@ class RunInfo:
     in_plan: bool = True
     last_step: int | None = None
     evals: list[tuple[int, Path]] = field(default_factory=list)
+    eval_hash: str | None = None  # plan.json's: which base evaluation this run is compared with
 
 
 def run_state(rdir: Path) -> tuple[str, str, int | None]:
@@ -219,13 +220,14 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     on_disk = sorted(p.name for p in (exp_dir / "runs").iterdir() if p.is_dir()) if (exp_dir / "runs").is_dir() else []
     order = [rid for rid, _ in planned] + [rid for rid in on_disk if rid not in {r for r, _ in planned}]
     plan_axes = dict(planned)
+    plan_hash = {r["run_id"]: r.get("eval_hash") for r in plan.get("runs", []) if r.get("run_id")}
     runs: list[RunInfo] = []
     for rid in order:
         rdir = exp_dir / "runs" / rid
         state, detail, last = run_state(rdir)
         cfg = _read_yaml(rdir / "config.yaml") if rdir.is_dir() else None
         info = RunInfo(name, rid, rdir, state, detail, dict(plan_axes.get(rid, {})), cfg, rid in plan_axes, last,
-                       _eval_files(rdir) if rdir.is_dir() else [])
+                       _eval_files(rdir) if rdir.is_dir() else [], plan_hash.get(rid))
         runs.append(info)
     # axes: the plan's, or (no plan) the config keys that vary between runs
     configs = [_flatten(r.config) for r in runs if r.config]
@@ -294,6 +296,23 @@ def _tidy(records: list[dict], axis_cols: list[str], extra: list[str]) -> pd.Dat
     return df
 
 
+def _bases(exp_dir: Path) -> tuple[dict[str, dict], dict | None]:
+    """Base evaluations by eval hash: the experiment's own (``base/``) and those of runs with another base
+    model or eval data (``bases/<eval_hash>/``). Returns ({hash: payload}, the experiment's own)."""
+    default = _read_json(exp_dir / "base" / "eval" / "step-000000.json")
+    found = [default] + [_read_json(p) for p in sorted(exp_dir.glob("bases/*/eval/step-000000.json"))]
+    return {b["eval_hash"]: b for b in found if b and b.get("eval_hash")}, default
+
+
+def _base_of(run: "RunInfo", bases: dict[str, dict], default: dict | None) -> dict | None:
+    """The base a run is compared with: the one with the run's eval hash (from plan.json, else the run's
+    own eval files), else the experiment's base."""
+    h = run.eval_hash
+    if h is None and run.evals:
+        h = (_read_json(run.evals[-1][1]) or {}).get("eval_hash")
+    return bases.get(h, default) if h else default
+
+
 def load_runs(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
     """Evaluation results as one tidy frame (see docs/results-schema.md and docs in analysis/README.md).
 
@@ -308,19 +327,21 @@ def load_runs(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
     for exp_dir in experiment_dirs(results_dir):
         runs, axes = discover_runs(exp_dir, experiment)
         cols = _axis_columns(runs, axes)
-        base = _read_json(exp_dir / "base" / "eval" / "step-000000.json")
-        base_metrics = {k: _num(v) for k, v in ((base or {}).get("metrics") or {}).items()}
-        base_epoch = float((base or {}).get("epoch") or 0.0)
-        if base is None:
+        bases, default = _bases(exp_dir)
+        if default is None:
             log.warning("%s: no base evaluation (base/eval/step-000000.json): no step-0 rows, no deltas", exp_dir)
         records = []
         for r in runs:
+            base = _base_of(r, bases, default)
+            base_metrics = {k: _num(v) for k, v in ((base or {}).get("metrics") or {}).items()}
+            base_epoch = float((base or {}).get("epoch") or 0.0)
             common = {"experiment": r.experiment, "run_id": r.run_id, "state": r.state, "in_plan": r.in_plan,
                       **{c: r.axes.get(c) for c in cols}}
             records.append({**common, "step": None, "epoch": None, "metric": "state", "value": math.nan,
                             "detail": r.detail or r.state})
             for m, v in base_metrics.items():
-                records.append({**common, "step": 0, "epoch": base_epoch, "metric": m, "value": v})
+                records.append({**common, "step": 0, "epoch": base_epoch, "metric": m, "value": v,
+                                "base_value": v})
             epochs = _epochs_by_step(r.dir) if r.evals else {}
             for step, path in r.evals:
                 if step == 0:
@@ -331,9 +352,10 @@ def load_runs(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
                 ep = ev.get("epoch")
                 ep = float(ep) if isinstance(ep, (int, float)) else epochs.get(step, math.nan)
                 for m, v in (ev.get("metrics") or {}).items():
-                    records.append({**common, "step": step, "epoch": ep, "metric": m, "value": _num(v)})
-        df = _tidy(records, cols, ["in_plan", "detail"])
-        df["base_value"] = df["metric"].map(base_metrics).astype(float)
+                    records.append({**common, "step": step, "epoch": ep, "metric": m, "value": _num(v),
+                                    "base_value": base_metrics.get(m, math.nan)})
+        df = _tidy(records, cols, ["in_plan", "detail", "base_value"])
+        df["base_value"] = pd.to_numeric(df["base_value"], errors="coerce").astype(float)
         df["delta"] = df["value"] - df["base_value"]
         frames.append(df)
     if not frames:

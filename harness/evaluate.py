@@ -721,11 +721,25 @@ def _payload(res: EvalResult, *, run_id, step, epoch, checkpoint, seconds, hash_
 # ------------------------------------------------------------------------------------------ API
 
 
+def base_dir_for(experiment_dir: str | Path, cfg: ExperimentConfig) -> Path:
+    """Where the base evaluation of a run with config `cfg` lives: ``<experiment>/base`` for the experiment's
+    own base (plan.json's ``base_eval_hash``), ``<experiment>/bases/<eval_hash>`` for runs whose base model
+    or eval data differ (a grid over model.name_or_path or data.eval.path): each run's step-0 row, KL and
+    NLL deltas are against *its* base, never another run's."""
+    exp_dir = Path(experiment_dir)
+    try:
+        default = json.loads((exp_dir / "plan.json").read_text()).get("base_eval_hash")
+    except (OSError, ValueError):
+        default = None
+    h = eval_hash(cfg)
+    return exp_dir / "base" if default in (None, h) else exp_dir / "bases" / h
+
+
 def evaluate_base(cfg: ExperimentConfig, experiment_dir: str | Path, *, force: bool = False) -> dict:
-    """Evaluate the base model once per experiment into ``<experiment_dir>/base/eval/step-000000.json`` (the
-    step-0 row of every run). Cached by the eval hash (model files + eval config): a second call returns
-    the stored result; concurrent calls wait for the first."""
-    base_dir = Path(experiment_dir) / "base"
+    """Evaluate the base model once per experiment (per distinct base, see :func:`base_dir_for`) into
+    ``<experiment_dir>/base/eval/step-000000.json`` (the step-0 row of every run). Cached by the eval hash
+    (model files + eval config): a second call returns the stored result; concurrent calls wait for the first."""
+    base_dir = base_dir_for(experiment_dir, cfg)
     out = base_dir / "eval" / "step-000000.json"
     h = eval_hash(cfg)
     with _file_lock(base_dir / ".eval.lock"):  # held throughout: a concurrent caller waits, then reuses
@@ -745,8 +759,8 @@ def _default_base_dir(cfg: ExperimentConfig, out_json: Path) -> Path:
     """<experiment>/base for <experiment>/runs/<run>/eval/step-N.json, else results_dir/name/base."""
     p = Path(out_json).resolve()
     if len(p.parents) >= 4 and p.parent.name == "eval" and p.parents[2].name == "runs":
-        return p.parents[3] / "base"
-    return Path(cfg.results_dir) / cfg.name / "base"
+        return base_dir_for(p.parents[3], cfg)
+    return base_dir_for(Path(cfg.results_dir) / cfg.name, cfg)
 
 
 def evaluate_checkpoint(checkpoint_dir: str | Path, config: ExperimentConfig, out_json: str | Path, *,
@@ -809,7 +823,7 @@ def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool =
     run_dir = Path(run_dir)
     in_exp = run_dir.resolve().parent.name == "runs"
     exp_dir = run_dir.resolve().parent.parent if in_exp else Path(config.results_dir) / config.name
-    base_dir = exp_dir / "base"
+    base_dir = base_dir_for(exp_dir, config)
     todo = pending_checkpoints(run_dir, config) if not force else completed_checkpoints(run_dir)
     if not todo:
         return []
@@ -883,7 +897,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
             out = []
             for step, ckpt in completed_checkpoints(target):
                 out.append(evaluate_checkpoint(ckpt, cfg, target / "eval" / "adhoc" / f"step-{step:06d}.json",
-                                               base_dir=target.resolve().parent.parent / "base",
+                                               base_dir=base_dir_for(target.resolve().parent.parent, cfg),
                                                run_id=target.name, step=step))
         else:
             out = evaluate_run(target, cfg, force=args.force)

@@ -363,9 +363,11 @@ def _wait(items: list[tuple[str, Any]], out) -> list:
 
 
 def _base_done(exp: Experiment) -> bool:
+    """The experiment's own base is evaluated (runs with another base evaluate theirs, see base_dir_for)."""
+    from harness.evaluate import base_dir_for
     from harness.runs import valid_json
 
-    return valid_json(exp.out_dir / "base" / "eval" / "step-000000.json")
+    return valid_json(base_dir_for(exp.out_dir, exp.config) / "eval" / "step-000000.json")
 
 
 def _maybe_eval_base(exp: Experiment, out) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness.config import SCHEMA_VERSION, Experiment, RunSpec
+from harness.config import SCHEMA_VERSION, Experiment, RunSpec, to_dict
 
 STATES = ("done", "failed", "running", "partial", "pending")
 _STEP = re.compile(r"step-(\d{6})$")
@@ -196,9 +196,21 @@ def write_plan(exp: Experiment) -> Path:
         for k in r.axes:
             if k not in axes:
                 axes.append(k)
+    from harness.evaluate import eval_hash
+
+    hashes: dict[str, str] = {}
+
+    def ehash(cfg) -> str:  # memoised: it fingerprints the probe and model files
+        d = to_dict(cfg)
+        key = json.dumps([d["model"], d["data"], d["eval"]], sort_keys=True, default=str)
+        if key not in hashes:
+            hashes[key] = eval_hash(cfg)
+        return hashes[key]
+
     plan = {"schema": SCHEMA_VERSION, "experiment": exp.config.name, "experiment_file": exp.path,
-            "created": now_iso(), "axes": axes,
-            "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash} for r in exp.runs]}
+            "created": now_iso(), "axes": axes, "base_eval_hash": ehash(exp.config),
+            "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash,
+                      "eval_hash": ehash(r.config)} for r in exp.runs]}
     path = exp.out_dir / "plan.json"
     atomic_write_json(path, plan)
     return path

@@ -291,3 +291,30 @@ def test_without_plan_axes_are_inferred(tmp_path):
 
     _, axes = discover_runs(syn.exp_dir)
     assert set(axes) == {"regime.name", "train.lr", "train.seed", "regime.prompt_weight"}
+
+
+def test_runs_with_another_base_are_compared_with_their_own(tmp_path):
+    """A grid over the base model (knowledge_extraction): each run's step-0 row and deltas come from the base
+    evaluation with its eval hash (bases/<hash>/), never the experiment's default base."""
+    import json
+
+    exp = tmp_path / "ke"
+
+    def write(path, obj):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+
+    write(exp / "plan.json", {"schema": 1, "experiment": "ke", "axes": ["model.name_or_path"], "base_eval_hash": "aaa",
+                              "runs": [{"run_id": "aug-1", "axes": {"model.name_or_path": "w/aug/model"}, "eval_hash": "aaa"},
+                                       {"run_id": "plain-1", "axes": {"model.name_or_path": "w/plain/model"},
+                                        "eval_hash": "bbb"}]})
+    write(exp / "base" / "eval" / "step-000000.json", {"eval_hash": "aaa", "step": 0, "metrics": {"qa": 0.1}})
+    write(exp / "bases" / "bbb" / "eval" / "step-000000.json", {"eval_hash": "bbb", "step": 0, "metrics": {"qa": 0.3}})
+    for rid, h, v in (("aug-1", "aaa", 0.9), ("plain-1", "bbb", 0.4)):
+        write(exp / "runs" / rid / "eval" / "step-000010.json", {"eval_hash": h, "step": 10, "epoch": 1.0,
+                                                                "metrics": {"qa": v}})
+        (exp / "runs" / rid / "DONE").write_text("done\n")
+    df = load_runs(exp)
+    qa = df[df["metric"] == "qa"].set_index(["run_id", "step"])
+    assert qa.loc[("aug-1", 0), "value"] == 0.1 and qa.loc[("plain-1", 0), "value"] == 0.3
+    assert qa.loc[("aug-1", 10), "delta"] == pytest.approx(0.8) and qa.loc[("plain-1", 10), "delta"] == pytest.approx(0.1)

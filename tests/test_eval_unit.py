@@ -292,3 +292,24 @@ def test_small_models_are_evaluated_on_one_thread_and_threads_are_restored(tiny)
     assert torch.get_num_threads() == 2
     with _eval_threads(model, 2):
         assert torch.get_num_threads() == 2
+
+
+def test_runs_with_another_base_model_get_their_own_base_dir(tiny, tmp_path):
+    """A grid over model.name_or_path: the experiment's base in base/, every other base in bases/<eval_hash>/
+    (plan.json names the experiment's), so no run's KL or deltas are against another run's base."""
+    from dataclasses import replace
+
+    from harness.evaluate import base_dir_for, eval_hash
+    from harness.runs import write_plan
+
+    exp = tmp_path / "exp"
+    assert base_dir_for(exp, tiny.config) == exp / "base"  # no plan yet: the one base
+    shutil.copytree(Path(tiny.config.model.name_or_path), tmp_path / "other")
+    other = replace(tiny.config, model=replace(tiny.config.model, name_or_path=str(tmp_path / "other")))
+    ghost = type(tiny)(tiny.config, tiny.path, tiny.runs)
+    object.__setattr__(ghost, "config", replace(tiny.config, results_dir=str(tmp_path), name="exp"))
+    write_plan(ghost)
+    plan = json.loads((exp / "plan.json").read_text())
+    assert plan["base_eval_hash"] == eval_hash(tiny.config) and all(r["eval_hash"] for r in plan["runs"])
+    assert base_dir_for(exp, tiny.config) == exp / "base"
+    assert base_dir_for(exp, other) == exp / "bases" / eval_hash(other) != exp / "base"

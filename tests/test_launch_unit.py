@@ -56,6 +56,8 @@ def fake_pipeline(monkeypatch):
         p.write_text("{}")
 
     train_mod.train, eval_mod.evaluate_run, eval_mod.evaluate_base = train, evaluate_run, evaluate_base
+    eval_mod.eval_hash = lambda config: "same-base"
+    eval_mod.base_dir_for = lambda exp_dir, config: Path(exp_dir) / "base"
     monkeypatch.setitem(sys.modules, "harness.train", train_mod)
     monkeypatch.setitem(sys.modules, "harness.evaluate", eval_mod)
     return calls
