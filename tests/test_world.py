@@ -70,6 +70,36 @@ def test_same_seed_same_bytes(tmp_path):
     assert ha != make_data(_world(seed=4), SIZES["test"], 4, c)
 
 
+def test_augmented_and_plain_worlds_share_sft_and_eval_files(tmp_path):
+    """One random stream per file: a knowledge-extraction study varies the base model alone."""
+    ha = make_data(_world(augment=True), SIZES["test"], 3, tmp_path / "aug")
+    hb = make_data(_world(augment=False), SIZES["test"], 3, tmp_path / "plain")
+    assert ha["pretrain.jsonl"] != hb["pretrain.jsonl"]
+    assert {f: h for f, h in ha.items() if f != "pretrain.jsonl"} == {f: h for f, h in hb.items() if f != "pretrain.jsonl"}
+    held = {p.name for p in _world().heldout_people}
+    for f in ("eval_longprompt_heldout.jsonl", "eval_longanswer_heldout.jsonl"):
+        rows = _read(tmp_path / "aug" / "data" / f)
+        assert len(rows) == len(held) and all(r["messages"][-1]["role"] == "assistant" for r in rows)
+        assert sum(any(n in r["messages"][0]["content"] for n in held) for r in rows) == len(held)
+
+
+def test_epoch_packer_rows_start_at_documents_and_reshuffle():
+    from harness.world.pretrain import EpochPacker
+
+    docs = [[10 + i] * (3 + i % 5) for i in range(40)]
+    owners = [f"p{i % 8}" for i in range(40)]
+    pk = EpochPacker(docs, owners, seq_len=16, eos=0, seed=1, gap=3)
+    r0, r1 = pk(0), pk(1)
+    assert r0.shape[1] == 16 and not torch.equal(r0, r1) and torch.equal(r0, pk(0))
+    starts = {d[0] for d in docs}
+    assert all(int(row[0]) in starts for row in r0)  # every row begins at a document start
+    for row in r0:  # no two documents of one owner in one row
+        ids = [int(t) for t in row if int(t) != 0]
+        firsts = sorted({t for t in ids})
+        assert len({owners[t - 10] for t in firsts}) == len(firsts)
+    assert pk.tokens_per_epoch() == sum(len(d) + 1 for d in docs)
+
+
 def test_no_augment_world_has_one_fixed_bio_per_person():
     w = _world(20, augment=False)
     docs, _ = G.corpus(w, 5, question_docs=0, filler_docs=0, rng=random.Random(0))
@@ -103,7 +133,7 @@ def test_test_size_build_end_to_end(test_world):
     name = info["split"]["train"][0]
     assert len(tok(" " + name.split()[0], add_special_tokens=False)["input_ids"]) == 1  # names are single tokens
     AutoModelForCausalLM.from_pretrained(test_world / "model")
-    for t in ("world_qa", "world_qa_raw", "world_facts"):
+    for t in ("world_qa", "world_qa_train", "world_qa_raw", "world_facts"):
         assert (test_world / "tasks" / f"{t}.yaml").exists()
     # a second build reuses the cached model
     from harness.world import build_world
@@ -162,8 +192,8 @@ def test_lm_eval_resolves_the_world_tasks_offline(test_world):
     from lm_eval.tasks import TaskManager
 
     tm = TaskManager(include_path=str(test_world / "tasks"), include_defaults=False)
-    tasks = tm.load_task_or_group(["world_qa", "world_qa_raw", "world_facts"])
-    assert set(tasks) == {"world_qa", "world_qa_raw", "world_facts"}
+    tasks = tm.load_task_or_group(["world_qa", "world_qa_train", "world_qa_raw", "world_facts"])
+    assert set(tasks) == {"world_qa", "world_qa_train", "world_qa_raw", "world_facts"}
     qa = tasks["world_qa"]
     doc = next(iter(qa.test_docs()))
     assert qa.doc_to_text(doc).startswith("<|im_start|>user\n") and qa.doc_to_target(doc) == doc["answer"]

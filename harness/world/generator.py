@@ -162,10 +162,34 @@ def question_list(people: list[Person], rng: random.Random) -> str:
     return "\n".join(qs)
 
 
-def corpus(world: World, bios_per_person: int, question_docs: int, filler_docs: int, rng: random.Random,
-           gap: int = 6) -> tuple[list[str], dict[str, set]]:
-    """Pretraining documents, ordered so no two biographies of one person are within `gap` documents."""
-    docs: list[tuple[str | None, str]] = []
+def spread(items: list[tuple[str | None, object]], gap: int) -> list[tuple[str | None, object]]:
+    """Reorder (owner, item) pairs so no two items of one owner are within `gap` positions (None: no owner).
+
+    A document too close to its owner's previous one is pushed back; repeated until none is (or 20 passes).
+    Two paraphrases of one person inside one training window kill extraction (Physics of LM 3.1)."""
+    pending = list(items)
+    ordered: list[tuple[str | None, object]] = pending
+    for _ in range(20):
+        ordered, later = [], []
+        recent: list[str | None] = []
+        for who, item in pending:
+            if who is not None and who in recent[-gap:]:
+                later.append((who, item))
+            else:
+                ordered.append((who, item))
+                recent.append(who)
+        if not later:
+            break
+        pending = ordered + later
+        ordered = pending
+    return ordered
+
+
+def corpus_docs(world: World, bios_per_person: int, question_docs: int, filler_docs: int, rng: random.Random,
+                gap: int = 6) -> tuple[list[dict], dict[str, set]]:
+    """Pretraining documents {text, kind: bio|questions|filler, person}, ordered so no two biographies of one
+    person are within `gap` documents. Also returns the phrasing keys used per person."""
+    docs: list[tuple[str | None, dict]] = []
     seen: dict[str, set] = {}
     n_bios = bios_per_person if world.augment else 1
     for p in world.people:
@@ -173,28 +197,20 @@ def corpus(world: World, bios_per_person: int, question_docs: int, filler_docs: 
         for _ in range(n_bios):
             text, key = biography(p, rng, world.augment, keys)
             keys.add(hash(key))
-            docs.append((p.name, text))
+            docs.append((p.name, {"text": text, "kind": "bio", "person": p.name}))
     for _ in range(question_docs):
-        docs.append((None, question_list(world.people, rng)))
+        docs.append((None, {"text": question_list(world.people, rng), "kind": "questions", "person": None}))
     for _ in range(filler_docs):
-        docs.append((None, " ".join(rng.sample(FILLER, 3))))
+        docs.append((None, {"text": " ".join(rng.sample(FILLER, 3)), "kind": "filler", "person": None}))
     rng.shuffle(docs)
-    # repair: push a document forward while it is within `gap` of a previous doc about the same person
-    ordered: list[tuple[str | None, str]] = []
-    pending = docs
-    for _ in range(20):
-        ordered, later = [], []
-        recent: list[str | None] = []
-        for who, text in pending:
-            if who is not None and who in recent[-gap:]:
-                later.append((who, text))
-            else:
-                ordered.append((who, text))
-                recent.append(who)
-        if not later:
-            break
-        pending = ordered + later
-    return [t for _, t in ordered], seen
+    return [d for _, d in spread(docs, gap)], seen
+
+
+def corpus(world: World, bios_per_person: int, question_docs: int, filler_docs: int, rng: random.Random,
+           gap: int = 6) -> tuple[list[str], dict[str, set]]:
+    """The texts of `corpus_docs`."""
+    docs, seen = corpus_docs(world, bios_per_person, question_docs, filler_docs, rng, gap)
+    return [d["text"] for d in docs], seen
 
 
 def qa_answer(p: Person, a: str, rng: random.Random, long: bool) -> str:

@@ -47,9 +47,45 @@ def windows(stream: list[int], seq_len: int) -> torch.Tensor:
     return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-def pretrain(model, rows: torch.Tensor, cfg: PretrainConfig, progress: bool = True, log=print,
+class EpochPacker:
+    """Rows of `seq_len` tokens for one epoch: a fresh document order per epoch, rows aligned to documents.
+
+    Each row starts at a document start and takes whole documents (each followed by eos) until full; the
+    document cut at the row's end loses its tail for this epoch only. Why: with one fixed packing repeated
+    for ~20 epochs the model memorises which document follows which (training loss ~0.1) instead of storing
+    person -> attribute, and a prompt at position 0 ("Anna Maria Lopez was born in") would look unlike any
+    training position. Documents of one owner stay `gap` documents apart (never two in one row).
+    """
+
+    def __init__(self, docs: list[list[int]], owners: list[str | None], seq_len: int, eos: int, seed: int,
+                 gap: int = 6):
+        self.docs, self.owners, self.seq_len, self.eos, self.seed, self.gap = docs, owners, seq_len, eos, seed, gap
+
+    def __call__(self, epoch: int) -> torch.Tensor:
+        import random
+
+        from harness.world.generator import spread
+
+        order = list(range(len(self.docs)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        order = [i for _, i in spread([(self.owners[i], i) for i in order], self.gap)]
+        rows, cur = [], []
+        for i in order:
+            cur.extend(self.docs[i])
+            cur.append(self.eos)
+            if len(cur) >= self.seq_len:
+                rows.append(cur[:self.seq_len])
+                cur = []
+        return torch.tensor(rows, dtype=torch.long)
+
+    def tokens_per_epoch(self) -> int:
+        return sum(len(d) + 1 for d in self.docs)
+
+
+def pretrain(model, rows, cfg: PretrainConfig, progress: bool = True, log=print,
              hook=None, hook_every: int = 0) -> list[dict]:
-    """Plain AdamW loop over shuffled windows; returns the loss log. `hook(step, model)` runs every
+    """Plain AdamW loop over shuffled rows; returns the loss log. `rows` is a tensor (the same rows every
+    epoch) or a callable epoch -> rows (an EpochPacker). `hook(step, model)` runs every
     `hook_every` steps (e.g. a learning curve of fact completion; it must leave the model in train mode)."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -67,6 +103,9 @@ def pretrain(model, rows: torch.Tensor, cfg: PretrainConfig, progress: bool = Tr
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
+    make_rows = rows if callable(rows) else (lambda epoch: rows)
+    epoch = 0
+    rows = make_rows(epoch)
     order = torch.randperm(len(rows), generator=g)
     pos = 0
     history = []
@@ -74,6 +113,8 @@ def pretrain(model, rows: torch.Tensor, cfg: PretrainConfig, progress: bool = Tr
     every = max(1, cfg.steps // 20)
     for step in range(cfg.steps):
         if pos + cfg.batch > len(order):
+            epoch += 1
+            rows = make_rows(epoch)
             order, pos = torch.randperm(len(rows), generator=g), 0
         batch = rows[order[pos:pos + cfg.batch]]
         pos += cfg.batch
