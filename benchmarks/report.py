@@ -184,7 +184,8 @@ def acceptance(vs, dp, mfu, oh) -> list[str]:
                     f"({o.get('launcher', 'local')} launcher) | {'yes' if o['overhead'] < 0.05 else '**no**'} |")
     if mfu:
         for name, e in mfu["models"].items():
-            rows.append(f"| CPU-MFU reported, {name} | {e['median']['mfu']:.1%} | yes"
+            rows.append(f"| CPU-MFU reported, {name} ({mfu['args']['threads']} thread"
+                        f"{'s' if mfu['args']['threads'] > 1 else ''}) | {e['median']['mfu']:.1%} | yes"
                         f"{' (below 30%: see the profile and notes)' if e['median']['mfu'] < 0.3 else ''} |")
     return rows + [""]
 
