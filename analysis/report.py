@@ -27,6 +27,8 @@ import yaml
 
 from analysis import stats, tables
 from analysis.figures import Context, FigureResult, render_all
+from analysis.findings import findings_for
+from analysis.findings import to_markdown as findings_markdown
 from analysis.load import (default_target_metric, discover_runs, experiment_dirs, load_plan, load_provenance,
                            load_runs, load_training, run_table)
 from harness.errors import HarnessError
@@ -50,6 +52,7 @@ class Report:
     states: dict[str, int]
     not_done: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    findings: list = field(default_factory=list)  # analysis.findings.Finding of a shipped study
 
     @property
     def figure_files(self) -> list[Path]:
@@ -144,6 +147,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     prov = load_provenance(exp_dir, list(runs["run_id"]) if len(runs) else None)
     cfg_text = _config_text(config, exp_dir, runs)
     rep = Report(out, out / "report.html", out / "report.md", figs, tab, data, target, states, not_done, notes)
+    rep.findings = findings_for(plan.get("experiment") or exp_dir.name, df)
+    if rep.findings:
+        (out / "findings.json").write_text(json.dumps([f.to_dict() for f in rep.findings], indent=1) + "\n")
+        data.append(out / "findings.json")
     args = (rep, exp_dir, plan, axes, retention, frames, prov, cfg_text, ctx.notes, config, experiment_file)
     rep.markdown.write_text(_markdown(*args), encoding="utf-8")
     rep.html.write_text(_html(*args), encoding="utf-8")
@@ -250,6 +257,8 @@ def _markdown(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_tex
         L += ["**Runs that are not done (excluded from figures and tables):**", "", tables.to_markdown(nd), ""]
     for n in rep.notes:
         L += [f"> note: {n}", ""]
+    if rep.findings:
+        L += ["## Findings: does the published shape appear?", ""] + findings_markdown(rep.findings) + [""]
     L += ["## Methods", ""] + [f"- {m}" for m in _methods(rep.target, retention, axes)] + [""]
     L += ["## Figures", ""]
     for f in rep.figures:
@@ -331,6 +340,12 @@ def _html(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, n
         H.append("".join(rows) + "</table></div>")
     for n in rep.notes:
         H.append(f"<p class='warn'>note: {e(n)}</p>")
+    if rep.findings:
+        mark = {True: "yes", False: "<strong>no</strong>", None: "n/a"}
+        H.append("<h2>Findings: does the published shape appear?</h2><table><tr><th>claim</th><th>observed</th>"
+                 "<th>holds</th><th>source</th></tr>" + "".join(
+                     f"<tr><td>{e(f.claim)}</td><td>{e(f.observed)}</td><td>{mark[f.holds]}</td><td>{e(f.source)}</td>"
+                     "</tr>" for f in rep.findings) + "</table>")
     H.append("<h2>Methods</h2><ul>" + "".join(f"<li>{e(m).replace('`', '')}</li>"
                                                for m in _methods(rep.target, retention, axes)) + "</ul>")
     H.append("<h2>Figures</h2>")

@@ -1,0 +1,211 @@
+"""Findings: does the published shape appear in this experiment's results? One checker per shipped study,
+chosen by experiment name, each returning claims with the observed numbers and whether they hold.
+
+A finding is computed from :func:`analysis.load.load_runs` only (done runs, final checkpoint of each run unless
+a claim says otherwise, means over seeds). ``holds`` is True/False, or None when the data needed is missing;
+the report prints every claim with its numbers, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import pandas as pd
+
+QA, QA_TRAIN, FACTS = "world_qa/exact_match", "world_qa_train/exact_match", "world_facts/acc"
+FORGET, ANSWERED, CONTINUED = "forgetting/pretrain_nll_delta", "format/answered", "format/continued_question"
+
+
+@dataclass
+class Finding:
+    claim: str
+    observed: str
+    holds: bool | None
+    source: str = ""  # the paper or story the claim comes from
+
+    def __post_init__(self):
+        if self.holds is not None:
+            self.holds = bool(self.holds)  # numpy bools would not survive json / `is True`
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def _done(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    d = df[(df["state"] == "done") & (df["metric"] == metric) & (df["step"] > 0)].copy()
+    return d
+
+
+def final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per done run: its last evaluated checkpoint."""
+    d = _done(df, metric)
+    if d.empty:
+        return d
+    return d.loc[d.groupby("run_id")["step"].idxmax()]
+
+
+def base_value(df: pd.DataFrame, metric: str) -> float:
+    b = df[(df["metric"] == metric) & (df["step"] == 0)]["value"]
+    return float(b.iloc[0]) if len(b) else math.nan
+
+
+def _means(d: pd.DataFrame, by: list[str]) -> pd.Series:
+    by = [c for c in by if c in d.columns]
+    return d.groupby(by, dropna=False)["value"].mean() if by else pd.Series([d["value"].mean()])
+
+
+def _data_label(path) -> str:
+    s = str(path)
+    return "long-prompt/short-answer" if "longprompt" in s else "short-prompt/long-answer" if "longanswer" in s \
+        else s.rsplit("/", 1)[-1]
+
+
+# ------------------------------------------------------------------------------------------------ studies
+
+
+def seed_story(df: pd.DataFrame) -> list[Finding]:
+    """mini_lima: the seed chapter's story, with the issue's thresholds."""
+    out = []
+    src = "seed chapter / mini-world"
+    b = base_value(df, QA)
+    out.append(Finding("base model answers <= 10% of held-out questions (chat format)", f"base {_pct(b)}",
+                       None if math.isnan(b) else b <= 0.10, src))
+    qa = final(df, QA)
+    per = _means(qa, ["regime.name", "train.lr"]) if not qa.empty else pd.Series(dtype=float)
+    for regime in ("prompt_masked", "full"):
+        if regime in per.index.get_level_values(0):
+            s = per.loc[regime]
+            out.append(Finding(f"{regime} >= 60% held-out QA at its best learning rate",
+                               f"best lr {s.idxmax():g}: {_pct(s.max())}; all: "
+                               + ", ".join(f"{lr:g}: {_pct(v)}" for lr, v in s.items()), s.max() >= 0.60, src))
+    if "prompt_only" in per.index.get_level_values(0):
+        every = _done(df, QA)
+        v = every[every["regime.name"] == "prompt_only"]["value"].max()
+        out.append(Finding("prompt_only <= base + 5 points (any LR, any checkpoint)",
+                           f"max {_pct(v)} vs base {_pct(b)}", bool(v <= b + 0.05), src))
+    fg = final(df, FORGET)
+    fg = fg[fg["regime.name"] != "prompt_only"] if not fg.empty else fg
+    if not fg.empty and fg["train.lr"].nunique() > 1:
+        s = _means(fg, ["train.lr"])
+        out.append(Finding("forgetting (held-out pretraining NLL increase) rises with the learning rate",
+                           ", ".join(f"lr {lr:g}: {v:+.3f}" for lr, v in s.items()), bool(s.is_monotonic_increasing),
+                           "Biderman et al. 2024"))
+    every = _done(df, FORGET)
+    every = every[every["regime.name"] != "prompt_only"] if not every.empty else every
+    if not every.empty and every["epoch"].round().nunique() > 1:
+        s = every.assign(ep=every["epoch"].round()).groupby("ep")["value"].mean()
+        out.append(Finding("forgetting rises with epochs",
+                           ", ".join(f"epoch {int(e)}: {v:+.3f}" for e, v in s.items()), bool(s.is_monotonic_increasing),
+                           "Biderman et al. 2024"))
+    ba, bc = base_value(df, ANSWERED), base_value(df, CONTINUED)
+    a, c = final(df, ANSWERED), final(df, CONTINUED)
+    if not a.empty and not math.isnan(bc):
+        a = a[a["regime.name"] == "prompt_masked"]
+        c = c[c["regime.name"] == "prompt_masked"]
+        best = a["value"].max() if len(a) else math.nan
+        cont = c["value"].min() if len(c) else math.nan
+        out.append(Finding("format probe flips: base continues a raw question with another question, prompt_masked "
+                           "answers it", f"base: {_pct(bc)} continued / {_pct(ba)} answered; prompt_masked (best run): "
+                           f"{_pct(best)} answered / {_pct(cont)} continued",
+                           bool(bc >= 0.5 and best > cont and best > ba), src))
+    return out
+
+
+def prompt_weight(df: pd.DataFrame) -> list[Finding]:
+    out, src = [], "Huerta-Enochian & Ko 2024"
+    qa = final(df, QA)
+    if qa.empty or "regime.prompt_weight" not in qa:
+        return [Finding("prompt-loss weight sweep", "no finished runs", None, src)]
+    qa = qa.assign(data=qa["data.train.path"].map(_data_label) if "data.train.path" in qa else "data")
+    for data, d in qa.groupby("data"):
+        s = d.groupby("regime.prompt_weight")["value"].mean().sort_index()
+        sd = d.groupby("regime.prompt_weight")["value"].std().fillna(0.0)
+        if len(s) < 3:
+            continue
+        text = ", ".join(f"{w:g}: {_pct(v)}" for w, v in s.items())
+        if "long-prompt" in data:
+            lam = s.idxmax()
+            inside = 0 < lam < 1 and s.max() > s.iloc[0] and s.max() > s.iloc[-1]
+            out.append(Finding(f"{data}: held-out QA is an inverted U in lambda with its optimum inside (0, 1)",
+                               f"{text}; best lambda {lam:g} (+{100 * (s.max() - s.iloc[0]):.1f} pts over 0, "
+                               f"+{100 * (s.max() - s.iloc[-1]):.1f} over 1; seed sd up to {100 * sd.max():.1f} pts)",
+                               bool(inside), src))
+        else:
+            spread = s.max() - s.min()
+            out.append(Finding(f"{data}: lambda barely matters (range <= 5 points)", f"{text}; range "
+                               f"{100 * spread:.1f} pts", bool(spread <= 0.05), src))
+    return out
+
+
+def instruction_modelling(df: pd.DataFrame) -> list[Finding]:
+    out, src = [], "Shi et al. 2024"
+    qa = final(df, QA)
+    if qa.empty:
+        return [Finding("instruction modelling", "no finished runs", None, src)]
+    qa = qa.assign(data=qa["data.train.path"].map(_data_label) if "data.train.path" in qa else "data")
+    n_col = "data.train.limit" if "data.train.limit" in qa else None
+    s = _means(qa, ["data", n_col, "regime.name"] if n_col else ["data", "regime.name"])
+    rows = []
+    for key in sorted({k[:-1] for k in s.index}):
+        try:
+            diff = s.loc[(*key, "full")] - s.loc[(*key, "prompt_masked")]
+        except KeyError:
+            continue
+        rows.append((key, diff))
+    for key, diff in rows:
+        data = key[0]
+        n = f", n={int(key[1])}" if n_col else ""
+        if "long-prompt" in data:
+            out.append(Finding(f"{data}{n}: loss on instructions (full) beats prompt_masked", f"full - masked = "
+                               f"{100 * diff:+.1f} pts held-out QA", bool(diff > 0), src))
+        else:
+            out.append(Finding(f"{data}{n}: no real difference (|full - masked| <= 5 points)", f"full - masked = "
+                               f"{100 * diff:+.1f} pts held-out QA", bool(abs(diff) <= 0.05), src))
+    return out
+
+
+def knowledge_extraction(df: pd.DataFrame) -> list[Finding]:
+    out, src = [], "Allen-Zhu & Li 2023 (Physics of LMs 3.1)"
+    qa = final(df, QA)
+    if qa.empty or "model.name_or_path" not in qa:
+        return [Finding("knowledge extraction", "no finished runs with a model axis", None, src)]
+    best = qa.groupby(["model.name_or_path", "train.lr"])["value"].mean().groupby(level=0).max()
+    tr = final(df, QA_TRAIN)
+    mem = tr.groupby(["model.name_or_path", "train.lr"])["value"].mean().groupby(level=0).max() if len(tr) else {}
+    aug = {m: v for m, v in best.items() if "noaug" not in str(m)}
+    plain = {m: v for m, v in best.items() if "noaug" in str(m)}
+    if aug and plain:
+        a, p = max(aug.values()), max(plain.values())
+        mem_txt = "; train-half QA (memorised): " + ", ".join(
+            f"{'plain' if 'noaug' in str(m) else 'augmented'} {_pct(v)}" for m, v in dict(mem).items()) if len(mem) \
+            else ""
+        out.append(Finding("held-out QA after SFT: augmented pretraining >> plain (extraction needs augmentation)",
+                           f"augmented {_pct(a)} vs plain {_pct(p)} (best LR){mem_txt}", bool(a >= p + 0.3), src))
+    return out
+
+
+STUDIES: dict[str, Callable[[pd.DataFrame], list[Finding]]] = {
+    "mini_lima": seed_story, "prompt_weight": prompt_weight, "instruction_modelling": instruction_modelling,
+    "knowledge_extraction": knowledge_extraction,
+}
+
+
+def findings_for(name: str, df: pd.DataFrame) -> list[Finding]:
+    """The findings of a shipped study (by experiment name, also `<name>_*` variants); [] otherwise."""
+    fn = STUDIES.get(name) or next((f for k, f in STUDIES.items() if name.startswith(k + "_")), None)
+    return fn(df) if fn else []
+
+
+def to_markdown(found: list[Finding]) -> list[str]:
+    if not found:
+        return []
+    mark = {True: "yes", False: "**no**", None: "n/a"}
+    L = ["| claim | observed | holds | source |", "|---|---|---|---|"]
+    L += [f"| {f.claim} | {f.observed} | {mark[f.holds]} | {f.source} |" for f in found]
+    return L

@@ -1,0 +1,58 @@
+"""analysis/findings.py: each study's claims computed from a load_runs-shaped frame."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.findings import findings_for, to_markdown
+
+
+def _rows(run, step, epoch, metric, value, **axes):
+    return {"run_id": run, "state": "done", "step": step, "epoch": epoch, "metric": metric, "value": value, **axes}
+
+
+def _frame(records):
+    return pd.DataFrame.from_records(records).astype({"step": "Int64"})
+
+
+def test_seed_story_claims_hold_and_fail_on_the_numbers():
+    recs = []
+    qa = {("prompt_masked", 1e-4): 0.5, ("prompt_masked", 3e-4): 0.7, ("full", 1e-4): 0.4, ("full", 3e-4): 0.55,
+          ("prompt_only", 1e-4): 0.02, ("prompt_only", 3e-4): 0.03}
+    for (reg, lr), v in qa.items():
+        for seed in (1, 2):
+            run = f"{reg}-{lr}-{seed}"
+            ax = {"regime.name": reg, "train.lr": lr, "train.seed": seed}
+            recs.append(_rows(run, 0, 0.0, "world_qa/exact_match", 0.01, **ax))
+            recs.append(_rows(run, 0, 0.0, "format/continued_question", 0.9, **ax))
+            recs.append(_rows(run, 0, 0.0, "format/answered", 0.0, **ax))
+            for ep in (1, 2):
+                recs.append(_rows(run, 10 * ep, float(ep), "world_qa/exact_match", v, **ax))
+                recs.append(_rows(run, 10 * ep, float(ep), "forgetting/pretrain_nll_delta", lr * 1000 * ep, **ax))
+                recs.append(_rows(run, 10 * ep, float(ep), "format/answered", 0.6 if reg == "prompt_masked" else 0.1,
+                                  **ax))
+                recs.append(_rows(run, 10 * ep, float(ep), "format/continued_question", 0.1, **ax))
+    claims = findings_for("mini_lima", _frame(recs))
+    assert len(claims) == 7
+    by = {f.claim: f for f in claims}
+    assert by["base model answers <= 10% of held-out questions (chat format)"].holds is True
+    assert by["prompt_masked >= 60% held-out QA at its best learning rate"].holds is True
+    full = by["full >= 60% held-out QA at its best learning rate"]
+    assert full.holds is False and "55.0%" in full.observed and "best lr 0.0003" in full.observed
+    assert by["prompt_only <= base + 5 points (any LR, any checkpoint)"].holds is True
+    assert all(f.holds for c, f in by.items() if c.startswith(("forgetting", "format")))
+    assert "| claim |" in to_markdown(claims)[0]
+
+
+def test_prompt_weight_inverted_u_and_flat_long_answers():
+    recs = []
+    curve = {0.0: 0.40, 0.01: 0.46, 0.1: 0.50, 0.5: 0.44, 1.0: 0.35}
+    for w, v in curve.items():
+        for data, val in (("x/sft_train_longprompt.jsonl", v), ("x/sft_train_longanswer.jsonl", 0.3 + w * 0.01)):
+            ax = {"regime.name": "prompt_weight", "regime.prompt_weight": w, "data.train.path": data, "train.seed": 1}
+            recs.append(_rows(f"{data}-{w}", 5, 1.0, "world_qa/exact_match", val, **ax))
+    claims = findings_for("prompt_weight", _frame(recs))
+    assert len(claims) == 2 and all(f.holds is True for f in claims)
+    lp = next(f for f in claims if "long-prompt" in f.claim)
+    assert "best lambda 0.1" in lp.observed
+    assert findings_for("some_other_study", _frame(recs)) == []
