@@ -131,7 +131,13 @@ def test_test_size_build_end_to_end(test_world):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text and tok.is_fast
     name = info["split"]["train"][0]
-    assert len(tok(" " + name.split()[0], add_special_tokens=False)["input_ids"]) == 1  # names are single tokens
+    for part in name.split():  # a name part is one token, mid-sentence and at the start of a line alike
+        assert len(tok(part + " ", add_special_tokens=False)["input_ids"]) == 1
+    # a value is the same token in a biography and at the start of an answer (trailing-space pre-tokenizer)
+    value = json.loads((test_world / "data" / "eval_facts.jsonl").read_text().splitlines()[0])
+    bio = tok(value["prompt"] + value["answer"] + ".", add_special_tokens=False)["input_ids"]
+    answer = tok(value["answer"] + ".", add_special_tokens=False)["input_ids"]
+    assert bio[-len(answer):] == answer
     AutoModelForCausalLM.from_pretrained(test_world / "model")
     for t in ("world_qa", "world_qa_train", "world_qa_raw", "world_facts"):
         assert (test_world / "tasks" / f"{t}.yaml").exists()

@@ -58,25 +58,30 @@ BIO_TEMPLATES = {
 }
 # Phrasings reserved for the held-out biographies (forgetting probe): never used in the pretraining corpus.
 HELDOUT_BIO_TEMPLATES = {
-    "birth_date": ["{name} first saw daylight on {v}.", "Records show that {name} was born on {v}."],
-    "birth_city": ["{name} is originally from {v}.", "The home town of {name} is {v}."],
-    "university": ["{name} earned a diploma at {v}.", "{name} spent student years at {v}."],
-    "major": ["{name} focused on {v} at university.", "The subject {name} studied was {v}."],
-    "employer": ["{name} is on the payroll of {v}.", "These days {name} works at {v}."],
+    # new sentences from words the corpus uses (biographies or question lists): a probe over unseen word
+    # pieces would measure the NLL of tokens the model never saw, not what it knows
+    "birth_date": ["The date of birth of {name} is {v}.", "{name} has a birthday on {v}."],
+    "birth_city": ["The city where {name} was born is {v}.", "{name} was a native of {v}."],
+    "university": ["The university of {name} was {v}.", "{name} was educated at {v}."],
+    "major": ["The major of {name} was {v}.", "{name} studied the field of {v}."],
+    "employer": ["The company that employs {name} is {v}.", "{name} has a job with {v}."],
 }
 # Without augmentation (bioS single): template 0 of each attribute, fixed order, the full name only in the
 # first sentence and a pronoun after it.
 FEMALE = {"Anna", "Carla", "Elena", "Greta", "Ines", "Keiko", "Maya", "Olga", "Quinn", "Rosa", "Tamar", "Vera",
           "Xenia", "Zora", "Bianca", "Dalia", "Fiona", "Hana", "Julia", "Lena", "Nadia"}
 # Fact completion prompts (bio format): the value follows directly.
-FACT_PROMPTS = {"birth_date": "{name} was born on", "birth_city": "{name} was born in",
-                "university": "{name} studied at", "major": "{name} majored in", "employer": "{name} works for"}
+# (each ends with the space that belongs to its last word: the value follows directly, as in a biography)
+FACT_PROMPTS = {"birth_date": "{name} was born on ", "birth_city": "{name} was born in ",
+                "university": "{name} studied at ", "major": "{name} majored in ", "employer": "{name} works for "}
+# The name is always followed by a word (never by "?"): its last part is then the same token as in the
+# biographies ("Lopez " - see the tokenizer).
 QUESTIONS = {
-    "birth_date": ["When was {name} born?", "What is the birth date of {name}?", "On what date was {name} born?"],
-    "birth_city": ["Where was {name} born?", "In which city was {name} born?", "What is the birthplace of {name}?"],
+    "birth_date": ["When was {name} born?", "On what date was {name} born?", "What day was {name} born on?"],
+    "birth_city": ["Where was {name} born?", "In which city was {name} born?", "Which city was {name} born in?"],
     "university": ["Which university did {name} attend?", "Where did {name} study?", "What school did {name} go to?"],
-    "major": ["What did {name} study?", "What was the major of {name}?", "Which field did {name} specialise in?"],
-    "employer": ["Where does {name} work?", "Which company employs {name}?", "Who is the employer of {name}?"],
+    "major": ["What did {name} study?", "What field did {name} major in?", "Which subject did {name} specialise in?"],
+    "employer": ["Where does {name} work?", "Which company does {name} work for?", "Who does {name} work for?"],
 }
 SYSTEM_PROMPTS = ["You are a helpful assistant.", "Answer the question briefly.", "You know many biographies."]
 FILLER = ["The weather was mild for most of the year.", "Many people enjoy long walks by the river.",
