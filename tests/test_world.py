@@ -205,7 +205,26 @@ def test_lm_eval_resolves_the_world_tasks_offline(test_world):
     assert qa.doc_to_text(doc).startswith("<|im_start|>user\n") and qa.doc_to_target(doc) == doc["answer"]
     facts = tasks["world_facts"]
     doc = next(iter(facts.test_docs()))
-    assert facts.doc_to_choice(doc)[facts.doc_to_target(doc)] == doc["answer"]
+    assert facts.doc_to_choice(doc)[facts.doc_to_target(doc)] == doc["prompt"] + doc["answer"] + "."
+    assert facts.doc_to_text(doc) == "<|endoftext|>"  # whole sentences: the context never ends in a split word
+
+
+def test_world_facts_scores_the_base_model_like_greedy_completion(test_world):
+    """Log-likelihood multiple choice and greedy completion agree on what the base knows (a context ending
+    in "born in" without its space once put the MC accuracy near chance while greedy completion was 90%)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(test_world / "model")
+    tok = AutoTokenizer.from_pretrained(test_world / "model")
+    res = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=64), tasks=["world_facts"],
+                                  task_manager=TaskManager(include_path=str(test_world / "tasks"), include_defaults=False),
+                                  limit=200, verbosity="ERROR")
+    mc = res["results"]["world_facts"]["acc,none"]
+    greedy = json.loads((test_world / "measurements.json").read_text())["fact_completion"]
+    assert mc >= greedy - 0.05 and mc > 0.5, (mc, greedy)
 
 
 def test_cli_world_build_parses_and_rejects_bad_size(capsys):

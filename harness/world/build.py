@@ -124,8 +124,9 @@ def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
             wrong = rng.sample([v for v in values[a] if v != p.attrs[a]], 3)
             choices = wrong + [p.attrs[a]]
             rng.shuffle(choices)
-            facts.append({"prompt": G.FACT_PROMPTS[a].format(name=p.name), "answer": p.attrs[a],
-                          "choices": list(choices), "label": choices.index(p.attrs[a]),
+            prompt = G.FACT_PROMPTS[a].format(name=p.name)
+            facts.append({"prompt": prompt, "answer": p.attrs[a], "choices": list(choices),
+                          "sentences": [f"{prompt}{c}." for c in choices], "label": choices.index(p.attrs[a]),
                           "attribute": a, "person": p.name, "split": p.split})
     rng.shuffle(facts)
     hashes["eval_facts.jsonl"] = _write_jsonl(data / "eval_facts.jsonl", facts)
@@ -187,14 +188,17 @@ metric_list:
 metadata:
   version: 1.0
 """,
+    # whole bio-format sentences after the document separator, compared by log-likelihood: the choices differ
+    # only in the value, so the shared prefix cancels; a context ending in "born in " would be split by lm-eval
+    # before the space, and "in" without its space is a token the corpus never uses
     "world_facts": """task: world_facts
 dataset_path: json
 dataset_kwargs:
   data_files: {{test: "{data}/eval_facts.jsonl"}}
 test_split: test
 output_type: multiple_choice
-doc_to_text: "{{{{prompt}}}}"
-doc_to_choice: "{{{{choices}}}}"
+doc_to_text: "<|endoftext|>"
+doc_to_choice: "{{{{sentences}}}}"
 doc_to_target: "{{{{label}}}}"
 target_delimiter: ""
 metric_list:
