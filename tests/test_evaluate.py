@@ -22,7 +22,7 @@ data:
   train: {{path: {w}/data/sft_train.jsonl}}
   eval: {{path: {w}/data/eval_qa_heldout.jsonl, limit: 40}}
   max_length: 128
-train: {{lr: 3e-3, epochs: 2, batch_tokens: 1024, seed: 1, threads: 1}}
+train: {{lr: 1e-3, epochs: 4, batch_tokens: 256, seed: 1, threads: 1}}
 eval:
   every_checkpoint: false
   include_path: [{w}/tasks]
@@ -81,7 +81,7 @@ def test_base_and_sft_checkpoint_end_to_end(evaluated):
         assert key in m and m[key] is not None and key in b and b[key] is not None, key
         print(f"{key:30s} {b[key]:7.3f} {m[key]:7.3f}")
     assert (base["step"], base["run_id"], tuned["run_id"]) == (0, "base", exp.runs[0].run_id)
-    assert tuned["step"] == int(evals[-1].stem[-6:]) and tuned["epoch"] == 2.0
+    assert tuned["step"] == int(evals[-1].stem[-6:]) and tuned["epoch"] == 4.0
     assert tuned["eval_hash"] == base["eval_hash"]
     assert tuned["lm_eval"]["results"]["world_qa"] and tuned["lm_eval"]["versions"]["world_facts"] == 1.0
     assert m["forgetting/kl_base"] > 0 and b["forgetting/kl_base"] == 0.0
@@ -93,8 +93,11 @@ def test_base_and_sft_checkpoint_end_to_end(evaluated):
     assert m["nll/response"] < b["nll/response"] - 1.0
     assert b["format/continued_question"] >= 0.5  # the seed's story: a raw question continued by another
     assert m["format/continued_question"] <= b["format/continued_question"] - 0.5
-    assert m["world_qa/exact_match"] >= b["world_qa/exact_match"]
-    assert m["format/answered"] >= b["format/answered"]
+    # SFT answers far more chat and raw questions about held-out people than the base (measured: chat QA
+    # 0 -> 22.5%, raw QA 0 -> 32.5%, raw answered 0 -> 32.5% on 40 questions each)
+    assert m["world_qa/exact_match"] >= b["world_qa/exact_match"] + 0.10
+    assert m["world_qa_raw/exact_match"] >= b["world_qa_raw/exact_match"] + 0.15
+    assert m["format/answered"] >= b["format/answered"] + 0.15
     import pandas as pd
 
     tokens = pd.read_parquet(evals[-1].with_name(evals[-1].stem + ".tokens.parquet"))
