@@ -32,6 +32,7 @@ ends with ``": "`` and the response starts with ``"4"``):
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Sequence
@@ -162,14 +163,31 @@ class TemplateRenderer:
         self._layouts[roles] = layout
         return layout
 
+    def render_many(self, conversations: Sequence[Sequence[dict]], wheres: Sequence[str]
+                    ) -> list[tuple[str, list[tuple[int, int]]]]:
+        """`render` for a batch: one batched `apply_chat_template` call (the same per-conversation Jinja
+        rendering, without the per-call setup), then the same span location. If the batch raises, each
+        conversation is rendered alone so the error names the conversation that caused it."""
+        try:
+            texts = self.tokenizer.apply_chat_template([list(m) for m in conversations], tokenize=False,
+                                                       chat_template=self.template)
+        except Exception:  # noqa: BLE001 - re-rendered one by one below for a precise error
+            texts = None
+        if texts is None or isinstance(texts, str) or len(texts) != len(conversations):
+            return [self.render(m, w) for m, w in zip(conversations, wheres)]
+        return [self._locate(m, t, w) for m, t, w in zip(conversations, texts, wheres)]
+
     def render(self, messages: Sequence[dict], where: str = "") -> tuple[str, list[tuple[int, int]]]:
         """Return the rendered text and the (start, end) character span of each message's content."""
-        roles = tuple(m["role"] for m in messages)
         try:
             text = _render(self.tokenizer, messages, self.template)
         except Exception as exc:
             raise TemplateError(f"chat template failed: {exc}", where=where,
                                 fix="check the conversation's role order, or set model.chat_template") from None
+        return self._locate(messages, text, where)
+
+    def _locate(self, messages: Sequence[dict], text: str, where: str) -> tuple[str, list[tuple[int, int]]]:
+        roles = tuple(m["role"] for m in messages)
         layout = self._layout(roles, where)
         if layout is not None:
             for strip in (False, True):  # some templates trim contents (e.g. Llama 3's `| trim`)
@@ -219,53 +237,102 @@ class TemplateRenderer:
 # ----------------------------------------------------------------------------------------------- tokenizing
 
 
-def _char_labels(text: str, roles: Sequence[str], spans: list[tuple[int, int]],
-                 renderer: TemplateRenderer) -> tuple[np.ndarray, np.ndarray, int]:
-    seg = np.zeros(len(text), dtype=np.int8)
-    n = len(roles)
-    ends = np.array([e for _, e in spans], dtype=np.int64)
-    # template text before message k's content belongs to turn k (its header); see `Tokenized.turns`
-    turn = np.minimum(np.searchsorted(ends, np.arange(len(text)), side="right"), max(n - 1, 0)).astype(np.int16)
+def _char_runs(text: str, roles: Sequence[str], spans: list[tuple[int, int]], renderer: TemplateRenderer
+               ) -> tuple[list[int], list[int], list[int], int]:
+    """The rendered text as runs of characters with one (segment, turn) each: run starts, segments, turns, and
+    the number of assistant turns without an end-of-turn marker.
+
+    Character rule: a message's content has its role's segment; the end-of-turn span after an assistant content
+    is EOT of that turn; everything else is template. Turn of a template character: the message whose content
+    ends after it (the header belongs to the message it introduces), the last message for the tail. Adjacent
+    runs never share a label and no run is empty, so a token covers one run unless it straddles a change.
+    """
+    n, L = len(roles), len(text)
+    # labelled intervals that override the template default: (start, end, segment, turn)
+    marks: list[tuple[int, int, int, int]] = []  # the turn is only used for EOT marks
     no_eot = 0
     for k, ((s, e), role) in enumerate(zip(spans, roles)):
-        seg[s:e] = ROLE_SEGMENT[role]
+        marks.append((s, e, int(ROLE_SEGMENT[role]), k))
         if role == "assistant":
-            nxt = spans[k + 1][0] if k + 1 < n else len(text)
+            nxt = spans[k + 1][0] if k + 1 < n else L
             eot = renderer.eot_span(text, e, nxt)
             if eot is None:
                 no_eot += 1
             else:
-                seg[eot[0]:eot[1]] = Segment.EOT
-                turn[eot[0]:eot[1]] = k
-    return seg, turn, no_eot
+                marks.append((eot[0], eot[1], int(Segment.EOT), k))
+    # breakpoints: every mark boundary and every template turn change (after content k ends, turn k+1 starts)
+    points = {0}
+    for s, e, _, _ in marks:
+        points.add(s)
+        points.add(e)
+    for k in range(n - 1):
+        points.add(spans[k][1])
+    bps = sorted(p for p in points if 0 <= p < L)
+    ends = [e for _, e in spans]
+    starts_out: list[int] = []
+    segs: list[int] = []
+    turns: list[int] = []
+    for p in bps:
+        seg, turn = int(Segment.TEMPLATE), None
+        for s, e, sg, k in marks:  # later marks win, as later writes would in a per-character labelling
+            if s <= p < e:
+                seg, turn = sg, (k if sg == Segment.EOT else None)
+        if turn is None:
+            turn = min(bisect_right(ends, p), max(n - 1, 0))
+        if segs and segs[-1] == seg and turns[-1] == turn:
+            continue
+        starts_out.append(p)
+        segs.append(seg)
+        turns.append(turn)
+    return starts_out, segs, turns, no_eot
 
 
-def _change_ids(mask_or_labels: np.ndarray) -> np.ndarray:
-    """Run id of each character: increments wherever the label changes."""
-    x = mask_or_labels
-    return np.concatenate([[0], np.cumsum(x[1:] != x[:-1])]) if len(x) else np.zeros(0, np.int64)
-
-
-def _offsets_to_tokens(offsets: np.ndarray, seg: np.ndarray, turn: np.ndarray):
-    """Map character labels to tokens with the priority rule for straddling tokens.
-    Returns (segments, turns, crosses_response_boundary)."""
-    T = offsets.shape[0]
-    if T == 0 or len(seg) == 0:
-        return np.zeros(T, np.int8), np.zeros(T, np.int16), np.zeros(T, bool)
-    hi = len(seg) - 1
-    starts = np.clip(offsets[:, 0], 0, hi)
-    last = np.clip(np.maximum(offsets[:, 1] - 1, offsets[:, 0]), 0, hi)
-    runs = _change_ids(seg.astype(np.int32) * 4096 + turn)
-    straddle = runs[starts] != runs[last]
-    resp_runs = _change_ids(np.isin(seg, RESPONSE_SEGMENTS))
-    crosses = resp_runs[starts] != resp_runs[last]
-    tok_seg = seg[starts].copy()
-    tok_turn = turn[starts].copy()
-    for i in np.flatnonzero(straddle):
-        a, b = int(starts[i]), int(last[i]) + 1
-        j = a + int(np.argmax(_PRIORITY[seg[a:b]]))
-        tok_seg[i], tok_turn[i] = seg[j], turn[j]
+def _runs_to_tokens(run_start: np.ndarray, run_seg: np.ndarray, run_turn: np.ndarray, tok_start: np.ndarray,
+                    tok_last: np.ndarray):
+    """Map tokens (first and last character, global positions) to runs (global starts, sorted) with the
+    priority rule for straddling tokens. Returns (segments, turns, crosses_response_boundary)."""
+    ia = np.searchsorted(run_start, tok_start, side="right") - 1
+    ib = np.searchsorted(run_start, tok_last, side="right") - 1
+    tok_seg = run_seg[ia]
+    tok_turn = run_turn[ia]
+    resp = (run_seg == Segment.ASSISTANT) | (run_seg == Segment.EOT)
+    resp_id = np.concatenate([[0], np.cumsum(resp[1:] != resp[:-1])]) if len(resp) else np.zeros(0, np.int64)
+    crosses = resp_id[ia] != resp_id[ib]
+    prio = _PRIORITY[run_seg]
+    for i in np.flatnonzero(ia != ib):
+        a, b = int(ia[i]), int(ib[i]) + 1
+        j = a + int(np.argmax(prio[a:b]))
+        tok_seg[i], tok_turn[i] = run_seg[j], run_turn[j]
     return tok_seg, tok_turn, crosses
+
+
+def _map_chunk(texts: Sequence[str], runs: Sequence[tuple], offsets: Sequence[np.ndarray]):
+    """`_runs_to_tokens` for many conversations at once (one searchsorted over the concatenation).
+    Returns per conversation (segments int8, turns int16, crosses bool)."""
+    lens = np.array([len(t) for t in texts], dtype=np.int64)
+    base = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else lens
+    n_tok = np.array([o.shape[0] for o in offsets], dtype=np.int64)
+    r_start = np.concatenate([np.asarray(r[0], np.int64) + b for r, b in zip(runs, base)] or [np.zeros(0, np.int64)])
+    r_seg = np.concatenate([np.asarray(r[1], np.int8) for r in runs] or [np.zeros(0, np.int8)])
+    r_turn = np.concatenate([np.asarray(r[2], np.int16) for r in runs] or [np.zeros(0, np.int16)])
+    offs = np.concatenate(list(offsets)) if len(offsets) else np.zeros((0, 2), np.int32)
+    hi = np.repeat(lens - 1, n_tok)
+    b_tok = np.repeat(base, n_tok)
+    o0 = offs[:, 0].astype(np.int64)
+    o1 = offs[:, 1].astype(np.int64)
+    t_start = np.clip(o0, 0, hi) + b_tok
+    t_last = np.clip(np.maximum(o1 - 1, o0), 0, hi) + b_tok
+    empty = np.repeat(lens == 0, n_tok)
+    if empty.any():  # an empty text has no runs: its tokens (if any) get template / turn 0
+        t_start[empty] = t_last[empty] = 0
+    if len(r_start) == 0:
+        z = [(np.zeros(int(t), np.int8), np.zeros(int(t), np.int16), np.zeros(int(t), bool)) for t in n_tok]
+        return z
+    seg, turn, crosses = _runs_to_tokens(r_start, r_seg, r_turn, t_start, t_last)
+    if empty.any():
+        seg[empty], turn[empty], crosses[empty] = 0, 0, False
+    cut = np.cumsum(n_tok)[:-1]
+    return list(zip(np.split(seg, cut), np.split(turn, cut), np.split(crosses, cut)))
 
 
 class ConversationTokenizer:
@@ -288,18 +355,35 @@ class ConversationTokenizer:
         self.boundary = boundary
         self.max_length = max_length
         self.truncation = truncation
+        self._backend_checked = False
 
     def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+        """Token ids and character offsets of each text (no special tokens added).
+
+        The fast tokenizer's own `encode_batch` is called directly after one small call through transformers
+        has set the backend's state (no truncation, no padding, its special-token splitting), which skips
+        the per-`Encoding` conversion to Python lists that `tokenizer(...)` does. Backends configured in any
+        other way go through `tokenizer(...)` unchanged."""
+        if not texts:
+            return [], []
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is not None and not self._backend_checked:
+            self.tokenizer([""], add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+            self._backend_checked = True
+        if backend is not None and backend.truncation is None and backend.padding is None:
+            encs = backend.encode_batch(texts, add_special_tokens=False)
+            return [e.ids for e in encs], [np.asarray(e.offsets, dtype=np.int32).reshape(-1, 2) for e in encs]
         enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
                              return_attention_mask=False)
         offs = [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in enc["offset_mapping"]]
         return enc["input_ids"], offs
 
-    def _split_encode(self, text: str, seg: np.ndarray):
+    def _split_encode(self, text: str, run: tuple):
         """Tokenize `text` in pieces cut at its response boundaries (see the module docstring)."""
-        resp = np.isin(seg, RESPONSE_SEGMENTS)
-        cuts = np.flatnonzero(resp[1:] != resp[:-1]) + 1
-        bounds = [0, *cuts.tolist(), len(text)]
+        r_start, r_seg = run[0], run[1]
+        resp = [sg in RESPONSE_SEGMENTS for sg in r_seg]
+        cuts = [r_start[i] for i in range(1, len(resp)) if resp[i] != resp[i - 1]]
+        bounds = [0, *cuts, len(text)]
         ids_l, offs_l = self._encode([text[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
         ids = [i for part in ids_l for i in part]
         offs = np.concatenate([o + a for o, a in zip(offs_l, bounds[:-1])]) if ids else np.zeros((0, 2), np.int32)
@@ -310,24 +394,31 @@ class ConversationTokenizer:
         """Tokenize a batch. Returns one `Tokenized` per conversation, or None where `truncation='drop'`
         dropped an over-long one."""
         sources = list(sources) if sources is not None else [f"example {i}" for i in range(len(conversations))]
-        rendered = [self.renderer.render(msgs, where) for msgs, where in zip(conversations, sources)]
-        all_ids, all_offs = self._encode([t for t, _ in rendered])
+        rendered = self.renderer.render_many(conversations, sources)
+        texts = [t for t, _ in rendered]
+        all_ids, all_offs = self._encode(texts)
+        runs = []
+        no_eots = []
+        for msgs, (text, spans) in zip(conversations, rendered):
+            r_start, r_seg, r_turn, no_eot = _char_runs(text, tuple(m["role"] for m in msgs), spans, self.renderer)
+            runs.append((r_start, r_seg, r_turn))
+            no_eots.append(no_eot)
+        mapped = _map_chunk(texts, runs, all_offs)
         out: list[Tokenized | None] = []
         decode = None
-        for msgs, (text, spans), ids, offs, where in zip(conversations, rendered, all_ids, all_offs, sources):
+        for msgs, text, run, no_eot, ids, offs, (tok_seg, tok_turn, crosses), where in zip(
+                conversations, texts, runs, no_eots, all_ids, all_offs, mapped, sources):
             roles = tuple(m["role"] for m in msgs)
-            seg, turn, no_eot = _char_labels(text, roles, spans, self.renderer)
-            tok_seg, tok_turn, crosses = _offsets_to_tokens(offs, seg, turn)
             boundary = "clean"
             if crosses.any():
                 boundary = "merged"
                 if self.boundary == "split":
-                    s_ids, s_offs = self._split_encode(text, seg)
+                    s_ids, s_offs = self._split_encode(text, run)
                     decode = decode or (lambda x: self.tokenizer.decode(
                         x, skip_special_tokens=False, clean_up_tokenization_spaces=False))
                     if decode(s_ids) == decode(ids):
                         ids, offs, boundary = s_ids, s_offs, "split"
-                        tok_seg, tok_turn, _ = _offsets_to_tokens(offs, seg, turn)
+                        tok_seg, tok_turn, _ = _map_chunk([text], [run], [offs])[0]
                     else:
                         boundary = "merged_fallback"
             t = Tokenized(np.asarray(ids, dtype=np.int64), tok_seg, tok_turn, offs, text, roles, where,
