@@ -52,6 +52,35 @@ def pack_rows(lengths: Sequence[int], max_length: int, order: Sequence[int], pac
     return rows
 
 
+def short_rows(rows: Sequence[Row], lengths: Sequence[int], multiple: int = 64) -> list[Row]:
+    """The same examples, in the same order, first-fit into rows of R tokens: R is the smallest multiple of
+    `multiple` that holds the longest example (never more than the longest given row).
+
+    Attention computes every row's full R x R score block (the block-diagonal mask only hides the cross-example
+    part), so rows as short as the examples allow cut that cost roughly by max_length / R. The step's tokens,
+    examples and loss are unchanged (each example stays whole, in its own block of position ids); only the
+    order of floating-point sums differs."""
+    if not rows:
+        return []
+    longest_row = max(r.length for r in rows)
+    longest = max(int(lengths[i]) for r in rows for i in r.examples)
+    R = min(-(-longest // multiple) * multiple, longest_row)
+    if R >= longest_row:
+        return list(rows)
+    out: list[Row] = []
+    for r in rows:
+        for i in r.examples:
+            n = int(lengths[i])
+            for o in out:
+                if o.length + n <= R:
+                    o.examples.append(i)
+                    o.length += n
+                    break
+            else:
+                out.append(Row([i], n))
+    return out
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n, generator=g).tolist()

@@ -37,7 +37,7 @@ from harness.distributed import Dist
 from harness.errors import ConfigError, HarnessError, SupervisionError
 from harness.loss import loss_denominator, token_weights
 from harness.optim import lr_lambda, make_optimizer
-from harness.packing import Batch, collate, epoch_order, pack_rows, segment_masks
+from harness.packing import Batch, collate, epoch_order, pack_rows, segment_masks, short_rows
 from harness.provenance import file_sha256, provenance
 from harness.runs import atomic_write_json, atomic_write_text, now_iso
 
@@ -393,14 +393,20 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
 
     L = cfg.data.max_length
     rows_per_micro = max(1, (tc.micro_batch_tokens or tc.batch_tokens) // L)
+    lengths = [len(t) for t in data.examples]
     bar = _progress(total, state["step"]) if dist.rank == 0 else None
     try:
         for step in range(state["step"], total):
             t0 = time.perf_counter()
             rows = plan[step].rows
             mine = rows[dist.rank::dist.world]  # data parallel: rank r takes every world-th row of the step
-            batches = [collate(mine[i:i + rows_per_micro], data.examples, data.masks, pad, tc.packing).to(device)
-                       for i in range(0, len(mine), rows_per_micro)]
+            per_micro = rows_per_micro
+            if tc.packing and mine:  # the same examples in rows only as long as they need (cheaper attention)
+                mine = short_rows(mine, lengths)
+                longest = max(r.length for r in mine)
+                per_micro = max(1, tc.micro_batch_tokens // longest) if tc.micro_batch_tokens else len(mine)
+            batches = [collate(mine[i:i + per_micro], data.examples, data.masks, pad, tc.packing).to(device)
+                       for i in range(0, len(mine), per_micro)]
             logging_step = (step + 1) % tc.log_every == 0 or step == total - 1
             lr = eng.sched.get_last_lr()[0]
             m, grad_norm = eng.step(batches, metrics=logging_step, step=step + 1)

@@ -422,3 +422,44 @@ def test_compile_matches_eager(tiny, tmp_path):
     b = [json.loads(x) for x in (tmp_path / "compiled/metrics.jsonl").read_text().splitlines()]
     for ra, rb in zip(a, b):
         assert abs(ra["loss"] - rb["loss"]) < 1e-4 and abs(ra["loss_prompt"] - rb["loss_prompt"]) < 1e-4
+
+
+def test_short_rows_keep_examples_and_order():
+    from harness.packing import Row, short_rows
+
+    lengths = [40, 100, 30, 70, 10, 64, 5]
+    rows = [Row([0, 1, 2], 170), Row([3, 4, 5], 144), Row([6], 5)]
+    out = short_rows(rows, lengths)
+    assert out[0].examples[:2] == [0, 2]  # first fit, examples visited in their planned order
+    assert sorted(i for r in out for i in r.examples) == list(range(7))
+    assert all(r.length == sum(lengths[i] for i in r.examples) <= 128 for r in out)  # 100 -> rows of 128
+    assert short_rows([Row([0, 1], 120)], [100, 20]) == [Row([0, 1], 120)]  # 128 is not shorter: kept
+    assert short_rows([Row([0, 1], 500)], [300, 200]) == [Row([0], 300), Row([1], 200)]  # rows of 320
+    assert short_rows([], lengths) == []
+
+
+def test_short_rows_step_equals_full_rows(tiny):
+    """One engine step on the max_length rows and on the same examples re-laid into short rows: the same loss
+    and metrics (float64: only the summation order differs) and the same gradients."""
+    root, exp = tiny
+    from transformers import AutoModelForCausalLM
+
+    from harness.packing import collate, pack_rows, short_rows
+    from harness.train import Engine
+
+    spec, tok, data = _tiny_data(exp, "model.dtype=float64")
+    idx = list(range(16))
+    lengths = [len(t) for t in data.examples]
+    rows = pack_rows(lengths, 256, idx)
+    short = short_rows(rows, lengths, multiple=8)
+    assert max(r.length for r in short) < max(r.length for r in rows)  # the test exercises a real re-layout
+    res = []
+    for rs in (rows, short):
+        model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float64)
+        eng = Engine(model, spec.config.train, 10)
+        b = collate(rs, data.examples, data.masks, tok.pad_token_id)
+        m, gn = eng.step([b], metrics=True, step=1)
+        res.append((m, gn, [p.detach().clone() for p in model.parameters()]))
+    (m0, g0, p0), (m1, g1, p1) = res
+    assert torch.allclose(m0, m1, rtol=1e-12, atol=1e-12) and abs(g0 - g1) < 1e-10
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(p0, p1))
