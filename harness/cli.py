@@ -84,13 +84,22 @@ _REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch, _add_train, _
                _add_doctor]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Which registrar defines each command: `harness run` then imports the launcher only, not torch, transformers,
+# pandas and lm-eval for the other commands (seconds of start-up per call, and per launcher).
+_COMMANDS = {"world": _add_world, "inspect": _add_inspect, "config": _add_config, "run": _add_launch,
+             "status": _add_launch, "cancel": _add_launch, "train": _add_train, "eval": _add_eval,
+             "report": _add_report, "doctor": _add_doctor}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or only the parser of `command` (plus `demo`) when it names a known command."""
     parser = argparse.ArgumentParser(
         prog="harness", description="SFT loss-masking research harness."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for register in _REGISTRARS:
+    registrars = [_COMMANDS[command]] if command in _COMMANDS else _REGISTRARS
+    for register in registrars:
         try:
             register(sub)
         except ImportError as exc:  # a subsystem not built yet must not break the others
@@ -131,7 +140,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -8,6 +8,9 @@ SLURM cluster (one job array), and survives preemption, crashes and being run tw
 * each job holds an flock on its run directory, so two launchers never train the same run twice, and an
   experiment-level lock stops two `harness run` of one experiment from launching at once;
 * a failing run writes its traceback to ``FAILED`` in its directory and never stops the others;
+* locally, ``parallel`` long-lived worker processes each take the next unclaimed run until none is left, so
+  Python, torch, transformers and lm-eval are imported once per worker, not once per run, and checkpoints of
+  runs with the same evaluation config share one evaluator (tokenized probes, task manager, base log-probs);
 * on SIGUSR2/SIGTERM (preemption, time limit) the training loop stops at the next step boundary and saves a
   checkpoint, then submitit's handler requeues the job, which resumes from that checkpoint.
 """
@@ -15,8 +18,10 @@ SLURM cluster (one job array), and survives preemption, crashes and being run tw
 from __future__ import annotations
 
 import argparse
+import atexit
 import fnmatch
 import inspect
+import json
 import os
 import signal
 import sys
@@ -30,6 +35,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.runs import (
     atomic_write_json,
     atomic_write_text,
+    is_locked,
     lock_holder,
     now_iso,
     run_dir,
@@ -72,13 +78,16 @@ def _call_evaluate(spec: RunSpec, rdir: Path) -> None:
 
 
 def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
-                should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Train (resuming) and evaluate one run under its lock. Writes FAILED with the traceback on error."""
+                should_stop: Callable[[], bool] = lambda: False, on_start: Callable[[], None] | None = None) -> dict:
+    """Train (resuming) and evaluate one run under its lock. Writes FAILED with the traceback on error.
+    `on_start` is called once the lock is held (before that, another process may take the run)."""
     rdir = Path(rdir)
     rdir.mkdir(parents=True, exist_ok=True)
     with try_lock(rdir / ".lock") as got:
         if not got:
             return {"run_id": spec.run_id, "status": "skipped", "reason": f"locked by {lock_holder(rdir / '.lock')}"}
+        if on_start is not None:
+            on_start()
         _set_threads(threads)
         (rdir / "FAILED").unlink(missing_ok=True)
         try:
@@ -131,6 +140,105 @@ class RunJob(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
         return DelayedSubmission(RunJob(self.spec, self.rdir, self.threads))
+
+
+class LocalWorker(Checkpointable):
+    """A local submitit job that runs many runs one after another: it walks the launch's run list and takes
+    each run whose lock it gets (several workers share one list; the run lock decides who trains what). It
+    marks what it takes in the run's ``launcher.json`` (its job id, its log and this launch's token), so the
+    launcher can report progress and knows which runs a worker that died was holding.
+    Checkpointable like :class:`RunJob`: on a time limit it is requeued with the same list; done runs are skipped
+    and the interrupted one resumes from its newest COMPLETED checkpoint."""
+
+    def __init__(self, specs: list[RunSpec], rdirs: list[str], threads: int | None, token: str,
+                 base: tuple[ExperimentConfig, str] | None = None):
+        self.specs, self.rdirs, self.threads, self.token, self.base = specs, rdirs, threads, token, base
+
+    def _claim(self, rdir: Path, **extra: Any) -> None:
+        info: dict[str, Any] = {"backend": "local", "job_id": str(os.getpid()), "launch": self.token}
+        try:
+            env = submitit.JobEnvironment()
+            info["job_id"] = str(env.job_id)
+            info.update(stdout=str(env.paths.stdout), stderr=str(env.paths.stderr))
+        except Exception:  # not under submitit (called directly): the pid identifies the process
+            pass
+        atomic_write_json(rdir / "launcher.json", {**info, **extra})
+
+    def __call__(self) -> list[dict]:
+        flag: dict[str, int] = {}
+        previous = {}
+
+        def stop_at_next_step(signum, frame):
+            flag["signal"] = signum
+
+        try:
+            previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, stop_at_next_step)
+        except ValueError:  # not in the main thread
+            pass
+        results: list[dict] = []
+        try:
+            _set_threads(self.threads)
+            if self.base is not None:
+                cfg, exp_dir = self.base
+                try:
+                    if not _base_done_for(cfg, Path(exp_dir)):
+                        evaluate_base_job(cfg, exp_dir)
+                except Exception:  # reported; runs still train (and retry the base when they evaluate)
+                    atomic_write_text(Path(exp_dir) / "base" / "FAILED", f"{now_iso()} base\n{traceback.format_exc()}")
+            for spec, rdir in zip(self.specs, map(Path, self.rdirs)):
+                if "signal" in flag:
+                    break
+                if _is_complete(spec, rdir) or is_locked(rdir / ".lock"):
+                    continue  # done, or another worker / launcher has it
+                started = now_iso()
+                try:
+                    r = execute_run(spec, rdir, None, lambda: "signal" in flag,
+                                    on_start=lambda: self._claim(rdir, started=started))
+                except KeyboardInterrupt:  # `harness cancel`: stop this worker, record nothing as failed
+                    self._claim(rdir, started=started, finished=now_iso(), status="cancelled")
+                    results.append({"run_id": spec.run_id, "status": "cancelled"})
+                    return results
+                except Exception as exc:  # FAILED holds the traceback; the next run goes on
+                    r = {"run_id": spec.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                if r["status"] == "skipped":  # lost the race for the lock to another worker
+                    continue
+                self._claim(rdir, started=started, finished=now_iso(), status=r["status"])
+                results.append(r)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if "signal" in flag:
+            handler = previous.get(flag["signal"])
+            if callable(handler):  # submitit's: calls checkpoint(), requeues, exits
+                handler(flag["signal"], None)
+        main = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if os.environ.get("SUBMITIT_LOCAL_JOB_ID") and getattr(main, "name", "") == "submitit.core._submit":
+            atexit.register(_exit_without_teardown)  # only in a submitit worker process, never in a caller's
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
+        return DelayedSubmission(LocalWorker(self.specs, self.rdirs, self.threads, self.token, self.base))
+
+
+def _exit_without_teardown() -> None:
+    """Registered once a worker has returned (submitit then writes its result and the interpreter exits):
+    tearing down torch, transformers and lm-eval module by module takes about a second per worker on this
+    machine and frees nothing the OS does not free anyway; the launcher waits for it. Flush, then exit."""
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed stream: nothing left to flush
+            pass
+    logging.shutdown()
+    os._exit(0)
+
+
+def _is_complete(spec: RunSpec, rdir: Path) -> bool:
+    from harness.runs import missing_evals
+
+    return (rdir / "DONE").exists() and not missing_evals(rdir, spec.config.eval.every_checkpoint)
 
 
 def evaluate_base_job(config: ExperimentConfig, exp_dir: str) -> dict:
@@ -313,6 +421,8 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
                 out(f"  {spec.run_id}: FAILED ({exc!r}); traceback in {run_dir(exp, spec) / 'FAILED'}")
         return results
     ex = make_executor(exp, backend, par, len(todo))
+    if backend == "local":
+        return _run_local(exp, ex, todo, par, threads, _base_done(exp), out)
     base_job = None
     if not _base_done(exp):
         base_job = ex.submit(evaluate_base_job, exp.config, str(exp.out_dir))
@@ -328,25 +438,76 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
         if not wait:
             return [{"run_id": r, "job_id": j.job_id} for r, j in jobs_by_run.items()]
         return _wait(list(jobs_by_run.items()), out) + ([] if base_job is None else _wait([("base", base_job)], out))
-    # local: submitit has no concurrency limit of its own; keep at most `par` jobs alive
-    queue = list(todo)
-    active: list[tuple[str, Any]] = []
-    if base_job is not None:
-        active.append(("base", base_job))
-    while queue or active:
-        while queue and len([a for a in active if a[0] != "base"]) < par:
-            spec = queue.pop(0)
-            job = ex.submit(RunJob(spec, str(run_dir(exp, spec)), threads))
-            _record_job(run_dir(exp, spec), backend, job)
-            active.append((spec.run_id, job))
-            out(f"  {spec.run_id}: started (pid {job.job_id}, log {job.paths.stdout})")
-        finished = [a for a in active if a[1].done()]
-        for item in finished:
-            active.remove(item)
-            results += _wait([item], out)
-        if not finished:
+    raise ConfigError(f"unknown launcher backend {backend!r}", where="launcher.backend", fix="use local, slurm or debug")
+
+
+def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int, base_done: bool, out) -> list:
+    """`par` LocalWorkers share the run list (submitit has no concurrency limit of its own; this is it). Progress
+    is read from each run's launcher.json. A worker that dies (kill -9, out of memory) fails the run it held;
+    the runs nobody took yet go to a new worker."""
+    token = f"{os.getpid()}-{time.time_ns()}"
+    rdirs = {s.run_id: run_dir(exp, s) for s in todo}
+    # a worker may take every run: its time limit is the per-run limit times the runs (requeued past it)
+    ex.update_parameters(timeout_min=exp.config.launcher.timeout_min * len(todo))
+
+    def claim(spec: RunSpec) -> dict:
+        try:
+            info = json.loads((rdirs[spec.run_id] / "launcher.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if info.get("launch") == token else {}
+
+    def start(specs: list[RunSpec], with_base: bool):
+        job = ex.submit(LocalWorker(specs, [str(rdirs[s.run_id]) for s in specs], threads, token,
+                                    (exp.config, str(exp.out_dir)) if with_base else None))
+        out(f"  worker {job.job_id}: started ({len(specs)} runs to share{', base first' if with_base else ''}; "
+            f"log {job.paths.stdout})")
+        return job
+
+    workers = [start(todo, i == 0 and not base_done) for i in range(min(par, len(todo)))]
+    results: dict[str, dict] = {}
+    cancelled = False
+    while workers:
+        for spec in todo:  # progress, as the workers record it
+            info = claim(spec)
+            if spec.run_id not in results and info.get("status"):
+                results[spec.run_id] = {"run_id": spec.run_id, "status": info["status"]}
+                out(f"  {spec.run_id}: {info['status']}" + (f" (see {rdirs[spec.run_id] / 'FAILED'})"
+                                                            if info["status"] == "failed" else ""))
+        finished = [j for j in workers if j.done()]
+        replace = 0  # workers that died holding a run: the runs nobody took yet need a new one
+        for job in finished:
+            workers.remove(job)
+            try:
+                for r in job.result():
+                    cancelled |= r.get("status") == "cancelled"
+                    results.setdefault(r["run_id"], r)
+            except Exception as exc:  # the worker process died: fail the runs it held, not the others
+                why = (str(exc).strip().splitlines() or [repr(exc)])[-1]
+                held = [s for s in todo if claim(s).get("job_id") == str(job.job_id) and s.run_id not in results
+                        and not _is_complete(s, rdirs[s.run_id])]
+                for s in held:
+                    if not (rdirs[s.run_id] / "FAILED").exists():
+                        atomic_write_text(rdirs[s.run_id] / "FAILED", f"{now_iso()} {s.run_id}\nworker {job.job_id} "
+                                          f"died while running this run: {why}\nlog: {job.paths.stderr}\n")
+                    results[s.run_id] = {"run_id": s.run_id, "status": "failed", "error": why}
+                    out(f"  {s.run_id}: FAILED (worker {job.job_id} died; log {job.paths.stderr})")
+                replace += bool(held)
+                if not held:  # died before taking a run (e.g. an import error): do not restart it forever
+                    cancelled = True
+                    out(f"  worker {job.job_id}: FAILED before taking a run: {why} (log {job.paths.stderr})")
+        untaken = [s for s in todo if not claim(s) and not _is_complete(s, rdirs[s.run_id])]
+        if replace and untaken and not cancelled:
+            workers.append(start(untaken, False))
+        if workers and not finished:
             time.sleep(0.5)
-    return results
+    for spec in todo:
+        if spec.run_id not in results:
+            done = _is_complete(spec, rdirs[spec.run_id])
+            results[spec.run_id] = {"run_id": spec.run_id, "status": "done" if done else "not run"}
+            if not done:
+                out(f"  {spec.run_id}: not run ({'cancelled' if cancelled else 'taken by another launcher'})")
+    return [results[s.run_id] for s in todo]
 
 
 def _wait(items: list[tuple[str, Any]], out) -> list:
@@ -364,10 +525,14 @@ def _wait(items: list[tuple[str, Any]], out) -> list:
 
 def _base_done(exp: Experiment) -> bool:
     """The experiment's own base is evaluated (runs with another base evaluate theirs, see base_dir_for)."""
-    from harness.evaluate import base_dir_for
+    return _base_done_for(exp.config, exp.out_dir)
+
+
+def _base_done_for(config: ExperimentConfig, exp_dir: Path) -> bool:
+    from harness.evalid import base_dir_for
     from harness.runs import valid_json
 
-    return valid_json(base_dir_for(exp.out_dir, exp.config) / "eval" / "step-000000.json")
+    return valid_json(base_dir_for(exp_dir, config) / "eval" / "step-000000.json")
 
 
 def _maybe_eval_base(exp: Experiment, out) -> None:

@@ -196,7 +196,7 @@ def write_plan(exp: Experiment) -> Path:
         for k in r.axes:
             if k not in axes:
                 axes.append(k)
-    from harness.evaluate import eval_hash
+    from harness.evalid import eval_hash
 
     hashes: dict[str, str] = {}
 

@@ -133,3 +133,31 @@ def test_completed_checkpoint_detection(tmp_path):
     (ck / "step-000002" / "COMPLETED").write_text("")
     (ck / ".tmp-step-000003").mkdir()
     assert [s for s, _ in completed_checkpoints(tmp_path)] == [2]
+
+
+def test_local_workers_share_one_run_list(tmp_path, fake_pipeline):
+    """Two LocalWorkers over one list (what `harness run` starts locally): a run another process holds is left
+    to it, every other run is trained once by whichever worker takes it first, a failing run does not stop its
+    worker, and each run's launcher.json says which worker took it in which launch and how it ended."""
+    from harness.launch import LocalWorker
+
+    exp = _exp(tmp_path)
+    exp.out_dir.mkdir(parents=True)
+    from harness.runs import write_plan
+
+    write_plan(exp)
+    specs, rdirs = list(exp.runs), [str(run_dir(exp, r)) for r in exp.runs]
+    held = Path(rdirs[0])
+    with try_lock(held / ".lock") as got:  # another worker is training run 0
+        assert got
+        first = LocalWorker(specs, rdirs, 1, "launch-1", base=(exp.config, str(exp.out_dir)))()
+    assert [r["run_id"] for r in first] == [r.run_id for r in specs[1:]]
+    assert {r["run_id"]: r["status"] for r in first}[specs[3].run_id] == "failed"
+    assert "boom: injected failure" in (Path(rdirs[3]) / "FAILED").read_text()
+    assert (exp.out_dir / "base" / "eval" / "step-000000.json").exists()  # base first
+    info = json.loads((Path(rdirs[1]) / "launcher.json").read_text())
+    assert info["launch"] == "launch-1" and info["status"] == "done" and info["job_id"]
+    assert not (held / "launcher.json").exists()
+    second = LocalWorker(specs, rdirs, 1, "launch-1")()  # run 0 is free now; the done ones are skipped
+    assert [r["run_id"] for r in second] == [specs[0].run_id, specs[3].run_id]
+    assert sorted(fake_pipeline["train"]) == sorted([r.run_id for r in specs] + [specs[3].run_id])

@@ -154,3 +154,29 @@ def test_two_launchers_at_once_train_each_run_once(tiny, tmp_path):
         prov = json.loads((rdir / "provenance.json").read_text())
         assert prov["resumed_from"] is None  # trained once, from scratch, never restarted
         _same(rdir, _reference(exp, tmp_path, i))
+
+
+def test_a_worker_that_dies_fails_only_its_run(tiny, tmp_path):
+    """Local workers die (kill -9 at their first checkpoint write): each death fails the run that worker held
+    (FAILED says so), a new worker takes the runs nobody took yet, and the launcher ends with exit code 1.
+    The rerun resumes them all to the uninterrupted result."""
+    grid = "\n".join(["", "launcher: {backend: local, timeout_min: 10}", "grid:",
+                      "  regime.name: [prompt_masked, full]", "  train.epochs: [2]", ""])
+    exp = _exp_file(tiny, tmp_path, "workerdies", grid)
+    exp.write_text(exp.read_text().replace("launcher: {backend: debug}\n", ""))
+    runs = load_experiment(exp).runs
+    out = tmp_path / "results" / "workerdies" / "runs"
+    r = subprocess.run(HARNESS + ["run", str(exp), "--parallel", "1"], env=_env(HARNESS_FAULT="checkpoint_write:1"),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    workers = {json.loads((out / run.run_id / "launcher.json").read_text())["job_id"] for run in runs}
+    assert len(workers) == 2  # the second run went to a new worker
+    for run in runs:
+        assert "died while running this run" in (out / run.run_id / "FAILED").read_text()
+        assert f"{run.run_id}: FAILED (worker" in r.stdout
+    r = subprocess.run(HARNESS + ["run", str(exp), "--parallel", "1"], env=_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    for i, run in enumerate(runs):
+        assert not (out / run.run_id / "FAILED").exists()
+        _same(out / run.run_id, _reference(exp, tmp_path, i))

@@ -1,0 +1,91 @@
+"""What identifies an evaluation, without importing torch or lm-eval: the eval hash (base model, tokenizer,
+eval data, eval section, probe files) and where a run's base row lives. The launcher uses these to write
+``plan.json`` and to decide whether the base is evaluated, before any worker has imported torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from harness.config import ExperimentConfig, to_dict
+
+EVAL_VERSION = 1  # bump when a probe's definition changes: cached base results are then recomputed
+
+
+def _sibling(cfg: ExperimentConfig, name: str) -> str | None:
+    """The mini-world default for a probe file: `name` next to the eval/train data or the model."""
+    cands = []
+    for p in (cfg.eval.nll_data, cfg.data.eval.path if cfg.data.eval else None, cfg.data.train.path):
+        if p:
+            cands.append(Path(p).parent / name)
+    cands.append(Path(cfg.model.name_or_path).parent / "data" / name)
+    for c in cands:
+        if c.is_file():
+            return str(c)
+    return None
+
+
+def probe_paths(cfg: ExperimentConfig) -> dict[str, str | None]:
+    """Files behind each probe: explicit eval.* keys, else the mini-world's files next to the data
+    (eval_heldout_bios.jsonl, eval_raw_questions.jsonl); None: that probe is skipped."""
+    e = cfg.eval
+    return {"nll": e.nll_data or (cfg.data.eval.path if cfg.data.eval else None),
+            "pretrain": e.pretrain_text or _sibling(cfg, "eval_heldout_bios.jsonl"),
+            "raw": e.raw_questions or _sibling(cfg, "eval_raw_questions.jsonl")}
+
+
+def _file_fingerprint(path: str | Path) -> str | None:
+    p = Path(path)
+    if p.is_file():
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    if p.is_dir():  # a model directory: its weight and config files' names, sizes and mtimes
+        parts = []
+        for f in sorted(p.iterdir()):
+            if f.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return None
+
+
+def eval_hash(cfg: ExperimentConfig) -> str:
+    """Hash of everything that determines an evaluation except the weights being evaluated: base model and
+    tokenizer (with a fingerprint of local files), eval-data tokenization, the eval section and the probe
+    files' contents. Equal hashes: comparable rows; the base is re-evaluated when it changes."""
+    d = to_dict(cfg)
+    ev = dict(d["eval"])
+    for key in ("every_checkpoint", "threads"):  # which checkpoints, and how fast: not what is measured
+        ev.pop(key, None)
+    paths = probe_paths(cfg)
+    payload = {"version": EVAL_VERSION, "model": d["model"],
+               "model_files": _file_fingerprint(cfg.model.name_or_path),
+               "tokenizer_files": _file_fingerprint(cfg.model.tokenizer) if cfg.model.tokenizer else None,
+               "data": {k: d["data"][k] for k in ("eval", "max_length", "boundary", "eot", "system_prompt")},
+               "eval": ev, "probes": {k: [v, _file_fingerprint(v) if v else None] for k, v in paths.items()},
+               "tasks": {str(p): _file_fingerprint_dir(p) for p in cfg.eval.include_path}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _file_fingerprint_dir(path: str) -> str | None:
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p.glob("**/*.yaml")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def base_dir_for(experiment_dir: str | Path, cfg: ExperimentConfig) -> Path:
+    """Where the base evaluation of a run with config `cfg` lives: ``<experiment>/base`` for the experiment's
+    own base (plan.json's ``base_eval_hash``), ``<experiment>/bases/<eval_hash>`` for runs whose base model
+    or eval data differ (a grid over model.name_or_path or data.eval.path): each run's step-0 row, KL and
+    NLL deltas are against *its* base, never another run's."""
+    exp_dir = Path(experiment_dir)
+    try:
+        default = json.loads((exp_dir / "plan.json").read_text()).get("base_eval_hash")
+    except (OSError, ValueError):
+        default = None
+    h = eval_hash(cfg)
+    return exp_dir / "base" if default in (None, h) else exp_dir / "bases" / h
