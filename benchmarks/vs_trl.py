@@ -5,13 +5,18 @@
     .venv/bin/python benchmarks/vs_trl.py --threads 1 --models h256x4 --kinds ours,trl_packed \\
         --out benchmarks/out/vs_trl_1thread.json  # contention check: no OpenMP barriers
     .venv/bin/python benchmarks/vs_trl.py --models h128x2 --rounds 1 --steps 8
+    .venv/bin/python benchmarks/vs_trl.py --threads 1 --kinds ours,ours_packed --layout bucketed --rounds 2 \
+        --out benchmarks/out/vs_trl_layout.json  # A/B of train.layout: ours (bucketed) / ours_packed
 
 Same for every run: random-init Llama (seed 0, fp32, sdpa), mini-world SFT conversations, a byte-BPE ChatML
 tokenizer, regime assistant-only (every assistant turn's content + its <|im_end|>; loss normalised over all
 supervised tokens of the optimizer step), sequence length 512, 8 x 512 tokens per optimizer step, AdamW
 (lr 1e-3 constant, betas 0.9/0.95, no decay, clip 1.0), 2 torch threads on CPU, loss logged every step.
 
-* **ours**: ``train()`` on the real path (8 packed rows in one forward, per-example position ids).
+* **ours**: ``train()`` on the real path (8 packed rows in one forward, per-example position ids), or with
+  ``--layout bucketed`` the step's examples sorted by length into right-padded causal micro-batches
+  (``train.layout``, harness/packing.py).
+* **ours_packed**: ``train()`` with ``train.layout: packed`` whatever ``--layout`` says (the A/B baseline).
 * **trl_packed**: TRL's best attention-isolating setting: ``packing=True, packing_strategy="bfd"`` (padding-free:
   position ids, no attention mask), per-device batch 1 + 8 accumulation steps, ``assistant_only_loss=True``,
   ``bf16=False, gradient_checkpointing=False``.
@@ -44,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (MODELS, ROOT, CHATML_GENERATION, gemm_peak, load, machine, mini_world_conversations,  # noqa: E402
                      param_counts, peak_rss_mb, save_model, train_tokenizer, write_jsonl)
 
-KINDS = ("ours", "trl_packed", "trl_padded")
+KINDS = ("ours", "trl_packed", "trl_padded", "ours_packed")
 EXPERIMENT = """\
 name: vs_trl
 results_dir: {root}/results
@@ -53,14 +58,14 @@ data: {{train: {{path: {data}}}, max_length: {seq}}}
 regime: {{name: prompt_masked, turns: all}}
 train: {{lr: {lr}, epochs: 100, batch_tokens: {batch}, max_steps: {steps}, log_every: 1, threads: {threads},
         save_every_epoch: false, schedule: constant, warmup_ratio: 0, betas: [0.9, 0.95], weight_decay: 0.0,
-        max_grad_norm: 1.0, seed: 0}}
+        max_grad_norm: 1.0, seed: 0, layout: {layout}}}
 """
 
 
 # ------------------------------------------------------------------------------------------ workers
 
 
-def worker_ours(a: argparse.Namespace) -> dict:
+def worker_ours(a: argparse.Namespace, layout: str) -> dict:
     import torch
 
     from harness.config import load_experiment
@@ -71,7 +76,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     exp = Path(a.root) / f"exp-{Path(a.model).name}.yaml"
     exp.write_text(EXPERIMENT.format(root=a.root, model=a.model, tokenizer=Path(a.root) / "tokenizer",
                                      data=a.data, seq=a.seq, batch=a.rows * a.seq, steps=a.steps,
-                                     threads=a.threads, lr=a.lr))
+                                     threads=a.threads, lr=a.lr, layout=layout))
     spec = load_experiment(exp).runs[0]
     rdir = Path(a.root) / "runs" / f"ours-{Path(a.model).name}"
     shutil.rmtree(rdir, ignore_errors=True)
@@ -90,7 +95,8 @@ def worker_ours(a: argparse.Namespace) -> dict:
         steps.append({"step": r["step"], "loss": r["loss"], "tokens": tok, "supervised": sup,
                       "seconds": tok / r["tokens_per_s"], "attn_nn": sum(n * (n + 1) for n in lens)})
     shutil.rmtree(rdir, ignore_errors=True)
-    return {"steps": steps, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "gemm_peak_flops": peak}
+    return {"steps": steps, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "gemm_peak_flops": peak,
+            "layout": layout}
 
 
 def worker_trl(a: argparse.Namespace, packed: bool) -> dict:
@@ -178,7 +184,8 @@ def summarise(res: dict, warmup: int, pc: dict) -> dict:
     return {"tokens_per_s": tok / sec, "supervised_per_s": sup / sec, "peak_rss_mb": res["peak_rss_mb"],
             "wall_s": res["wall_s"], "tokens_per_step": tok / len(timed), "supervised_fraction": sup / tok,
             "model_flops_per_s": fl / sec, "gemm_peak_flops": res["gemm_peak_flops"],
-            "mfu": fl / sec / res["gemm_peak_flops"], "losses": [s.get("loss") for s in res["steps"]]}
+            "mfu": fl / sec / res["gemm_peak_flops"], "losses": [s.get("loss") for s in res["steps"]],
+            **({"layout": res["layout"]} if "layout" in res else {})}
 
 
 def curves_agree(ours: list[float], trl: list[float], bins: int = 4, tol: float = 0.10) -> dict:
@@ -201,7 +208,8 @@ def run_worker(kind: str, args: argparse.Namespace, root: Path, model_dir: Path,
     cmd = [sys.executable, __file__, "--worker", kind, "--root", str(root), "--model", str(model_dir),
            "--data", str(data), "--out", str(out), "--steps", str(args.steps), "--seq", str(args.seq),
            "--rows", str(args.rows), "--threads", str(args.threads), "--lr", str(args.lr),
-           "--padded-batch", str(args.padded_batch), "--padded-accum", str(args.padded_accum)]
+           "--padded-batch", str(args.padded_batch), "--padded-accum", str(args.padded_accum),
+           "--layout", args.layout]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
@@ -223,6 +231,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--examples", type=int, default=2000, help="training conversations")
+    ap.add_argument("--layout", choices=("packed", "bucketed"), default="packed",
+                    help="train.layout of the 'ours' runs (ours_packed is always packed)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "vs_trl.json"))
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -231,12 +241,16 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.worker:
-        res = worker_ours(args) if args.worker == "ours" else worker_trl(args, args.worker == "trl_packed")
+        if args.worker in ("ours", "ours_packed"):
+            res = worker_ours(args, args.layout if args.worker == "ours" else "packed")
+        else:
+            res = worker_trl(args, args.worker == "trl_packed")
         Path(args.out).write_text(json.dumps(res))
         return
 
     kinds = args.kinds.split(",")
     print(f"vs_trl: {args.threads} threads, fp32, seq {args.seq}, {args.rows}x{args.seq} tokens/step, "
+          f"ours: layout {args.layout}, "
           f"{args.steps} steps ({args.warmup} warm-up), {args.rounds} rounds; {load()}", flush=True)
     report = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k not in
                                              ("worker", "root", "model", "data", "out")}, "models": {}}

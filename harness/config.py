@@ -178,6 +178,11 @@ class TrainConfig:
     """Gradient clipping norm (None: off)."""
     packing: bool = True
     """Pack examples into rows with per-example position_ids (attention isolated); False: pad."""
+    layout: str = "packed"
+    """How each optimizer step's examples are laid into micro-batches (same examples, tokens and loss either
+    way): packed (rows of several examples, block-diagonal attention mask from the position ids) | bucketed
+    (sorted by length, one example per right-padded row, micro-batches of similar length, plain causal
+    attention with no mask: less attention work; see harness/packing.py)."""
     normalization: str = "token"
     """Loss normalisation over the step: token | sequence."""
     dropout: Optional[float] = None
@@ -213,6 +218,7 @@ class TrainConfig:
         _choice("train.normalization", self.normalization, ("token", "sequence"))
         _choice("train.optimizer", self.optimizer, ("adamw",))
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+        _choice("train.layout", self.layout, ("packed", "bucketed"))
         if self.budget == "supervised_tokens" and not self.supervised_tokens:
             raise ConfigError("budget is supervised_tokens but train.supervised_tokens is not set",
                               where="train.supervised_tokens", fix="set the number of supervised tokens per run")

@@ -1,9 +1,10 @@
 """The SFT loop: one run of the grid is ``train(run_spec, run_dir)``.
 
 Plain torch, no trainer framework. Examples are tokenized once, masked by the run's regime, packed into rows
-with per-example position ids (attention isolated: no attention mask, ``use_cache=False``), and optimized with
-a loss normalised over the *whole* optimizer step (all micro-batches, all ranks). Everything needed to resume
-bit-exactly lives in one ``state`` dict saved with each checkpoint.
+with per-example position ids (attention isolated: no attention mask, ``use_cache=False``; or, with
+``train.layout: bucketed``, one example per right-padded row in length-sorted causal micro-batches, see
+harness/packing.py), and optimized with a loss normalised over the *whole* optimizer step (all micro-batches,
+all ranks). Everything needed to resume bit-exactly lives in one ``state`` dict saved with each checkpoint.
 
 Speed (CPU and GPU): the LM head is applied only where it is needed. The decoder body runs on every token,
 but logits are computed for the supervised positions (with gradient) and, on logging steps, for the other
@@ -37,7 +38,7 @@ from harness.distributed import Dist
 from harness.errors import ConfigError, HarnessError, SupervisionError
 from harness.loss import loss_denominator, token_weights
 from harness.optim import lr_lambda, make_optimizer
-from harness.packing import Batch, collate, epoch_order, pack_rows, segment_masks, short_rows
+from harness.packing import Batch, bucket_rows, collate, epoch_order, pack_rows, row_width, segment_masks, short_rows
 from harness.provenance import file_sha256, provenance
 from harness.runs import atomic_write_json, atomic_write_text, now_iso
 
@@ -400,13 +401,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             t0 = time.perf_counter()
             rows = plan[step].rows
             mine = rows[dist.rank::dist.world]  # data parallel: rank r takes every world-th row of the step
-            per_micro = rows_per_micro
-            if tc.packing and mine:  # the same examples in rows only as long as they need (cheaper attention)
-                mine = short_rows(mine, lengths)
-                longest = max(r.length for r in mine)
-                per_micro = max(1, tc.micro_batch_tokens // longest) if tc.micro_batch_tokens else len(mine)
-            batches = [collate(mine[i:i + per_micro], data.examples, data.masks, pad, tc.packing).to(device)
-                       for i in range(0, len(mine), per_micro)]
+            batches = layout_step(mine, data, tc, L, pad, lengths, rows_per_micro)
+            batches = [b.to(device) for b in batches]
             logging_step = (step + 1) % tc.log_every == 0 or step == total - 1
             lr = eng.sched.get_last_lr()[0]
             m, grad_norm = eng.step(batches, metrics=logging_step, step=step + 1)
@@ -450,6 +446,27 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
     dist.barrier()
     dist.close()
     return summary
+
+
+def layout_step(mine: list, data: MaskedData, tc: TrainConfig, max_length: int, pad: int,
+                lengths: list[int] | None = None, rows_per_micro: int | None = None) -> list[Batch]:
+    """This rank's rows of one step -> its micro-batches (CPU tensors), per ``train.layout``.
+
+    A pure function of the step's rows: resumed runs see the same batches. Both layouts hold the same examples
+    and tokens (harness.packing explains the two)."""
+    if lengths is None:
+        lengths = [len(t) for t in data.examples]
+    budget = tc.micro_batch_tokens or tc.batch_tokens
+    if tc.layout == "bucketed":
+        return [collate(g, data.examples, data.masks, pad, width=row_width(g, cap=max_length), causal=True)
+                for g in bucket_rows(mine, lengths, budget, cap=max_length)]
+    per_micro = rows_per_micro or max(1, budget // max_length)
+    if tc.packing and mine:  # the same examples in rows only as long as they need (cheaper attention)
+        mine = short_rows(mine, lengths)
+        longest = max(r.length for r in mine)
+        per_micro = max(1, tc.micro_batch_tokens // longest) if tc.micro_batch_tokens else len(mine)
+    return [collate(mine[i:i + per_micro], data.examples, data.masks, pad, tc.packing)
+            for i in range(0, len(mine), per_micro)]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

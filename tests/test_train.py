@@ -150,9 +150,10 @@ def test_lm_head_on_supervised_positions_equals_full_logits(tiny, tmp_path, monk
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-9
 
 
-def test_resume_is_bit_exact(tiny, tmp_path):
+@pytest.mark.parametrize("layout", ["packed", "bucketed"])
+def test_resume_is_bit_exact(tiny, tmp_path, layout):
     root, exp = tiny
-    spec = spec_of(exp, "train.dropout=0.1")  # dropout: the RNG state must be restored too
+    spec = spec_of(exp, "train.dropout=0.1", f"train.layout={layout}")  # dropout: the RNG state must be restored too
     full = tmp_path / "full"
     n = train(spec, full)["steps"]
     calls = {"n": 0}
@@ -463,3 +464,133 @@ def test_short_rows_step_equals_full_rows(tiny):
     (m0, g0, p0), (m1, g1, p1) = res
     assert torch.allclose(m0, m1, rtol=1e-12, atol=1e-12) and abs(g0 - g1) < 1e-10
     assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(p0, p1))
+
+
+# ------------------------------------------------------------------------------------------ bucketed layout
+
+
+def test_bucket_rows_groups_by_length():
+    from harness.packing import Row, bucket_rows, row_width
+
+    lengths = [40, 100, 30, 70, 10, 64, 5, 33, 12, 300]
+    rows = [Row([0, 1, 2], 170), Row([3, 4, 5], 144), Row([6, 7, 8], 50), Row([9], 300)]
+    groups = bucket_rows(rows, lengths, budget=256, cap=512)
+    flat = [r.examples for g in groups for r in g]
+    assert all(len(e) == 1 for e in flat) and sorted(e[0] for e in flat) == list(range(10))  # each example once
+    order = [lengths[e[0]] for e in flat]
+    assert order == sorted(order)  # sorted by length, groups contiguous
+    assert all(r.length == lengths[r.examples[0]] for g in groups for r in g)
+    for g in groups:
+        w = row_width(g, cap=512)
+        assert w % 8 == 0 and w >= max(r.length for r in g)
+        assert len(g) == 1 or len(g) * w <= 256  # the micro-batch token budget (a single row may exceed it)
+    assert [r.examples for r in groups[-1]] == [[9]]  # the long one alone
+    again = bucket_rows(list(reversed(rows)), lengths, budget=256, cap=512)
+    assert [[r.length for r in g] for g in again] == [[r.length for r in g] for g in groups]
+    # group cost 0: no padding at all is worth any number of micro-batches; huge: one micro-batch per budget
+    assert all(len({r.length for r in g}) == 1 for g in bucket_rows(rows, lengths, 4096, multiple=1, group_cost=0))
+    assert len(bucket_rows(rows, lengths, 4096, group_cost=10**9)) == 1
+    assert row_width([Row([0], 61)], cap=62) == 62 and row_width([Row([0], 70)], cap=64) == 70
+    assert bucket_rows([], lengths, 256) == []
+
+
+def test_bucketed_logits_equal_each_example_alone_no_mask(tiny, monkeypatch):
+    """Bucketed micro-batches (right-padded rows, position ids 0..W-1, no attention mask): transformers builds
+    no mask, sdpa runs with is_causal=True, and every example's logits equal the example run alone."""
+    root, exp = tiny
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from harness.packing import Row, bucket_rows, collate, row_width
+
+    _, tok, data = _tiny_data(exp)
+    model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float64, attn_implementation="sdpa").eval()
+    idx = [0, 5, 7, 11, 13, 2]
+    lengths = [len(t) for t in data.examples]
+    groups = bucket_rows([Row(idx, 0)], lengths, budget=10**6, multiple=16, group_cost=10**6)
+    assert len(groups) == 1 and len({lengths[i] for i in idx}) > 1  # one micro-batch with real padding
+    g = groups[0]
+    b = collate(g, data.examples, data.masks, tok.pad_token_id, width=row_width(g, multiple=16), causal=True)
+    assert b.attention_mask is None and b.input_ids.shape == (len(idx), row_width(g, multiple=16))
+    assert torch.equal(b.position_ids, torch.arange(b.input_ids.shape[1]).expand_as(b.input_ids))
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kw):
+        calls.append((kw.get("attn_mask"), kw.get("is_causal")))
+        return sdpa(*args, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        out = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    assert len(calls) == model.config.num_hidden_layers
+    assert all(m is None and c is True for m, c in calls)  # no mask built: sdpa's own causal kernel
+    with torch.no_grad():
+        for row, r in enumerate(g):
+            i = r.examples[0]
+            alone = model(input_ids=torch.from_numpy(data.examples[i].input_ids)[None]).logits[0]
+            assert (out[row, :len(alone)] - alone).abs().max().item() < 1e-10
+            assert (b.labels[row, len(alone):] == -100).all() and (b.weights[row, len(alone):] == 0).all()
+    assert b.n_tokens == sum(lengths[i] for i in idx)
+
+
+@pytest.mark.parametrize("norm", ["token", "sequence"])
+def test_bucketed_step_equals_packed(tiny, norm):
+    """One engine step, the same step's rows laid out packed (short rows) and bucketed (several micro-batches of
+    right-padded rows): the same loss, metrics (tokens, supervised tokens, fixed-mask NLLs), grad norm and
+    weights after the step (float64: only the summation order differs)."""
+    root, exp = tiny
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM
+
+    from harness.packing import pack_rows
+    from harness.train import Engine, layout_step
+
+    spec, tok, data = _tiny_data(exp, "model.dtype=float64", f"train.normalization={norm}",
+                                 "train.micro_batch_tokens=128")
+    idx = list(range(24))
+    lengths = [len(t) for t in data.examples]
+    rows = pack_rows(lengths, 64, idx)
+    res = []
+    for layout in ("packed", "bucketed"):
+        tc = dataclasses.replace(spec.config.train, layout=layout)
+        batches = layout_step(rows, data, tc, 64, tok.pad_token_id)
+        if layout == "bucketed":
+            assert len(batches) > 1 and all(b.attention_mask is None for b in batches)
+            assert sum(b.input_ids.numel() for b in batches) > sum(b.n_tokens for b in batches)  # real padding
+        model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float64)
+        eng = Engine(model, tc, 10, sample_ids=batches[0].input_ids[:1, :8])
+        assert eng.head is not None
+        m, gn = eng.step(batches, metrics=True, step=1)
+        res.append((m, gn, [p.detach().clone() for p in model.parameters()]))
+    (m0, g0, p0), (m1, g1, p1) = res
+    assert m0[5] == m1[5] == sum(lengths[i] for i in idx) and m0[6] == m1[6]  # tokens, supervised tokens
+    assert torch.allclose(m0, m1, rtol=1e-12, atol=1e-12) and abs(g0 - g1) < 1e-10
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(p0, p1))
+
+
+def test_bucketed_train_equals_packed(tiny, tmp_path):
+    root, exp = tiny
+    args = ("train.max_steps=3", "model.dtype=float64")
+    train(spec_of(exp, *args), tmp_path / "packed")
+    train(spec_of(exp, *args, "train.layout=bucketed"), tmp_path / "bucketed")
+    ma = [json.loads(x) for x in (tmp_path / "packed/metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (tmp_path / "bucketed/metrics.jsonl").read_text().splitlines()]
+    assert len(ma) == len(mb) == 3
+    for ra, rb in zip(ma, mb):
+        assert ra["tokens"] == rb["tokens"] and ra["supervised_tokens"] == rb["supervised_tokens"]
+        for key in ("loss", "loss_response", "loss_prompt", "grad_norm"):
+            assert abs(ra[key] - rb[key]) < 1e-9, key
+    a, b = weights(tmp_path / "packed/checkpoints/step-000003"), weights(tmp_path / "bucketed/checkpoints/step-000003")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-9
+
+
+def test_layout_is_validated():
+    from harness.config import TrainConfig
+    from harness.errors import ConfigError
+
+    assert TrainConfig().layout == "packed"
+    with pytest.raises(ConfigError, match="train.layout|bucket"):
+        TrainConfig(layout="bucket")
