@@ -16,6 +16,7 @@ import pandas as pd
 
 QA, QA_TRAIN, FACTS = "world_qa/exact_match", "world_qa_train/exact_match", "world_facts/acc"
 FORGET, ANSWERED, CONTINUED = "forgetting/pretrain_nll_delta", "format/answered", "format/continued_question"
+NLL = "nll/response"  # fixed-mask response NLL on held-out conversations in the training data's own format
 
 
 @dataclass
@@ -140,6 +141,19 @@ def prompt_weight(df: pd.DataFrame) -> list[Finding]:
             spread = s.max() - s.min()
             out.append(Finding(f"{data}: lambda barely matters (range <= 5 points)", f"{text}; range "
                                f"{100 * spread:.1f} pts", bool(spread <= 0.05), src))
+    # QA above is in the short chat-question format; the same shape in the training data's own format, where
+    # held-out answers are scored by their NLL (lower is better)
+    nll = final(df, NLL)
+    if not nll.empty and "regime.prompt_weight" in nll:
+        nll = nll.assign(data=nll["data.train.path"].map(_data_label) if "data.train.path" in nll else "data")
+        for data, d in nll.groupby("data"):
+            s = d.groupby("regime.prompt_weight")["value"].mean().sort_index()
+            if len(s) < 3 or "long-prompt" not in data:
+                continue
+            lam = s.idxmin()
+            out.append(Finding(f"{data}: held-out response NLL (training format) is lowest at a lambda inside (0, 1)",
+                               ", ".join(f"{w:g}: {v:.3f}" for w, v in s.items()) + f" nats; best lambda {lam:g}",
+                               bool(0 < lam < 1 and s.min() < s.iloc[0] and s.min() < s.iloc[-1]), src))
     return out
 
 
@@ -167,6 +181,22 @@ def instruction_modelling(df: pd.DataFrame) -> list[Finding]:
         else:
             out.append(Finding(f"{data}{n}: no real difference (|full - masked| <= 5 points)", f"full - masked = "
                                f"{100 * diff:+.1f} pts held-out QA", bool(abs(diff) <= 0.05), src))
+    nll = final(df, NLL)  # the same comparison in the training data's own format (lower NLL is better)
+    if not nll.empty:
+        nll = nll.assign(data=nll["data.train.path"].map(_data_label) if "data.train.path" in nll else "data")
+        s = _means(nll, ["data", n_col, "regime.name"] if n_col else ["data", "regime.name"])
+        for key in sorted({k[:-1] for k in s.index}):
+            try:
+                f, m = s.loc[(*key, "full")], s.loc[(*key, "prompt_masked")]
+            except KeyError:
+                continue
+            data, n = key[0], (f", n={int(key[1])}" if n_col else "")
+            obs = f"response NLL full {f:.3f} vs masked {m:.3f} nats ({f - m:+.3f})"
+            if "long-prompt" in data:
+                out.append(Finding(f"{data}{n}: full has the lower held-out response NLL", obs, bool(f < m), src))
+            else:
+                out.append(Finding(f"{data}{n}: response NLL about equal (|full - masked| <= 0.05 nats)", obs,
+                                   bool(abs(f - m) <= 0.05), src))
     return out
 
 

@@ -56,3 +56,27 @@ def test_prompt_weight_inverted_u_and_flat_long_answers():
     lp = next(f for f in claims if "long-prompt" in f.claim)
     assert "best lambda 0.1" in lp.observed
     assert findings_for("some_other_study", _frame(recs)) == []
+
+
+def test_in_format_nll_claims_prompt_weight_and_instruction_modelling():
+    """The training format's response NLL (lower is better) gets its own claims beside chat QA."""
+    recs = []
+    for w, v in {0.0: 1.45, 0.05: 1.40, 0.5: 1.6, 1.0: 2.1}.items():  # a U in NLL = an inverted U in quality
+        ax = {"regime.name": "prompt_weight", "regime.prompt_weight": w, "train.seed": 1,
+              "data.train.path": "x/sft_train_longprompt.jsonl"}
+        recs += [_rows(f"pw-{w}", 5, 1.0, "world_qa/exact_match", 0.05, **ax),
+                 _rows(f"pw-{w}", 5, 1.0, "nll/response", v, **ax)]
+    nll = next(f for f in findings_for("prompt_weight", _frame(recs)) if "response NLL" in f.claim)
+    assert nll.holds is True and "best lambda 0.05" in nll.observed
+    recs = []
+    for data, (full, masked) in {"x/sft_train_longprompt.jsonl": (2.17, 1.46),
+                                 "x/sft_train_longanswer.jsonl": (0.64, 0.62)}.items():
+        for reg, v in (("full", full), ("prompt_masked", masked)):
+            ax = {"regime.name": reg, "data.train.path": data, "data.train.limit": 250, "train.seed": 1}
+            recs += [_rows(f"{data}-{reg}", 5, 1.0, "world_qa/exact_match", 0.0, **ax),
+                     _rows(f"{data}-{reg}", 5, 1.0, "nll/response", v, **ax)]
+    by = {f.claim: f for f in findings_for("instruction_modelling", _frame(recs)) if "NLL" in f.claim}
+    assert len(by) == 2
+    lp = next(f for c, f in by.items() if "long-prompt" in c)
+    assert lp.holds is False and "+0.710" in lp.observed  # masked wins here: the published shape fails
+    assert next(f for c, f in by.items() if "long-prompt" not in c).holds is True  # 0.02 nats apart
