@@ -100,10 +100,22 @@ def seed_story(df: pd.DataFrame) -> list[Finding]:
     every = _done(df, FORGET)
     every = every[every["regime.name"] != "prompt_only"] if not every.empty else every
     if not every.empty and every["epoch"].round().nunique() > 1:
-        s = every.assign(ep=every["epoch"].round()).groupby("ep")["value"].mean()
-        out.append(Finding("forgetting rises with epochs",
-                           ", ".join(f"epoch {int(e)}: {v:+.3f}" for e, v in s.items()), bool(s.is_monotonic_increasing),
-                           "Biderman et al. 2024"))
+        # Per configuration (regime x LR, mean over seeds), last epoch vs first: a mean over all LRs would mix
+        # scales (at a too-high LR forgetting overshoots at epoch 1 and partly recovers) and say little.
+        every = every.assign(ep=every["epoch"].round())
+        s = every.groupby("ep")["value"].mean()
+        keys = [c for c in ("regime.name", "train.lr") if c in every.columns]
+        per = every.groupby(keys + ["ep"])["value"].mean() if keys else s
+        trend = per.groupby(level=list(range(len(keys)))).agg(lambda v: v.iloc[-1] - v.iloc[0]) if keys \
+            else pd.Series([s.iloc[-1] - s.iloc[0]])
+        falls = [k if isinstance(k, tuple) else (k,) for k, d in trend.items() if d <= 0]
+        out.append(Finding("forgetting rises with epochs (last epoch vs first, per regime x LR, most configurations)",
+                           f"rises in {int((trend > 0).sum())} of {len(trend)}"
+                           + (" (not: " + "; ".join(" ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in k)
+                                                    for k in falls) + ")" if falls else "")
+                           + "; mean over all runs by epoch: "
+                           + ", ".join(f"epoch {int(e)}: {v:+.3f}" for e, v in s.items()),
+                           bool((trend > 0).sum() > len(trend) / 2), "Biderman et al. 2024"))
     ba, bc = base_value(df, ANSWERED), base_value(df, CONTINUED)
     a, c = final(df, ANSWERED), final(df, CONTINUED)
     if not a.empty and not math.isnan(bc):

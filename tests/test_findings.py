@@ -80,3 +80,28 @@ def test_in_format_nll_claims_prompt_weight_and_instruction_modelling():
     lp = next(f for c, f in by.items() if "long-prompt" in c)
     assert lp.holds is False and "+0.710" in lp.observed  # masked wins here: the published shape fails
     assert next(f for c, f in by.items() if "long-prompt" not in c).holds is True  # 0.02 nats apart
+
+
+def test_forgetting_vs_epochs_is_judged_per_configuration():
+    """Last epoch vs first per regime x LR (mean over seeds): one overshooting configuration is named, the
+    majority decides; the old mean-over-all-LRs sequence is still printed."""
+    def frame(curves):
+        recs = []
+        for (reg, lr), ys in curves.items():
+            for seed in (1, 2):
+                ax = {"regime.name": reg, "train.lr": lr, "train.seed": seed}
+                for ep, y in enumerate(ys, start=1):
+                    recs.append(_rows(f"{reg}-{lr}-{seed}", 10 * ep, float(ep), "forgetting/pretrain_nll_delta", y,
+                                      **ax))
+        return _frame(recs)
+
+    def claim(curves):
+        return next(f for f in findings_for("mini_lima", frame(curves)) if "epochs" in f.claim)
+
+    rising = {("prompt_masked", 3e-4): [0.2, 0.3, 0.4], ("full", 3e-4): [0.3, 0.5, 0.6],
+              ("full", 1e-3): [1.1, 0.7, 0.9]}  # the too-high LR overshoots at epoch 1
+    f = claim(rising)
+    assert f.holds is True and "rises in 2 of 3 (not: full 0.001)" in f.observed
+    assert "epoch 2: +0.500" in f.observed  # mean over all runs: not monotonic, and shown
+    f = claim({k: v[::-1] for k, v in rising.items()})
+    assert f.holds is False and "rises in 1 of 3" in f.observed
