@@ -594,3 +594,111 @@ def test_layout_is_validated():
     assert TrainConfig().layout == "packed"
     with pytest.raises(ConfigError, match="train.layout|bucket"):
         TrainConfig(layout="bucket")
+
+
+def _prune_model(root, kv: int | None):
+    """The tiny Llama (float64); `kv` set: the same shape with that many key/value heads (seeded init)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if kv is None:
+        return AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float64)
+    cfg = AutoConfig.from_pretrained(root / "model")
+    cfg.num_key_value_heads = kv
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("layout,kv", [("packed", None), ("bucketed", None), ("packed", 1), ("bucketed", 4)])
+def test_prune_last_layer_step_equals_full(tiny, layout, kv):
+    """train.prune_last_layer: one engine step (the last layer's queries, attention and MLP only at the head's
+    positions) equals the full body: loss, metrics, supervised tokens, grad norm, gradients and weights (float64;
+    both layouts; the tiny model's GQA (2 of 4 kv heads), MQA (1) and MHA (4))."""
+    root, exp = tiny
+    import dataclasses
+
+    from harness.packing import pack_rows
+    from harness.train import Engine, layout_step
+
+    spec, tok, data = _tiny_data(exp, "model.dtype=float64", "train.micro_batch_tokens=128",
+                                 "regime.name=prompt_weight", "regime.prompt_weight=0.3")
+    idx = list(range(24))
+    rows = pack_rows([len(t) for t in data.examples], 64, idx)
+    res = []
+    for prune in (False, True):
+        tc = dataclasses.replace(spec.config.train, layout=layout, prune_last_layer=prune)
+        batches = layout_step(rows, data, tc, 64, tok.pad_token_id)
+        assert any(b.input_ids.shape[0] > 1 for b in batches)  # several rows: per-row query padding is used
+        model = _prune_model(root, kv)
+        eng = Engine(model, tc, 10, sample_ids=batches[0].input_ids[:1, :8])
+        assert eng.head is not None and (eng.prune is not None) == prune
+        out = []
+        for metrics in (True, False):  # logging step (metric positions too), then a plain step
+            grads = {}
+            hooks = [p.register_hook(lambda g, n=n: grads.__setitem__(n, g.clone()))
+                     for n, p in model.named_parameters()]
+            m, gn = eng.step(batches, metrics=metrics, step=1)
+            for h in hooks:
+                h.remove()
+            out.append((m, gn, grads))
+        res.append((out, [p.detach().clone() for p in model.parameters()]))
+    (o0, p0), (o1, p1) = res
+    for (m0, g0, gr0), (m1, g1, gr1) in zip(o0, o1):
+        assert m0[6] == m1[6] > 0 and m0[5] == m1[5]  # supervised tokens, tokens
+        assert torch.allclose(m0, m1, rtol=1e-12, atol=1e-12) and abs(g0 - g1) < 1e-10
+        assert set(gr0) == set(gr1)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(p0, p1))
+
+
+def test_prune_last_layer_train_equals_full(tiny, tmp_path):
+    root, exp = tiny
+    args = ("train.max_steps=3", "model.dtype=float64")
+    train(spec_of(exp, *args), tmp_path / "full")
+    train(spec_of(exp, *args, "train.prune_last_layer=true"), tmp_path / "pruned")
+    ma = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (tmp_path / "pruned/metrics.jsonl").read_text().splitlines()]
+    assert len(ma) == len(mb) == 3
+    for ra, rb in zip(ma, mb):
+        assert ra["tokens"] == rb["tokens"] and ra["supervised_tokens"] == rb["supervised_tokens"]
+        for key in ("loss", "loss_response", "loss_prompt", "grad_norm"):
+            assert abs(ra[key] - rb[key]) < 1e-9, key
+    a, b = weights(tmp_path / "full/checkpoints/step-000003"), weights(tmp_path / "pruned/checkpoints/step-000003")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-9
+    prov = json.loads((tmp_path / "pruned/provenance.json").read_text())
+    assert prov["engine"]["last_layer"].startswith("pruned")
+
+
+def test_prune_last_layer_refused_where_not_llama_like(tiny):
+    """A non-Llama layer (GPT-2), attention dropout and a model whose logits are not lm_head(hidden) are refused
+    with a ConfigError naming the option."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    import harness.train as T
+    from harness.config import TrainConfig
+    from harness.errors import ConfigError
+
+    assert TrainConfig().prune_last_layer is False
+    tc = dataclasses.replace(TrainConfig(), prune_last_layer=True)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                      bos_token_id=0, eos_token_id=0))
+    with pytest.raises(ConfigError, match="prune_last_layer: GPT2Model is not a Llama-like decoder"):
+        T.Engine(gpt2, tc, 10, sample_ids=torch.arange(8)[None])
+    from transformers import Qwen3Config, Qwen3ForCausalLM  # Llama-like body, but q/k norms in attention
+    qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    with pytest.raises(ConfigError, match="prune_last_layer: the last decoder layer is a Qwen3DecoderLayer"):
+        T.Engine(qwen3, tc, 10, sample_ids=torch.arange(8)[None])
+    root, _ = tiny
+    llama = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float64)
+    with pytest.raises(ConfigError, match="prune_last_layer.*attention dropout"):
+        T.Engine(llama, dataclasses.replace(tc, dropout=0.1), 10)
+    with pytest.raises(ConfigError, match="prune_last_layer.*compile"):
+        T.Engine(llama, dataclasses.replace(tc, compile=True), 10)
+    orig = T.split_lm_head
+    try:
+        T.split_lm_head = lambda model, sample_ids=None: None
+        with pytest.raises(ConfigError, match="prune_last_layer.*LM head"):
+            T.Engine(llama, tc, 10)
+    finally:
+        T.split_lm_head = orig
