@@ -7,8 +7,6 @@
     .venv/bin/python benchmarks/vs_trl.py --models h128x2 --rounds 1 --steps 8
     .venv/bin/python benchmarks/vs_trl.py --threads 1 --kinds ours,ours_packed --layout bucketed --rounds 2 \
         --out benchmarks/out/vs_trl_layout.json  # A/B of train.layout: ours (bucketed) / ours_packed
-    .venv/bin/python benchmarks/vs_trl.py --threads 1 --models h256x4 --kinds ours,ours_noprune \
-        --prune-last-layer --out benchmarks/out/vs_trl_prune.json  # A/B of train.prune_last_layer
 
 Same for every run: random-init Llama (seed 0, fp32, sdpa), mini-world SFT conversations, a byte-BPE ChatML
 tokenizer, regime assistant-only (every assistant turn's content + its <|im_end|>; loss normalised over all
@@ -19,10 +17,6 @@ supervised tokens of the optimizer step), sequence length 512, 8 x 512 tokens pe
   ``--layout bucketed`` the step's examples sorted by length into right-padded causal micro-batches
   (``train.layout``, harness/packing.py).
 * **ours_packed**: ``train()`` with ``train.layout: packed`` whatever ``--layout`` says (the A/B baseline).
-  ``--prune-last-layer`` sets ``train.prune_last_layer`` (the last decoder layer only at the head's positions)
-  on both ours kinds.
-* **ours_noprune**: ``train()`` as ``ours`` (same ``--layout``) but with ``train.prune_last_layer: false``
-  whatever ``--prune-last-layer`` says (the A/B baseline of that option).
 * **trl_packed**: TRL's best attention-isolating setting: ``packing=True, packing_strategy="bfd"`` (padding-free:
   position ids, no attention mask), per-device batch 1 + 8 accumulation steps, ``assistant_only_loss=True``,
   ``bf16=False, gradient_checkpointing=False``.
@@ -55,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (MODELS, ROOT, CHATML_GENERATION, gemm_peak, load, machine, mini_world_conversations,  # noqa: E402
                      param_counts, peak_rss_mb, save_model, train_tokenizer, write_jsonl)
 
-KINDS = ("ours", "trl_packed", "trl_padded", "ours_packed", "ours_noprune")
+KINDS = ("ours", "trl_packed", "trl_padded", "ours_packed")
 EXPERIMENT = """\
 name: vs_trl
 results_dir: {root}/results
@@ -64,14 +58,14 @@ data: {{train: {{path: {data}}}, max_length: {seq}}}
 regime: {{name: prompt_masked, turns: all}}
 train: {{lr: {lr}, epochs: 100, batch_tokens: {batch}, max_steps: {steps}, log_every: 1, threads: {threads},
         save_every_epoch: false, schedule: constant, warmup_ratio: 0, betas: [0.9, 0.95], weight_decay: 0.0,
-        max_grad_norm: 1.0, seed: 0, layout: {layout}, prune_last_layer: {prune}}}
+        max_grad_norm: 1.0, seed: 0, layout: {layout}}}
 """
 
 
 # ------------------------------------------------------------------------------------------ workers
 
 
-def worker_ours(a: argparse.Namespace, layout: str, prune: bool = False) -> dict:
+def worker_ours(a: argparse.Namespace, layout: str) -> dict:
     import torch
 
     from harness.config import load_experiment
@@ -82,8 +76,7 @@ def worker_ours(a: argparse.Namespace, layout: str, prune: bool = False) -> dict
     exp = Path(a.root) / f"exp-{Path(a.model).name}.yaml"
     exp.write_text(EXPERIMENT.format(root=a.root, model=a.model, tokenizer=Path(a.root) / "tokenizer",
                                      data=a.data, seq=a.seq, batch=a.rows * a.seq, steps=a.steps,
-                                     threads=a.threads, lr=a.lr, layout=layout,
-                                     prune="true" if prune else "false"))
+                                     threads=a.threads, lr=a.lr, layout=layout))
     spec = load_experiment(exp).runs[0]
     rdir = Path(a.root) / "runs" / f"ours-{Path(a.model).name}"
     shutil.rmtree(rdir, ignore_errors=True)
@@ -103,7 +96,7 @@ def worker_ours(a: argparse.Namespace, layout: str, prune: bool = False) -> dict
                       "seconds": tok / r["tokens_per_s"], "attn_nn": sum(n * (n + 1) for n in lens)})
     shutil.rmtree(rdir, ignore_errors=True)
     return {"steps": steps, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "gemm_peak_flops": peak,
-            "layout": layout, "prune_last_layer": prune}
+            "layout": layout}
 
 
 def worker_trl(a: argparse.Namespace, packed: bool) -> dict:
@@ -192,8 +185,7 @@ def summarise(res: dict, warmup: int, pc: dict) -> dict:
             "wall_s": res["wall_s"], "tokens_per_step": tok / len(timed), "supervised_fraction": sup / tok,
             "model_flops_per_s": fl / sec, "gemm_peak_flops": res["gemm_peak_flops"],
             "mfu": fl / sec / res["gemm_peak_flops"], "losses": [s.get("loss") for s in res["steps"]],
-            **({"layout": res["layout"]} if "layout" in res else {}),
-            **({"prune_last_layer": res["prune_last_layer"]} if "prune_last_layer" in res else {})}
+            **({"layout": res["layout"]} if "layout" in res else {})}
 
 
 def curves_agree(ours: list[float], trl: list[float], bins: int = 4, tol: float = 0.10) -> dict:
@@ -217,7 +209,7 @@ def run_worker(kind: str, args: argparse.Namespace, root: Path, model_dir: Path,
            "--data", str(data), "--out", str(out), "--steps", str(args.steps), "--seq", str(args.seq),
            "--rows", str(args.rows), "--threads", str(args.threads), "--lr", str(args.lr),
            "--padded-batch", str(args.padded_batch), "--padded-accum", str(args.padded_accum),
-           "--layout", args.layout] + (["--prune-last-layer"] if args.prune_last_layer else [])
+           "--layout", args.layout]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
@@ -241,8 +233,6 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=2000, help="training conversations")
     ap.add_argument("--layout", choices=("packed", "bucketed"), default="packed",
                     help="train.layout of the 'ours' runs (ours_packed is always packed)")
-    ap.add_argument("--prune-last-layer", action="store_true",
-                    help="train.prune_last_layer for the 'ours' and 'ours_packed' runs (ours_noprune: never)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "vs_trl.json"))
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -251,9 +241,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.worker:
-        if args.worker in ("ours", "ours_packed", "ours_noprune"):
-            res = worker_ours(args, "packed" if args.worker == "ours_packed" else args.layout,
-                              args.prune_last_layer and args.worker != "ours_noprune")
+        if args.worker in ("ours", "ours_packed"):
+            res = worker_ours(args, args.layout if args.worker == "ours" else "packed")
         else:
             res = worker_trl(args, args.worker == "trl_packed")
         Path(args.out).write_text(json.dumps(res))
@@ -261,7 +250,7 @@ def main() -> None:
 
     kinds = args.kinds.split(",")
     print(f"vs_trl: {args.threads} threads, fp32, seq {args.seq}, {args.rows}x{args.seq} tokens/step, "
-          f"ours: layout {args.layout}, prune_last_layer {args.prune_last_layer}, "
+          f"ours: layout {args.layout}, "
           f"{args.steps} steps ({args.warmup} warm-up), {args.rounds} rounds; {load()}", flush=True)
     report = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k not in
                                              ("worker", "root", "model", "data", "out")}, "models": {}}

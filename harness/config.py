@@ -193,14 +193,6 @@ class TrainConfig:
     """Trade compute for memory."""
     compile: bool = False
     """torch.compile the model."""
-    prune_last_layer: bool = False
-    """Run the last decoder layer only where the LM head needs it (opt-in speed option). Keys and values of the
-    last layer are computed for every position (the selected queries attend to them), but its query projection,
-    attention, o_proj, residual, post-attention norm and MLP (and the final norm) run only at the positions the
-    loss needs (plus, on logging steps, the fixed-mask metric positions). Exact up to float summation order.
-    Only for Llama-like decoder layers (LlamaDecoderLayer / Qwen2DecoderLayer: input_layernorm, self_attn with
-    q/k/v/o_proj and rotary, post_attention_layernorm, mlp; full attention, no attention dropout), with the LM
-    head split off and without train.compile; anything else is refused at start (ConfigError)."""
     save_every_epoch: bool = True
     """Checkpoint at the end of every epoch."""
     save_every_steps: Optional[int] = None

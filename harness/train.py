@@ -11,9 +11,7 @@ but logits are computed for the supervised positions (with gradient) and, on log
 prompt/response positions of the fixed-mask metrics (without gradient). With a short response and a
 vocabulary that is large next to the hidden size, the head is most of the FLOPs, so this is the main win
 (a model whose logits are not a plain ``lm_head(hidden)``, e.g. with soft-capping, is detected at start and
-falls back to full logits). With ``train.prune_last_layer`` (opt-in, Llama-like layers) the same goes one
-layer down: the last decoder layer computes keys and values everywhere but queries, attention, MLP and the final
-norm only at the positions the head needs (``PrunedLastLayer``).
+falls back to full logits).
 """
 
 from __future__ import annotations
@@ -199,105 +197,6 @@ def split_lm_head(model: torch.nn.Module, sample_ids: torch.Tensor | None = None
     return body, head
 
 
-PRUNABLE_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer")
-
-
-class PrunedLastLayer:
-    """``train.prune_last_layer``: the decoder body's final hidden states at selected positions only.
-
-    The body runs with all layers but the last (its own forward: HF's packed-sequence mask from the position ids,
-    rotary, gradient checkpointing), with its final norm held out. The last layer is then computed here: input
-    norm, keys and values (with rotary) at every position, queries only at the selected positions, each attending
-    to the keys of its own example up to its own position (the mask HF builds: causal, and the packed-sequence
-    rule, or the padding mask when one is given), then o_proj, residual, post-attention norm, MLP, residual and
-    the final norm at the selected positions only. Same function as the full body up to summation order."""
-
-    def __init__(self, body: torch.nn.Module):
-        layers, where = getattr(body, "layers", None), "train.prune_last_layer"
-        fix = "set train.prune_last_layer: false"
-        if not isinstance(layers, torch.nn.ModuleList) or not len(layers) or not all(
-                isinstance(getattr(body, n, None), torch.nn.Module) for n in ("norm", "rotary_emb")):
-            raise ConfigError(f"{type(body).__name__} is not a Llama-like decoder (layers, norm, rotary_emb)",
-                              where=where, fix=fix)
-        layer = layers[-1]
-        attn = getattr(layer, "self_attn", None)
-        name = type(layer).__name__
-        if (name not in PRUNABLE_LAYERS or attn is None
-                or set(dict(layer.named_children())) != {"self_attn", "mlp", "input_layernorm",
-                                                         "post_attention_layernorm"}
-                or set(dict(attn.named_children())) != {"q_proj", "k_proj", "v_proj", "o_proj"}
-                or not all(hasattr(attn, n) for n in ("head_dim", "scaling", "num_key_value_groups"))):
-            raise ConfigError(f"the last decoder layer is a {name}; only Llama-like layers "
-                              f"({', '.join(PRUNABLE_LAYERS)}: input_layernorm, self_attn with q/k/v/o_proj and "
-                              "rotary, post_attention_layernorm, mlp) can be pruned", where=where, fix=fix)
-        if getattr(attn, "sliding_window", None) is not None:
-            raise ConfigError("the last decoder layer uses sliding-window attention", where=where, fix=fix)
-        self.body, self.layer, self.attn = body, layer, attn
-        self.trunk = torch.nn.ModuleList(list(layers)[:-1])
-        self.no_norm = torch.nn.Identity()
-
-    def check(self) -> None:
-        """Refuse attention dropout (the model's, or train.dropout's): not reproduced here."""
-        p = getattr(self.attn, "attention_dropout", 0.0)
-        if p:
-            raise ConfigError(f"attention dropout {p} is not supported", where="train.prune_last_layer",
-                              fix="set train.prune_last_layer: false or train.dropout: 0")
-
-    def hidden(self, fwd: Callable, sel: torch.Tensor, *, input_ids, position_ids=None, attention_mask=None,
-               **kw) -> torch.Tensor:
-        """[N, hidden] final hidden states at the True positions of `sel` [B, T] (row-major order, as
-        ``last_hidden_state[sel]``)."""
-        body, layer, a = self.body, self.layer, self.attn
-        layers, norm = body.layers, body.norm
-        body.layers, body.norm = self.trunk, self.no_norm
-        try:
-            x = fwd(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                    **kw).last_hidden_state  # [B, T, H]: the last layer's input
-        finally:
-            body.layers, body.norm = layers, norm
-        B, T, H = x.shape
-        dev, d = x.device, a.head_dim
-        pos = position_ids if position_ids is not None else torch.arange(T, device=dev)[None]
-        pos = pos.expand(B, T)
-        n = sel.sum(1)
-        Q = max(1, int(n.max()))  # >= 1 query: an empty selection still reaches every parameter
-        qi = torch.sort((~sel).to(torch.uint8), dim=1, stable=True).indices[:, :Q]  # selected first, in order
-        valid = torch.arange(Q, device=dev)[None] < n[:, None]
-        qi = torch.where(valid, qi, 0)  # padding queries sit at position 0 (attends to itself: no NaN)
-
-        def take(t):  # [B, T, ...] -> [B, Q, ...] at the query positions
-            return t.gather(1, qi.view(B, Q, *([1] * (t.dim() - 2))).expand(B, Q, *t.shape[2:]))
-
-        h = layer.input_layernorm(x)
-        cos, sin = body.rotary_emb(x, pos)  # [B, T, d]
-        k = a.k_proj(h).view(B, T, -1, d).transpose(1, 2)
-        v = a.v_proj(h).view(B, T, -1, d).transpose(1, 2)
-        q = a.q_proj(take(h)).view(B, Q, -1, d).transpose(1, 2)
-        k = k * cos[:, None] + _rotate_half(k) * sin[:, None]
-        cq, sq = take(cos)[:, None], take(sin)[:, None]
-        q = q * cq + _rotate_half(q) * sq
-        g = a.num_key_value_groups
-        if g > 1:
-            k = k[:, :, None].expand(B, k.shape[1], g, T, d).reshape(B, -1, T, d)
-            v = v[:, :, None].expand(B, v.shape[1], g, T, d).reshape(B, -1, T, d)
-        keys = torch.arange(T, device=dev)
-        allow = keys[None, None] <= qi[:, :, None]  # causal, [B, Q, T]
-        if attention_mask is None:  # HF's packed-sequence rule: a new example wherever the position ids jump
-            seg = (torch.diff(pos, prepend=pos[:, :1] - 1, dim=-1) != 1).cumsum(-1)
-            allow = allow & (take(seg)[:, :, None] == seg[:, None])
-        else:
-            allow = allow & attention_mask[:, None].bool()
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allow[:, None], scale=a.scaling)
-        r = take(x) + a.o_proj(o.transpose(1, 2).reshape(B, Q, -1))
-        out = norm(r + layer.mlp(layer.post_attention_layernorm(r)))
-        return out[valid]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _autocast(precision: str, device: torch.device):
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -329,40 +228,11 @@ class Engine:
         split = split_lm_head(model, sample_ids)
         self.head = split[1] if split else None
         core = split[0] if split else model
-        self.prune = self._pruner(core, sample_ids) if tc.prune_last_layer else None
         self.fwd = torch.compile(core) if tc.compile else core
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(model, tc)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(tc, total_steps))
         model.train()
-
-    def _pruner(self, body: torch.nn.Module, sample_ids: torch.Tensor | None) -> PrunedLastLayer:
-        where, fix = "train.prune_last_layer", "set train.prune_last_layer: false"
-        if self.head is None:
-            raise ConfigError("needs the LM head split off (logits = lm_head(hidden)); this model trains with "
-                              "full logits", where=where, fix=fix)
-        if self.tc.compile:
-            raise ConfigError("not supported with train.compile", where=where, fix=fix)
-        pr = PrunedLastLayer(body)
-        pr.check()
-        if sample_ids is not None:  # numerically, like split_lm_head: a plain row and two packed examples
-            ids = torch.cat([sample_ids[:1], sample_ids[:1]], dim=1)
-            n = sample_ids.shape[1]
-            pos = torch.cat([torch.arange(n), torch.arange(n)]).to(ids.device)[None]
-            was = self.model.training
-            self.model.eval()
-            try:
-                with torch.no_grad():
-                    for kw in (dict(input_ids=sample_ids[:1]), dict(input_ids=ids, position_ids=pos)):
-                        full = body(**kw, use_cache=False).last_hidden_state
-                        mine = pr.hidden(body, torch.ones(full.shape[:2], dtype=torch.bool, device=full.device),
-                                         **kw, use_cache=False)
-                        if not torch.allclose(full.flatten(0, 1).float(), mine.float(), rtol=1e-4, atol=1e-4):
-                            raise ConfigError(f"the pruned last layer of {type(self.model).__name__} does not "
-                                              "reproduce the model's hidden states", where=where, fix=fix)
-            finally:
-                self.model.train(was)
-        return pr
 
     def step(self, batches: list[Batch], *, metrics: bool = True, step: int = 0) -> tuple[torch.Tensor, float]:
         """Returns (metrics vector summed over ranks, grad norm before clipping). Raises TrainingError on a
@@ -402,24 +272,15 @@ class Engine:
                   use_cache=False)
         eff = token_weights(b.labels, b.weights, norm, b.seq_ids)  # [B, T-1] weight of each next-token target
         sup = eff > 0
-        resp, prompt = segment_masks(b) if metrics else (None, None)
-        hidden = None
-        if self.prune is not None:  # the last layer only where the head needs it
-            sel = sup | resp | prompt if metrics else sup
-            with self.amp():
-                h_sel = self.prune.hidden(self.fwd, torch.cat([sel, sel[:, :1] & False], 1), **kw)  # t predicts t+1
-                logits = self.head(h_sel[sup[sel]])
-            nll_sup = _nll(logits, b.labels[:, 1:][sup])
-        elif self.head is not None:
-            with self.amp():
-                out = self.fwd(**kw)
+        with self.amp():
+            out = self.fwd(**kw)
+        if self.head is not None:
             hidden = out.last_hidden_state[:, :-1]  # position t predicts token t+1
             with self.amp():
                 logits = self.head(hidden[sup])
             nll_sup = _nll(logits, b.labels[:, 1:][sup])
         else:
-            with self.amp():
-                out = self.fwd(**kw)
+            hidden = None
             nll_all = _nll(out.logits[:, :-1].flatten(0, 1), b.input_ids[:, 1:].flatten()).view(sup.shape)
             nll_sup = nll_all[sup]
         loss = (eff[sup].to(nll_sup.dtype) * nll_sup).sum() / denom.to(nll_sup.dtype)
@@ -429,14 +290,15 @@ class Engine:
         m[M_SUP] = sup.sum()
         if metrics:  # fixed-mask NLL (same masks for every regime), from this very forward pass
             with torch.no_grad():
+                resp, prompt = segment_masks(b)
                 nll = torch.zeros(sup.shape, dtype=torch.float64, device=sup.device)
                 nll[sup] = nll_sup.detach().double()
                 rest = (resp | prompt) & ~sup
-                if self.prune is None and hidden is None:
+                if hidden is None:
                     nll[rest] = nll_all.detach()[rest].double()
                 elif bool(rest.any()):
                     with self.amp():
-                        logits = self.head(h_sel.detach()[rest[sel]] if hidden is None else hidden.detach()[rest])
+                        logits = self.head(hidden.detach()[rest])
                     nll[rest] = _nll(logits, b.input_ids[:, 1:][rest]).double()
                 m[M_RESP], m[M_NRESP] = (nll * resp).sum(), resp.sum()
                 m[M_PROMPT], m[M_NPROMPT] = (nll * prompt).sum(), prompt.sum()
@@ -524,7 +386,6 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             data={"train": cfg.data.train.path, "sha256": file_sha256(cfg.data.train.path)}, mask=stats,
             tokenizer={"pad_token": tok.pad_token, "pad_token_id": pad, "eos_token": tok.eos_token},
             engine={"lm_head": "supervised positions" if eng.head is not None else "full logits",
-                    "last_layer": "pruned to the head's positions" if eng.prune is not None else "full",
                     "optimizer": type(eng.opt).__name__, "device": str(device)},
             steps=total, world_size=dist.world, started=now_iso(), resumed_from=state["step"] if resume else None))
         _truncate_metrics(run_dir / "metrics.jsonl", state["step"])
