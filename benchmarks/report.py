@@ -53,11 +53,12 @@ def vs_trl_section(r: dict) -> list[str]:
         for kind, p in e["pairs"].items():
             mo, mt = p["median"]["ours"], p["median"][kind]
             if kind == next(iter(e["pairs"])):
-                lines.append(f"| {name} ({pcs['total'] / 1e6:.2f}M) | ours `train()`, layout {a.get('layout', 'packed')} | "
+                lines.append(f"| {name} ({pcs['total'] / 1e6:.2f}M) | ours `train()`, layout {a.get('layout', 'packed')}{', compiled' if a.get('compile') else ''} | "
                              f"{mo['tokens_per_s']:.0f} | "
                              f"{mo['supervised_per_s']:.0f} | {mo['peak_rss_mb']:.0f} MB | {mo['mfu']:.1%} | | |")
             label = {"trl_packed": "TRL packing=True bfd, bs 1 x accum", "trl_padded": "TRL padded, assistant_only_loss",
-                     "ours_packed": "ours `train()`, layout packed"}
+                     "ours_packed": "ours `train()`, layout packed, eager",
+                     "trl_packed_compile": "TRL packing=True bfd, bs 1 x accum, torch_compile"}
             lines.append(f"| | {label.get(kind, kind)} | {mt['tokens_per_s']:.0f} | {mt['supervised_per_s']:.0f} | "
                          f"{mt['peak_rss_mb']:.0f} MB | {mt['mfu']:.1%} | **{p['median_ratio']:.2f}x** "
                          f"({', '.join(f'{x:.2f}' for x in p['ratios'])}) | {p['median_supervised_ratio']:.2f}x |")

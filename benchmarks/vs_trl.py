@@ -20,6 +20,8 @@ supervised tokens of the optimizer step), sequence length 512, 8 x 512 tokens pe
 * **trl_packed**: TRL's best attention-isolating setting: ``packing=True, packing_strategy="bfd"`` (padding-free:
   position ids, no attention mask), per-device batch 1 + 8 accumulation steps, ``assistant_only_loss=True``,
   ``bf16=False, gradient_checkpointing=False``.
+* **trl_packed_compile**: ``trl_packed`` with ``torch_compile=True`` (TRL's own compile switch), the fair
+  partner when ``--compile`` compiles ours (``train.compile``: packed rows all ``--seq`` wide, one shape).
 * **trl_padded**: ``packing=False``, ``assistant_only_loss=True``, per-device batch 16 x 4 accumulation steps
   (~4k real tokens per step, as above), padded to the longest example of each micro-batch.
 
@@ -49,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (MODELS, ROOT, CHATML_GENERATION, gemm_peak, load, machine, mini_world_conversations,  # noqa: E402
                      param_counts, peak_rss_mb, save_model, train_tokenizer, write_jsonl)
 
-KINDS = ("ours", "trl_packed", "trl_padded", "ours_packed")
+KINDS = ("ours", "trl_packed", "trl_padded", "ours_packed", "trl_packed_compile")
 EXPERIMENT = """\
 name: vs_trl
 results_dir: {root}/results
@@ -58,14 +60,14 @@ data: {{train: {{path: {data}}}, max_length: {seq}}}
 regime: {{name: prompt_masked, turns: all}}
 train: {{lr: {lr}, epochs: 100, batch_tokens: {batch}, max_steps: {steps}, log_every: 1, threads: {threads},
         save_every_epoch: false, schedule: constant, warmup_ratio: 0, betas: [0.9, 0.95], weight_decay: 0.0,
-        max_grad_norm: 1.0, seed: 0, layout: {layout}}}
+        max_grad_norm: 1.0, seed: 0, layout: {layout}, compile: {compile}}}
 """
 
 
 # ------------------------------------------------------------------------------------------ workers
 
 
-def worker_ours(a: argparse.Namespace, layout: str) -> dict:
+def worker_ours(a: argparse.Namespace, layout: str, compile: bool = False) -> dict:
     import torch
 
     from harness.config import load_experiment
@@ -76,7 +78,7 @@ def worker_ours(a: argparse.Namespace, layout: str) -> dict:
     exp = Path(a.root) / f"exp-{Path(a.model).name}.yaml"
     exp.write_text(EXPERIMENT.format(root=a.root, model=a.model, tokenizer=Path(a.root) / "tokenizer",
                                      data=a.data, seq=a.seq, batch=a.rows * a.seq, steps=a.steps,
-                                     threads=a.threads, lr=a.lr, layout=layout))
+                                     threads=a.threads, lr=a.lr, layout=layout, compile=str(compile).lower()))
     spec = load_experiment(exp).runs[0]
     rdir = Path(a.root) / "runs" / f"ours-{Path(a.model).name}"
     shutil.rmtree(rdir, ignore_errors=True)
@@ -96,10 +98,10 @@ def worker_ours(a: argparse.Namespace, layout: str) -> dict:
                       "seconds": tok / r["tokens_per_s"], "attn_nn": sum(n * (n + 1) for n in lens)})
     shutil.rmtree(rdir, ignore_errors=True)
     return {"steps": steps, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "gemm_peak_flops": peak,
-            "layout": layout}
+            "layout": layout, "compile": compile}
 
 
-def worker_trl(a: argparse.Namespace, packed: bool) -> dict:
+def worker_trl(a: argparse.Namespace, packed: bool, compile: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -153,7 +155,7 @@ def worker_trl(a: argparse.Namespace, packed: bool) -> dict:
                     max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
                     fp16=False, gradient_checkpointing=False, use_cpu=True, max_length=a.seq,
                     packing=packed, packing_strategy="bfd", assistant_only_loss=True, dataloader_num_workers=0,
-                    dataloader_pin_memory=False, disable_tqdm=True, seed=0, data_seed=0)
+                    dataloader_pin_memory=False, disable_tqdm=True, seed=0, data_seed=0, torch_compile=compile)
     trainer = Trainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
     from transformers.trainer_callback import PrinterCallback
 
@@ -209,7 +211,7 @@ def run_worker(kind: str, args: argparse.Namespace, root: Path, model_dir: Path,
            "--data", str(data), "--out", str(out), "--steps", str(args.steps), "--seq", str(args.seq),
            "--rows", str(args.rows), "--threads", str(args.threads), "--lr", str(args.lr),
            "--padded-batch", str(args.padded_batch), "--padded-accum", str(args.padded_accum),
-           "--layout", args.layout]
+           "--layout", args.layout] + (["--compile"] if args.compile else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
@@ -233,6 +235,9 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=2000, help="training conversations")
     ap.add_argument("--layout", choices=("packed", "bucketed"), default="packed",
                     help="train.layout of the 'ours' runs (ours_packed is always packed)")
+    ap.add_argument("--compile", action="store_true",
+                    help="train.compile for the 'ours' runs (packed rows then all --seq wide: one compiled shape); "
+                    "the kind trl_packed_compile is TRL packed with torch_compile=True")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "vs_trl.json"))
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
@@ -242,15 +247,17 @@ def main() -> None:
 
     if args.worker:
         if args.worker in ("ours", "ours_packed"):
-            res = worker_ours(args, args.layout if args.worker == "ours" else "packed")
+            res = worker_ours(args, args.layout if args.worker == "ours" else "packed",
+                              args.compile and args.worker == "ours")
         else:
-            res = worker_trl(args, args.worker == "trl_packed")
+            res = worker_trl(args, args.worker in ("trl_packed", "trl_packed_compile"),
+                             args.worker == "trl_packed_compile")
         Path(args.out).write_text(json.dumps(res))
         return
 
     kinds = args.kinds.split(",")
     print(f"vs_trl: {args.threads} threads, fp32, seq {args.seq}, {args.rows}x{args.seq} tokens/step, "
-          f"ours: layout {args.layout}, "
+          f"ours: layout {args.layout}{' compiled' if args.compile else ''}, "
           f"{args.steps} steps ({args.warmup} warm-up), {args.rounds} rounds; {load()}", flush=True)
     report = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k not in
                                              ("worker", "root", "model", "data", "out")}, "models": {}}

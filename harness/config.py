@@ -192,7 +192,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Trade compute for memory."""
     compile: bool = False
-    """torch.compile the model."""
+    """torch.compile the model body. Packed rows are then always max_length wide (one shape, one compilation;
+    without it every step's width would recompile); costs tens of seconds of compilation, pays off on long runs."""
     save_every_epoch: bool = True
     """Checkpoint at the end of every epoch."""
     save_every_steps: Optional[int] = None
@@ -219,6 +220,9 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, ("adamw",))
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _choice("train.layout", self.layout, ("packed", "bucketed"))
+        if self.compile and self.layout == "bucketed":
+            raise ConfigError("train.compile with train.layout: bucketed would recompile for every micro-batch width",
+                              where="train.compile", fix="use layout: packed with compile (fixed-width rows)")
         if self.budget == "supervised_tokens" and not self.supervised_tokens:
             raise ConfigError("budget is supervised_tokens but train.supervised_tokens is not set",
                               where="train.supervised_tokens", fix="set the number of supervised tokens per run")

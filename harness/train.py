@@ -461,11 +461,13 @@ def layout_step(mine: list, data: MaskedData, tc: TrainConfig, max_length: int, 
         return [collate(g, data.examples, data.masks, pad, width=row_width(g, cap=max_length), causal=True)
                 for g in bucket_rows(mine, lengths, budget, cap=max_length)]
     per_micro = rows_per_micro or max(1, budget // max_length)
-    if tc.packing and mine:  # the same examples in rows only as long as they need (cheaper attention)
-        mine = short_rows(mine, lengths)
+    if tc.packing and mine and not tc.compile:  # the same examples in rows only as long as they need
+        mine = short_rows(mine, lengths)        # (cheaper attention)
         longest = max(r.length for r in mine)
         per_micro = max(1, tc.micro_batch_tokens // longest) if tc.micro_batch_tokens else len(mine)
-    return [collate(mine[i:i + per_micro], data.examples, data.masks, pad, tc.packing)
+    # compiled: every packed micro-batch max_length wide, so the graph sees one shape (a new width recompiles)
+    width = max_length if (tc.compile and tc.packing) else None
+    return [collate(mine[i:i + per_micro], data.examples, data.masks, pad, tc.packing, width=width)
             for i in range(0, len(mine), per_micro)]
 
 

@@ -594,3 +594,26 @@ def test_layout_is_validated():
     assert TrainConfig().layout == "packed"
     with pytest.raises(ConfigError, match="train.layout|bucket"):
         TrainConfig(layout="bucket")
+    with pytest.raises(ConfigError, match="recompile"):
+        TrainConfig(layout="bucketed", compile=True)
+
+
+def test_compiled_layout_is_one_shape(tiny):
+    """train.compile: every packed micro-batch is max_length wide (one compiled shape); the same examples and
+    tokens as the eager layout, whose rows are only as wide as the step's longest example."""
+    root, exp = tiny
+    import dataclasses
+
+    from harness.packing import pack_rows
+    from harness.train import layout_step
+
+    spec, tok, data = _tiny_data(exp, "train.micro_batch_tokens=128")
+    lengths = [len(t) for t in data.examples]
+    for idx in (list(range(24)), list(range(3))):
+        rows = pack_rows(lengths, 128, idx)
+        eager = layout_step(rows, data, spec.config.train, 128, tok.pad_token_id)
+        compiled = layout_step(rows, data, dataclasses.replace(spec.config.train, compile=True), 128,
+                               tok.pad_token_id)
+        assert {b.input_ids.shape[1] for b in compiled} == {128}
+        assert sum(b.n_tokens for b in compiled) == sum(b.n_tokens for b in eager) == sum(lengths[i] for i in idx)
+    assert max(b.input_ids.shape[1] for b in eager) <= 64  # examples <= 64 tokens: eager rows are narrower
