@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import fnmatch
 import inspect
 import json
@@ -28,7 +29,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness.config import Experiment, ExperimentConfig, RunSpec, load_experiment
 from harness.errors import ConfigError, HarnessError
@@ -104,6 +105,28 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
             raise
 
 
+@contextlib.contextmanager
+def stop_on_usr2() -> Iterator[Callable[[], bool]]:
+    """Yields `should_stop()`, true once SIGUSR2 arrived: the training loop then checkpoints at the next step
+    boundary. On leaving (normally), the previous handler runs: submitit's, which calls the job's checkpoint(),
+    requeues it and exits. Only USR2 (SLURM's --signal before preemption / time limit, submitit's requeue signal):
+    SIGTERM is left to submitit, which ignores it because USR2 follows (stopping on it could exit before USR2
+    arrives). Outside the main thread (debug executor) there is no preemption handling."""
+    flag: dict[str, int] = {}
+    try:
+        previous = signal.signal(signal.SIGUSR2, lambda signum, frame: flag.setdefault("signal", signum))
+        installed = True
+    except ValueError:
+        previous, installed = None, False
+    try:
+        yield lambda: "signal" in flag
+    finally:
+        if installed:
+            signal.signal(signal.SIGUSR2, previous)
+    if "signal" in flag and callable(previous):
+        previous(flag["signal"], None)
+
+
 class RunJob(Checkpointable):
     """A submitit job for one run. Checkpointable: on preemption/timeout it is requeued as itself and the
     run resumes from its newest COMPLETED checkpoint."""
@@ -114,29 +137,8 @@ class RunJob(Checkpointable):
         self.threads = threads
 
     def __call__(self) -> dict:
-        flag: dict[str, int] = {}
-        previous = {}
-
-        def stop_at_next_step(signum, frame):  # the loop checkpoints at the next step boundary
-            flag["signal"] = signum
-
-        # Only USR2 (SLURM's --signal before preemption/time limit; submitit's requeue signal). SIGTERM is left
-        # to submitit, which ignores it because USR2 follows: stopping on it could exit before USR2 arrives.
-        for sig in (signal.SIGUSR2,):
-            try:
-                previous[sig] = signal.signal(sig, stop_at_next_step)
-            except ValueError:  # not in the main thread (debug executor): no preemption handling
-                pass
-        try:
-            result = execute_run(self.spec, Path(self.rdir), self.threads, lambda: "signal" in flag)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if "signal" in flag:
-            handler = previous.get(flag["signal"])
-            if callable(handler):  # submitit's: calls checkpoint(), requeues, exits
-                handler(flag["signal"], None)
-        return result
+        with stop_on_usr2() as should_stop:
+            return execute_run(self.spec, Path(self.rdir), self.threads, should_stop)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
         return DelayedSubmission(RunJob(self.spec, self.rdir, self.threads))
@@ -165,18 +167,8 @@ class LocalWorker(Checkpointable):
         atomic_write_json(rdir / "launcher.json", {**info, **extra})
 
     def __call__(self) -> list[dict]:
-        flag: dict[str, int] = {}
-        previous = {}
-
-        def stop_at_next_step(signum, frame):
-            flag["signal"] = signum
-
-        try:
-            previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, stop_at_next_step)
-        except ValueError:  # not in the main thread
-            pass
         results: list[dict] = []
-        try:
+        with stop_on_usr2() as should_stop:
             _set_threads(self.threads)
             if self.base is not None:
                 cfg, exp_dir = self.base
@@ -186,13 +178,13 @@ class LocalWorker(Checkpointable):
                 except Exception:  # reported; runs still train (and retry the base when they evaluate)
                     atomic_write_text(Path(exp_dir) / "base" / "FAILED", f"{now_iso()} base\n{traceback.format_exc()}")
             for spec, rdir in zip(self.specs, map(Path, self.rdirs)):
-                if "signal" in flag:
+                if should_stop():
                     break
                 if _is_complete(spec, rdir) or is_locked(rdir / ".lock"):
                     continue  # done, or another worker / launcher has it
                 started = now_iso()
                 try:
-                    r = execute_run(spec, rdir, None, lambda: "signal" in flag,
+                    r = execute_run(spec, rdir, None, should_stop,
                                     on_start=lambda: self._claim(rdir, started=started))
                 except KeyboardInterrupt:  # `harness cancel`: stop this worker, record nothing as failed
                     self._claim(rdir, started=started, finished=now_iso(), status="cancelled")
@@ -204,13 +196,6 @@ class LocalWorker(Checkpointable):
                     continue
                 self._claim(rdir, started=started, finished=now_iso(), status=r["status"])
                 results.append(r)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if "signal" in flag:
-            handler = previous.get(flag["signal"])
-            if callable(handler):  # submitit's: calls checkpoint(), requeues, exits
-                handler(flag["signal"], None)
         main = getattr(sys.modules.get("__main__"), "__spec__", None)
         if os.environ.get("SUBMITIT_LOCAL_JOB_ID") and getattr(main, "name", "") == "submitit.core._submit":
             atexit.register(_exit_without_teardown)  # only in a submitit worker process, never in a caller's
