@@ -454,8 +454,8 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
     cancelled = False
     while workers:
         for spec in todo:  # progress, as the workers record it
-            info = claim(spec)
-            if spec.run_id not in results and info.get("status"):
+            info = {} if spec.run_id in results else claim(spec)
+            if info.get("status"):
                 results[spec.run_id] = {"run_id": spec.run_id, "status": info["status"]}
                 out(f"  {spec.run_id}: {info['status']}" + (f" (see {rdirs[spec.run_id] / 'FAILED'})"
                                                             if info["status"] == "failed" else ""))
@@ -481,8 +481,9 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
                 if not held:  # died before taking a run (e.g. an import error): do not restart it forever
                     cancelled = True
                     out(f"  worker {job.job_id}: FAILED before taking a run: {why} (log {job.paths.stderr})")
-        untaken = [s for s in todo if not claim(s) and not _is_complete(s, rdirs[s.run_id])]
-        if replace and untaken and not cancelled:
+        untaken = [s for s in todo if not claim(s) and not _is_complete(s, rdirs[s.run_id])] \
+            if replace and not cancelled else []
+        if untaken:
             workers.append(start(untaken, False))
         if workers and not finished:
             time.sleep(0.5)
