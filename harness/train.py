@@ -29,7 +29,6 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from harness.attention import row_lengths, supports_varlen, varlen_attention
 from harness.checkpoint import latest_checkpoint, load_state, prune_checkpoints, save_checkpoint
 from harness.config import ExperimentConfig, RunSpec, TrainConfig, save_yaml
 from harness.data import ConversationTokenizer, apply_all, load_conversations, load_tokenizer, tokenize_all
@@ -230,12 +229,6 @@ class Engine:
         self.head = split[1] if split else None
         core = split[0] if split else model
         self.fwd = torch.compile(core) if tc.compile else core
-        # packed rows on CPU: attend within each example only (harness/attention.py) instead of sdpa over the
-        # whole row with a block-diagonal mask; same function, checked numerically on the sample. Not under
-        # compile (its rows are one fixed shape) and not on GPUs (one kernel per example; use flash_attention_2)
-        self.varlen = (not tc.compile and self.device.type == "cpu" and sample_ids is not None
-                       and getattr(model.config, "_attn_implementation", None) == "sdpa"
-                       and supports_varlen(model, sample_ids))
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(model, tc)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(tc, total_steps))
@@ -274,23 +267,11 @@ class Engine:
         return m, float(grad_norm)
 
     def _micro(self, b: Batch, denom: torch.Tensor, norm: str, metrics: bool) -> torch.Tensor:
+        m = torch.zeros(7, dtype=torch.float64, device=denom.device)
         kw = dict(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.attention_mask,
                   use_cache=False)
         eff = token_weights(b.labels, b.weights, norm, b.seq_ids)  # [B, T-1] weight of each next-token target
         sup = eff > 0
-        varlen = contextlib.nullcontext()
-        if self.varlen and b.attention_mask is None:
-            lengths = row_lengths(b.seq_ids)
-            if any(sum(n > 0 for n in row) > 1 for row in lengths):  # some row holds several examples
-                kw["segment_lengths"] = lengths
-                # forward *and* backward inside: activation checkpointing recomputes the attention in backward
-                varlen = varlen_attention(self.model)
-        with varlen:
-            return self._forward_backward(b, kw, eff, sup, denom, metrics)
-
-    def _forward_backward(self, b: Batch, kw: dict, eff: torch.Tensor, sup: torch.Tensor, denom: torch.Tensor,
-                          metrics: bool) -> torch.Tensor:
-        m = torch.zeros(7, dtype=torch.float64, device=denom.device)
         with self.amp():
             out = self.fwd(**kw)
         if self.head is not None:
