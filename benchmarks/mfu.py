@@ -87,17 +87,18 @@ class Setup:
         first = self.data.examples[self.plan[0].rows[0].examples[0]]
         self.eng = Engine(model, self.cfg.train, len(self.plan), precision="auto",
                           sample_ids=torch.as_tensor(first.input_ids[:32])[None])
-        self.rows_per_micro = micro_rows or rows
         self.k = 0
 
     def step(self) -> tuple[int, int, int, int]:
-        """One optimizer step; returns (real tokens, supervised, other scored positions, sum n(n+1))."""
-        from harness.packing import collate, segment_masks
+        """One optimizer step; returns (real tokens, supervised, other scored positions, sum n(n+1)).
+        The step's micro-batches are laid out as train() lays them out (layout_step: short packed rows, or
+        max_length-wide ones under compile)."""
+        from harness.packing import segment_masks
+        from harness.train import layout_step
 
         rows = self.plan[self.k % len(self.plan)].rows
         self.k += 1
-        batches = [collate(rows[i:i + self.rows_per_micro], self.data.examples, self.data.masks,
-                           self.tok.pad_token_id) for i in range(0, len(rows), self.rows_per_micro)]
+        batches = layout_step(rows, self.data, self.cfg.train, self.cfg.data.max_length, self.tok.pad_token_id)
         m, _ = self.eng.step(batches, metrics=True, step=self.k)
         rest = 0
         for b in batches:

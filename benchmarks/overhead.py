@@ -14,7 +14,9 @@ into a fresh temporary results directory. Work intervals are read back from what
   JSON's mtime (base model included).
 
 overhead = (wall - |union of work intervals|) / wall: what the launcher, process start-up (Python, torch and
-transformers imports), locking, polling and result writing add. Runs may overlap (parallel > 1); the union
+transformers imports), locking, polling and result writing add. The import floor (a fresh process's
+``import harness.train``, median of 3, measured after the grid) is what any trainer's first step waits for,
+however it is launched; ``overhead_beyond_import_floor`` subtracts it once (workers import in parallel). Runs may overlap (parallel > 1); the union
 counts overlapped work once. With ``--parallel 1`` the naive ``(wall - sum) / wall`` is printed as well.
 """
 
@@ -59,6 +61,17 @@ def work_intervals(exp_dir: Path) -> list[dict]:
     return sorted(out, key=lambda x: x["start"])
 
 
+def import_floor(repeats: int = 3) -> float:
+    """Seconds a fresh Python process takes to `import harness.train` (torch, transformers and the package):
+    what any worker that trains pays before its first step, whatever launches it. Median of `repeats`."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.time()
+        subprocess.run([sys.executable, "-c", "import harness.train"], cwd=ROOT, check=True)
+        times.append(time.time() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default=str(ROOT / "experiments" / "smoke.yaml"))
@@ -88,6 +101,7 @@ def main() -> None:
             raise SystemExit(f"harness run failed ({proc.returncode})")
         exp_dir = next(p for p in Path(tmp).iterdir() if p.is_dir())
         work = work_intervals(exp_dir)
+    floor = import_floor()
     wall = t1 - t0
     covered = union_length([(w["start"], w["end"]) for w in work])
     total = sum(w["end"] - w["start"] for w in work)
@@ -100,6 +114,7 @@ def main() -> None:
            "wall_s": wall,
            "work_union_s": covered, "train_s": train_s, "train_steps_s": steps_s, "eval_s": eval_s,
            "overhead": (wall - covered) / wall, "naive_overhead": (wall - total) / wall,
+           "import_floor_s": floor, "overhead_beyond_import_floor": (wall - covered - floor) / wall,
            "before_first_work_s": first, "after_last_work_s": last, "n_train": sum(w["what"].startswith("train")
                                                                                  for w in work),
            "n_eval": sum(w["what"].startswith("eval") for w in work),
@@ -108,7 +123,8 @@ def main() -> None:
     print(f"wall {wall:.1f} s; training {train_s:.1f} s ({res['n_train']} runs; optimizer steps {steps_s:.1f} s), "
           f"evaluation {eval_s:.1f} s ({res['n_eval']} evaluations); work covers {covered:.1f} s", flush=True)
     print(f"harness overhead {res['overhead']:.1%} of the wall time (start-up before the first work "
-          f"{first:.1f} s, after the last {last:.1f} s)" +
+          f"{first:.1f} s, after the last {last:.1f} s); beyond the import floor ({floor:.1f} s: a fresh "
+          f"`import harness.train`) {res['overhead_beyond_import_floor']:.1%}" +
           (f"; naive (wall - sum) / wall {res['naive_overhead']:.1%}" if args.parallel == 1 or args.launcher == "debug" else "") +
           f"; {load()}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

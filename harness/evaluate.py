@@ -345,6 +345,31 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(lv)
 
 
+_ENV_INFO: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _env_info_once() -> Iterator[None]:
+    """lm-eval's simple_evaluate ends by describing the environment (torch.utils.collect_env: `pip list`,
+    lscpu, conda and driver probes in subprocesses), 0.4-0.9 s per call on this 2-core machine, a fifth of a
+    demo checkpoint's evaluation. It cannot change within a process: describe it once, copy it into every
+    result (the same keys as lm-eval writes)."""
+    import lm_eval.evaluator as ev
+
+    original = ev.add_env_info
+
+    def cached(storage: dict) -> None:
+        if not _ENV_INFO:
+            original(_ENV_INFO)
+        storage.update(_ENV_INFO)
+
+    ev.add_env_info = cached
+    try:
+        yield
+    finally:
+        ev.add_env_info = original
+
+
 def run_lm_eval(model, tok, cfg: ExperimentConfig, tasks: Sequence[TaskConfig] | None = None,
                 task_manager=None) -> tuple[dict, dict, list]:
     """Run lm-eval tasks on an in-memory model (no reload from disk), one simple_evaluate call per set of
@@ -364,7 +389,7 @@ def run_lm_eval(model, tok, cfg: ExperimentConfig, tasks: Sequence[TaskConfig] |
     model.eval()
     try:
         for (shots, limit, chat, bs), names in _option_groups(tasks).items():
-            with _quiet():
+            with _quiet(), _env_info_once():
                 lm = HFLM(pretrained=model, tokenizer=tok, batch_size=bs, max_length=max_len)
                 try:
                     res = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,

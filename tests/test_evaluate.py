@@ -120,6 +120,36 @@ def test_rerun_evaluates_nothing_and_half_written_json_is_redone(evaluated):
 
 
 @pytest.mark.slow
+def test_environment_is_described_once_per_process(evaluated, monkeypatch):
+    """lm-eval's per-call environment description (pip list and other subprocesses, ~0.5 s) runs once per
+    process; every result still carries it, and lm-eval's function is put back afterwards."""
+    import lm_eval.evaluator as ev
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import harness.evaluate as E
+
+    calls = []
+    original = ev.add_env_info
+
+    def counting(storage):
+        calls.append(1)
+        original(storage)
+
+    monkeypatch.setattr(ev, "add_env_info", counting)
+    monkeypatch.setattr(E, "_ENV_INFO", {})
+    cfg = evaluated.runs[0].config
+    ckpt = sorted((evaluated.out_dir / "runs" / evaluated.runs[0].run_id / "checkpoints").glob("step-*"))[-1]
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="float32")
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    first = E.run_lm_eval(model, tok, cfg)[1]["calls"]
+    second = E.run_lm_eval(model, tok, cfg)[1]["calls"]
+    assert len(calls) == 1 and ev.add_env_info is counting
+    infos = [c["pretty_env_info"] for c in first + second]
+    assert len(infos) >= 2 and infos[0] and all(i == infos[0] for i in infos)
+    assert all(c["transformers_version"] and c["lm_eval_version"] for c in first + second)
+
+
+@pytest.mark.slow
 def test_in_memory_hflm_equals_loading_the_directory(evaluated):
     """lm-eval on the in-memory model (what every evaluation does) == lm-eval loading the checkpoint dir."""
     import lm_eval
