@@ -153,5 +153,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `harness` console script: :func:`main`, then, once torch is loaded, exit without tearing the
+    interpreter down module by module (torch, transformers and lm-eval take 1-2 s to unload on this machine and
+    free nothing the OS does not). atexit handlers (logging, temporary directories, libraries' cleanup) still
+    run first; only the module teardown is skipped. Python callers of main() are unaffected."""
+    rc = main()
+    if "torch" in sys.modules:
+        from harness.runs import exit_without_teardown
+
+        exit_without_teardown(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -36,6 +36,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.runs import (
     atomic_write_json,
     atomic_write_text,
+    exit_without_teardown,
     is_locked,
     lock_holder,
     now_iso,
@@ -206,18 +207,12 @@ class LocalWorker(Checkpointable):
 
 
 def _exit_without_teardown() -> None:
-    """Registered once a worker has returned (submitit then writes its result and the interpreter exits):
-    tearing down torch, transformers and lm-eval module by module takes about a second per worker on this
-    machine and frees nothing the OS does not free anyway; the launcher waits for it. Flush, then exit."""
-    import logging
-
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # a closed stream: nothing left to flush
-            pass
-    logging.shutdown()
-    os._exit(0)
+    """Registered once a worker has returned (submitit then writes its result and the interpreter exits; this
+    handler, registered last, runs first): tearing down torch, transformers and lm-eval module by module takes
+    about a second per worker on this machine and frees nothing the OS does not free anyway; the launcher waits
+    for it. The other atexit handlers still run (harness.runs.exit_without_teardown), then the process exits."""
+    atexit.unregister(_exit_without_teardown)
+    exit_without_teardown(0)
 
 
 def _is_complete(spec: RunSpec, rdir: Path) -> bool:
