@@ -13,7 +13,8 @@ the vs_trl setup, and the levers tried.
   head selection, optimizer + clipping, copies/allocation, other), plus the time outside ATen ops (Python,
   dispatch, collation); the matmul group's own FLOP rate shows what the GEMMs reach at these shapes.
 * **levers**: the same steps with torch.compile (inductor), with 1 thread, and with the step split into
-  micro-batches of one row (as TRL runs), each as steady-state real tokens/s next to a fresh eager baseline.
+  micro-batches of at most one row's tokens (`--seq`; TRL runs one packed row per forward), each as
+  steady-state real tokens/s next to a fresh eager baseline.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def main() -> None:
             other = 1 if args.threads > 1 else 2
             settings = {"eager (baseline)": dict(), "torch.compile": dict(compile=True),
                         f"{other} thread{'s' if other > 1 else ''}": dict(threads=other),
-                        "micro-batch of 1 row": dict(micro_rows=1)}
+                        f"micro-batches of {args.seq} tokens": dict(micro_rows=1)}
             for label, kw in settings.items():
                 t0 = time.perf_counter()
                 s = Setup(root, model_dir, data, args.seq, args.rows, kw.pop("threads", args.threads), **kw)

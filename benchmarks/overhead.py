@@ -14,10 +14,11 @@ into a fresh temporary results directory. Work intervals are read back from what
   JSON's mtime (base model included).
 
 overhead = (wall - |union of work intervals|) / wall: what the launcher, process start-up (Python, torch and
-transformers imports), locking, polling and result writing add. The import floor (a fresh process's
-``import harness.train``, median of 3, measured after the grid) is what any trainer's first step waits for,
-however it is launched; ``overhead_beyond_import_floor`` subtracts it once (workers import in parallel). Runs may overlap (parallel > 1); the union
-counts overlapped work once. With ``--parallel 1`` the naive ``(wall - sum) / wall`` is printed as well.
+transformers imports), locking, polling and result writing add. Runs may overlap (parallel > 1); the union
+counts overlapped work once. The import floor (a fresh process's ``import harness.train``, median of 3, measured
+after the grid) is what any trainer's first step waits for, however it is launched;
+``overhead_beyond_import_floor`` subtracts it once (the workers import in parallel). With ``--parallel 1`` the
+naive ``(wall - sum) / wall`` is printed as well.
 """
 
 from __future__ import annotations
