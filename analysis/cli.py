@@ -24,7 +24,7 @@ def run_report(args: argparse.Namespace) -> int:
     if target.is_dir():
         results_dir = target
     else:
-        from harness.config import load_experiment
+        from harness.grid import load_experiment
 
         exp = load_experiment(target, getattr(args, "override", None))
         experiment, experiment_file = exp, str(target)
@@ -45,8 +45,9 @@ def run_report(args: argparse.Namespace) -> int:
         else:
             print(f"  - {f.name}: {', '.join(p.name for p in f.files)}", file=sys.stderr)
     s = rep.states
-    if s.get("failed") or s.get("running") or s.get("pending"):
-        print(f"runs not done: {s.get('failed', 0)} failed, {s.get('running', 0)} running/incomplete, "
+    if s.get("failed") or s.get("running") or s.get("partial") or s.get("pending"):
+        print(f"runs not done: {s.get('failed', 0)} failed, {s.get('running', 0)} running, "
+              f"{s.get('partial', 0)} partial, "
               f"{s.get('pending', 0)} pending (listed in the report)", file=sys.stderr)
     print(rep.markdown, file=sys.stderr)
     print(rep.html)  # stdout: the path, for scripts

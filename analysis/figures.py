@@ -16,18 +16,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import matplotlib.pyplot as plt  # noqa: E402  (analysis.style selected the Agg backend)
 import numpy as np
 import pandas as pd
-
-from analysis import stats
-from analysis.load import is_lm_eval_metric, load_audit, load_tokens
-from analysis.style import (BASE_COLOUR, FORMAT_LABELS, SEGMENT_COLOURS, fmt_num, metric_label, paper_style,
-                            regime_colours, variant_colours, variant_order, variant_regime)
-
-import matplotlib.pyplot as plt  # noqa: E402  (analysis.style selected the Agg backend)
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
+
+from analysis import stats
+from analysis.load import is_lm_eval_metric, load_audit, load_tokens
+from analysis.style import (
+    BASE_COLOUR,
+    FORMAT_LABELS,
+    SEGMENT_COLOURS,
+    fmt_num,
+    metric_label,
+    paper_style,
+    regime_colours,
+    variant_colours,
+    variant_order,
+    variant_regime,
+)
 
 log = logging.getLogger("analysis")
 

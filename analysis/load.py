@@ -7,10 +7,9 @@ under ``results/`` or takes a lock.
 * :func:`load_training` - the training log (``metrics.jsonl``), the same tidy shape (``source == "train"``).
 * :func:`run_table` - one row per run: state, why, last step, number of evaluations, axes.
 
-Run states (the schema's four): ``done`` (``DONE`` written), ``failed`` (``FAILED`` written, no ``DONE``),
-``running`` (started - metrics, checkpoints or evaluations on disk - but neither ``DONE`` nor ``FAILED``; the
-``detail`` says whether a live process holds the run's lock or the job may have died), ``pending`` (planned,
-nothing written).
+Run states are harness.layout's (the one definition ``harness status`` and evaluation use too): ``done``,
+``failed``, ``running`` (a live process holds the run's lock), ``partial`` (started or trained, not finished:
+the ``detail`` says what is missing) and ``pending``. The lock is read from /proc/locks, never taken.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,13 +25,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness.layout import BASES, STATES, ExperimentDir, RunDir, base_eval_json
+
 log = logging.getLogger("analysis")
 
-STATES = ("done", "failed", "running", "pending")
 #: config keys that always get a column (from the plan's axes, the run's config.yaml or the experiment)
 STANDARD_KEYS = ("regime.name", "regime.prompt_weight", "train.lr", "train.epochs", "train.seed")
-_EVAL = re.compile(r"^step-(\d{6})\.json$")
-_CKPT = re.compile(r"^step-(\d{6})$")
 ID_COLUMNS = ["experiment", "run_id", "state", "step", "epoch", "metric", "value"]
 
 
@@ -108,28 +104,6 @@ def _num(v: Any) -> float:
     return math.nan
 
 
-def _locked(lock: Path) -> bool:
-    """Whether some process holds a flock on ``lock``, read from /proc/locks (Linux) without touching the lock:
-    taking it ourselves, even briefly, could make a starting run think another process owns it."""
-    try:
-        st = os.stat(lock)
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return False
-    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-    for line in text.splitlines():
-        parts = line.split()
-        for p in parts:
-            bits = p.split(":")
-            if len(bits) == 3:
-                try:
-                    if (int(bits[0], 16), int(bits[1], 16), int(bits[2])) == want:
-                        return True
-                except ValueError:
-                    continue
-    return False
-
-
 # ------------------------------------------------------------------------------------------------ discovery
 
 
@@ -144,7 +118,7 @@ def experiment_dirs(results_dir: str | Path) -> list[Path]:
 
 
 def _is_experiment(p: Path) -> bool:
-    return (p / "plan.json").is_file() or (p / "runs").is_dir()
+    return ExperimentDir(p).is_experiment()
 
 
 @dataclass
@@ -165,40 +139,13 @@ class RunInfo:
 
 
 def run_state(rdir: Path) -> tuple[str, str, int | None]:
-    """(state, detail, last logged/evaluated step) of a run directory (see the module doc)."""
-    rdir = Path(rdir)
-    if not rdir.is_dir():
-        return "pending", "planned; no run directory yet", None
-    metrics = _read_jsonl(rdir / "metrics.jsonl")
-    steps = [int(r["step"]) for r in metrics if isinstance(r.get("step"), (int, float))]
-    steps += [s for s, _ in _eval_files(rdir)]
-    ck = rdir / "checkpoints"
-    if ck.is_dir():
-        steps += [int(m.group(1)) for p in ck.iterdir() if (m := _CKPT.match(p.name))]
-    last = max(steps) if steps else None
-    if (rdir / "DONE").exists():
-        return "done", "", last
-    if (rdir / "FAILED").exists():
-        lines = (rdir / "FAILED").read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        return "failed", (lines[-1].strip() if lines else "FAILED (empty)"), last
-    where = f"last step {last}" if last is not None else "no step logged yet"
-    if _locked(rdir / ".lock"):
-        return "running", f"in progress ({where}); a live process holds the lock", last
-    if last is not None or (rdir / "metrics.jsonl").exists():
-        return "running", (f"incomplete: no DONE ({where}) and no live lock here - still running elsewhere, "
-                           "or the job died (harness run resumes it)"), last
-    return "pending", "run directory exists but nothing was written yet", None
-
-
-def _eval_files(rdir: Path) -> list[tuple[int, Path]]:
-    ev = Path(rdir) / "eval"
-    if not ev.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in ev.iterdir() if (m := _EVAL.match(p.name)))
+    """(state, detail, last logged/evaluated step) of a run directory: harness.layout's state."""
+    st = RunDir(rdir).state()
+    return st.state, st.detail, st.last_step
 
 
 def load_plan(exp_dir: str | Path) -> dict | None:
-    return _read_json(Path(exp_dir) / "plan.json")
+    return ExperimentDir(exp_dir).read_plan()
 
 
 def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[RunInfo], list[str]]:
@@ -217,17 +164,17 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     name = plan.get("experiment") or exp_dir.name
     axes: list[str] = list(plan.get("axes") or [])
     planned = [(r["run_id"], dict(r.get("axes") or {})) for r in plan.get("runs", []) if r.get("run_id")]
-    on_disk = sorted(p.name for p in (exp_dir / "runs").iterdir() if p.is_dir()) if (exp_dir / "runs").is_dir() else []
+    on_disk = ExperimentDir(exp_dir).run_ids_on_disk()
     order = [rid for rid, _ in planned] + [rid for rid in on_disk if rid not in {r for r, _ in planned}]
     plan_axes = dict(planned)
     plan_hash = {r["run_id"]: r.get("eval_hash") for r in plan.get("runs", []) if r.get("run_id")}
     runs: list[RunInfo] = []
     for rid in order:
-        rdir = exp_dir / "runs" / rid
-        state, detail, last = run_state(rdir)
-        cfg = _read_yaml(rdir / "config.yaml") if rdir.is_dir() else None
-        info = RunInfo(name, rid, rdir, state, detail, dict(plan_axes.get(rid, {})), cfg, rid in plan_axes, last,
-                       _eval_files(rdir) if rdir.is_dir() else [], plan_hash.get(rid))
+        rd = ExperimentDir(exp_dir).run(rid)
+        state, detail, last = run_state(rd.path)
+        cfg = _read_yaml(rd.config) if rd.path.is_dir() else None
+        info = RunInfo(name, rid, rd.path, state, detail, dict(plan_axes.get(rid, {})), cfg, rid in plan_axes, last,
+                       rd.eval_files(), plan_hash.get(rid))
         runs.append(info)
     # axes: the plan's, or (no plan) the config keys that vary between runs
     configs = [_flatten(r.config) for r in runs if r.config]
@@ -271,14 +218,6 @@ def _axis_columns(runs: list[RunInfo], axes: Iterable[str]) -> list[str]:
     return cols
 
 
-def _epochs_by_step(rdir: Path) -> dict[int, float]:
-    out = {}
-    for r in _read_jsonl(Path(rdir) / "metrics.jsonl"):
-        if isinstance(r.get("step"), (int, float)) and isinstance(r.get("epoch"), (int, float)):
-            out[int(r["step"])] = float(r["epoch"])
-    return out
-
-
 def _tidy(records: list[dict], axis_cols: list[str], extra: list[str]) -> pd.DataFrame:
     cols = ID_COLUMNS + extra + axis_cols
     df = pd.DataFrame.from_records(records, columns=cols)
@@ -299,8 +238,10 @@ def _tidy(records: list[dict], axis_cols: list[str], extra: list[str]) -> pd.Dat
 def _bases(exp_dir: Path) -> tuple[dict[str, dict], dict | None]:
     """Base evaluations by eval hash: the experiment's own (``base/``) and those of runs with another base
     model or eval data (``bases/<eval_hash>/``). Returns ({hash: payload}, the experiment's own)."""
-    default = _read_json(exp_dir / "base" / "eval" / "step-000000.json")
-    found = [default] + [_read_json(p) for p in sorted(exp_dir.glob("bases/*/eval/step-000000.json"))]
+    ed = ExperimentDir(exp_dir)
+    default = _read_json(base_eval_json(ed.base()))
+    found = [default] + [_read_json(base_eval_json(ed.base(p.name))) for p in sorted((ed.path / BASES).iterdir())] \
+        if (ed.path / BASES).is_dir() else [default]
     return {b["eval_hash"]: b for b in found if b and b.get("eval_hash")}, default
 
 
@@ -342,7 +283,7 @@ def load_runs(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
             for m, v in base_metrics.items():
                 records.append({**common, "step": 0, "epoch": base_epoch, "metric": m, "value": v,
                                 "base_value": v})
-            epochs = _epochs_by_step(r.dir) if r.evals else {}
+            epochs = RunDir(r.dir).epochs_by_step() if r.evals else {}
             for step, path in r.evals:
                 if step == 0:
                     continue  # step 0 is the experiment's base evaluation
@@ -378,7 +319,7 @@ def load_training(results_dir: str | Path, experiment: Any = None) -> pd.DataFra
         for r in runs:
             common = {"experiment": r.experiment, "run_id": r.run_id, "state": r.state,
                       **{c: r.axes.get(c) for c in cols}}
-            for row in _read_jsonl(r.dir / "metrics.jsonl") if r.dir.is_dir() else []:
+            for row in _read_jsonl(RunDir(r.dir).metrics) if r.dir.is_dir() else []:
                 if not isinstance(row.get("step"), (int, float)):
                     continue
                 for k, v in row.items():
@@ -425,7 +366,7 @@ def load_tokens(path: str | Path) -> pd.DataFrame | None:
 
 def load_provenance(exp_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict | None:
     """provenance.json of the first run (in ``run_ids`` order, else directory order) that has one."""
-    root = Path(exp_dir) / "runs"
+    root = ExperimentDir(exp_dir).runs
     ids = list(run_ids) if run_ids is not None else (sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
     for rid in ids:
         p = _read_json(root / rid / "provenance.json")

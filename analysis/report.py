@@ -29,9 +29,18 @@ from analysis import stats, tables
 from analysis.figures import Context, FigureResult, render_all
 from analysis.findings import findings_for
 from analysis.findings import to_markdown as findings_markdown
-from analysis.load import (default_target_metric, discover_runs, experiment_dirs, load_plan, load_provenance,
-                           load_runs, load_training, run_table)
+from analysis.load import (
+    default_target_metric,
+    discover_runs,
+    experiment_dirs,
+    load_plan,
+    load_provenance,
+    load_runs,
+    load_training,
+    run_table,
+)
 from harness.errors import HarnessError
+from harness.layout import STATES
 
 log = logging.getLogger("analysis")
 
@@ -140,7 +149,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
         if f.skipped:
             log.warning("figure %s skipped: %s", f.name, f.skipped)
 
-    states = {s: int((runs["state"] == s).sum()) for s in ("done", "failed", "running", "pending")} if len(runs) \
+    states = {s: int((runs["state"] == s).sum()) for s in STATES} if len(runs) \
         else {}
     not_done = runs[runs["state"] != "done"] if len(runs) else runs
     plan = load_plan(exp_dir) or {}
@@ -229,7 +238,8 @@ def _state_line(rep: Report) -> str:
     s = rep.states
     total = sum(s.values())
     return (f"{total} planned/found runs: **{s.get('done', 0)} done**, {s.get('failed', 0)} failed, "
-            f"{s.get('running', 0)} running or incomplete, {s.get('pending', 0)} pending.")
+            f"{s.get('running', 0)} running, {s.get('partial', 0)} partial (started or trained, not finished), "
+            f"{s.get('pending', 0)} pending.")
 
 
 def _not_done_frame(rep: Report, axes) -> pd.DataFrame:
@@ -303,7 +313,7 @@ h1{border-bottom:2px solid #333;padding-bottom:.2em}h2{margin-top:2em;border-bot
 table{border-collapse:collapse;margin:.8em 0;font-size:.86em}th,td{border:1px solid #ccc;padding:.25em .55em}
 th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#444}
-.state-failed{color:#b00020;font-weight:600}.state-running{color:#a05a00;font-weight:600}
+.state-failed{color:#b00020;font-weight:600}.state-running{color:#0072B2;font-weight:600}.state-partial{color:#a05a00;font-weight:600}
 .state-pending{color:#555;font-weight:600}.warn{background:#fff4e5;border-left:4px solid #E69F00;padding:.5em 1em}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.82em}code{background:#f3f3f3;padding:0 .2em}
 """

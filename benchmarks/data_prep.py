@@ -36,8 +36,9 @@ from _common import (ROOT, CHATML_GENERATION, load, machine, mini_world_conversa
 
 
 def ours(path: Path, tok, seq: int, packed: bool):
-    from harness.data import ConversationTokenizer, apply_all, load_conversations, tokenize_all
-    from harness.packing import epoch_order, pack_rows
+    from harness.data import ConversationTokenizer, load_conversations, tokenize_all
+    from harness.masking import apply_all
+    from harness.training.packing import epoch_order, pack_rows
 
     convs = load_conversations(str(path))
     examples, drops = tokenize_all(convs, ConversationTokenizer(tok, max_length=seq))

@@ -80,8 +80,9 @@ def main() -> int:
     t_import = time.perf_counter()
     import torch
 
-    from harness.config import load_experiment
-    from harness.evaluate import Evaluator, evaluate_checkpoint
+    from harness.grid import load_experiment
+    from harness.evaluation.evaluator import Evaluator
+    from harness.evaluation.evaluate import evaluate_checkpoint
 
     import lm_eval.models.huggingface  # noqa: F401  (import cost reported separately)
 
@@ -105,7 +106,8 @@ def main() -> int:
         ev = Evaluator(cfg, base_dir=tmp / "results/evalbench/base")
         t_setup = time.perf_counter() - t0
         t0 = time.perf_counter()
-        from harness.evaluate import _eval_threads, load_eval_model
+        from harness.evaluation.evaluator import _eval_threads
+        from harness.modeling import load_eval_model
 
         base = load_eval_model(model_dir, cfg)
         with _eval_threads(base, args.threads):

@@ -81,8 +81,8 @@ def main() -> None:
 
     from harness.config import RegimeConfig, TrainConfig
     from harness.masking import apply_regime
-    from harness.packing import collate, pack_rows
-    from harness.train import Engine
+    from harness.training.packing import collate, pack_rows
+    from harness.training.engine import Engine
 
     cuda = torch.cuda.is_available() and not args.cpu_tiny
     if not cuda and not args.cpu_tiny:

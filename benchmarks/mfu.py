@@ -74,8 +74,11 @@ class Setup:
                  compile: bool = False, micro_rows: int | None = None):
         import torch
 
-        from harness.config import load_experiment
-        from harness.train import Engine, load_model, plan_steps, prepare_data
+        from harness.grid import load_experiment
+        from harness.training.engine import Engine
+        from harness.modeling import load_model
+        from harness.training.packing import plan_steps
+        from harness.training.loop import prepare_data
 
         torch.set_num_threads(threads)
         exp = root / "mfu.yaml"
@@ -94,8 +97,8 @@ class Setup:
         """One optimizer step; returns (real tokens, supervised, other scored positions, sum n(n+1)).
         The step's micro-batches are laid out as train() lays them out (layout_step: short packed rows, or
         max_length-wide ones under compile)."""
-        from harness.packing import segment_masks
-        from harness.train import layout_step
+        from harness.training.packing import segment_masks
+        from harness.training.packing import layout_step
 
         rows = self.plan[self.k % len(self.plan)].rows
         self.k += 1

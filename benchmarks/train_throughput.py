@@ -110,8 +110,8 @@ def rate(rows: list[dict]) -> float:
 
 def bench_engine(root: Path, model_dir: Path, seq: int, rows: int, steps: int, warmup: int, threads: int,
                  regime: str) -> tuple[float, float]:
-    from harness.config import load_experiment
-    from harness.train import train
+    from harness.grid import load_experiment
+    from harness.training.loop import train
 
     exp = root / f"exp-{model_dir.name}-{seq}-{regime}.yaml"
     exp.write_text(EXPERIMENT.format(root=root, model=model_dir, seq=seq, batch=rows * seq, steps=warmup + steps,
@@ -134,9 +134,10 @@ def bench_plain(root: Path, model_dir: Path, seq: int, rows: int, steps: int, wa
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from harness.config import load_experiment
-    from harness.packing import collate
-    from harness.train import plan_steps, prepare_data
+    from harness.grid import load_experiment
+    from harness.training.packing import collate
+    from harness.training.packing import plan_steps
+    from harness.training.loop import prepare_data
 
     torch.set_num_threads(threads)
     exp = root / f"plain-{model_dir.name}-{seq}.yaml"

@@ -70,8 +70,9 @@ train: {{lr: {lr}, epochs: 100, batch_tokens: {batch}, max_steps: {steps}, log_e
 def worker_ours(a: argparse.Namespace, layout: str, compile: bool = False) -> dict:
     import torch
 
-    from harness.config import load_experiment
-    from harness.train import plan_steps, prepare_data, train
+    from harness.grid import load_experiment
+    from harness.training.packing import plan_steps
+    from harness.training.loop import prepare_data, train
 
     torch.set_num_threads(a.threads)
     peak = gemm_peak(a.threads)

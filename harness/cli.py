@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from harness.errors import HarnessError
+from harness.fsio import exit_without_teardown
 
 
 def _add_world(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +36,8 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace) -> int:
     import yaml
 
-    from harness.config import explain, load_experiment, to_dict
+    from harness.config import explain, to_dict
+    from harness.grid import load_experiment
 
     if args.explain or not args.experiment:
         for key, tp, default, doc in explain():
@@ -50,13 +52,13 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _add_launch(sub: argparse._SubParsersAction) -> None:
-    from harness.launch import add_parsers
+    from harness.launch.cli import add_parsers
 
     add_parsers(sub)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from harness.evaluate import add_parser
+    from harness.evaluation.cli import add_parser
 
     add_parser(sub)
 
@@ -74,7 +76,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from harness.train import add_parser
+    from harness.training.loop import add_parser
 
     add_parser(sub)
 
@@ -85,7 +87,8 @@ _REGISTRARS = [_add_world, _add_inspect, _add_config, _add_launch, _add_train, _
 
 
 # Which registrar defines each command: `harness run` then imports the launcher only, not torch, transformers,
-# pandas and lm-eval for the other commands (seconds of start-up per call, and per launcher).
+# pandas and lm-eval for the other commands (seconds of start-up per call, and per launcher). This is why the
+# registrars import their modules inside the function: for start-up time, never to hide an import circle.
 _COMMANDS = {"world": _add_world, "inspect": _add_inspect, "config": _add_config, "run": _add_launch,
              "status": _add_launch, "cancel": _add_launch, "train": _add_train, "eval": _add_eval,
              "report": _add_report, "doctor": _add_doctor}
@@ -100,11 +103,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
     registrars = [_COMMANDS[command]] if command in _COMMANDS else _REGISTRARS
     for register in registrars:
-        try:
-            register(sub)
-        except ImportError as exc:  # a subsystem not built yet must not break the others
-            if "harness" not in str(exc):
-                raise
+        register(sub)
     demo = sub.add_parser("demo", help="run the embedded mini-LIMA study end to end (world, grid, report)")
     demo.add_argument("--experiment", default="experiments/mini_lima.yaml")
     demo.add_argument("--size", default="demo", help="mini-world size (default demo)")
@@ -117,8 +116,9 @@ def _demo(args: argparse.Namespace) -> int:
     """world build -> mask audit -> run the grid -> report; every step is skipped when already done."""
     import time
 
-    from harness.config import load_experiment
-    from harness.launch import launch, print_status
+    from harness.grid import load_experiment
+    from harness.launch.status import print_status
+    from harness.launch.submit import launch
     from harness.world import build_world
 
     t0 = time.perf_counter()
@@ -155,13 +155,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `harness` console script: :func:`main`, then, once torch is loaded, exit without tearing the
-    interpreter down module by module (torch, transformers and lm-eval take 1-2 s to unload on this machine and
-    free nothing the OS does not). atexit handlers (logging, temporary directories, libraries' cleanup) still
+    interpreter down module by module (unloading torch, transformers and lm-eval takes seconds and frees nothing
+    the OS does not; benchmarks/NOTES.md). atexit handlers (logging, temporary directories, libraries' cleanup) still
     run first; only the module teardown is skipped. Python callers of main() are unaffected."""
     rc = main()
     if "torch" in sys.modules:
-        from harness.runs import exit_without_teardown
-
         exit_without_teardown(rc)
     sys.exit(rc)
 

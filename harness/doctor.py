@@ -8,12 +8,18 @@ launcher (SLURM reachability). Exit code 1 when anything would fail.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 from pathlib import Path
 
+from harness.data import load_conversations
 from harness.errors import HarnessError
+from harness.evaluation.lm_eval import check_tasks
+from harness.fsio import is_local_path
+from harness.grid import check_schema, load_experiment
+from harness.inspect import RegimeSpec, audit
+from harness.masking import regime_options
+from harness.modeling import tokenizer_for
 
 
 class Report:
@@ -39,8 +45,6 @@ def _dir_size(path: Path) -> int:
 
 
 def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
-    from harness.config import load_experiment
-
     r = Report(out)
     out(f"harness doctor {path}")
     try:
@@ -50,34 +54,22 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
         return 1
     cfg = exp.config
     r.ok(f"config: {len(exp.runs)} runs, results in {exp.out_dir}")
-    plan = exp.out_dir / "plan.json"
-    if plan.exists():
-        from harness.config import SCHEMA_VERSION
-
-        try:
-            schema = json.loads(plan.read_text()).get("schema")
-        except ValueError:
-            schema = None
-        if schema != SCHEMA_VERSION:
-            r.fail(f"results: {plan} is from schema version {schema}, this harness writes {SCHEMA_VERSION}; "
-                   "move the old results away or rename the experiment")
+    try:
+        check_schema(exp)
+    except HarnessError as exc:
+        r.fail(f"results: {exc}")
     # model + tokenizer
     model_path = Path(cfg.model.name_or_path)
     if model_path.exists():
         r.ok(f"model: {model_path} ({_dir_size(model_path) / 1e6:.1f} MB)")
-    elif str(cfg.model.name_or_path).count("/") == 1 and not str(cfg.model.name_or_path).startswith((".", "/")):
+    elif not is_local_path(cfg.model.name_or_path):
         r.warn(f"model: {cfg.model.name_or_path} is a hub name; it must be downloadable or cached on the compute nodes")
     else:
         r.fail(f"model: {model_path} not found (build the mini-world: harness world build)")
     tok = None
     try:
-        from harness.data import load_tokenizer
-        from harness.data.templates import resolve_template
-
         if model_path.exists() or cfg.model.tokenizer:
-            tok = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
-                                 trust_remote_code=cfg.model.trust_remote_code,
-                                 chat_template=resolve_template(cfg.model.chat_template))
+            tok = tokenizer_for(cfg)
             r.ok(f"tokenizer: {len(tok)} tokens, chat template {'set' if tok.chat_template else 'MISSING'}")
     except HarnessError as exc:
         r.fail(f"tokenizer: {exc}")
@@ -85,12 +77,9 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
         r.warn(f"tokenizer: could not load ({type(exc).__name__}: {exc})")
     # data + masks per regime
     if tok is not None:
-        from harness.inspect import RegimeSpec, audit
-        from harness.data import load_conversations
-
         specs: list[RegimeSpec] = []
         for run in exp.runs:
-            s = RegimeSpec(run.config.regime.name, run.config.regime.options())
+            s = RegimeSpec(run.config.regime.name, regime_options(run.config.regime))
             if s.label not in [x.label for x in specs]:
                 specs.append(s)
         try:
@@ -123,16 +112,11 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
                 r.fail(f"eval data: {exc}")
     # evaluation
     if cfg.eval.tasks:
-        try:
-            from harness.evaluate import check_tasks
-
-            problems = check_tasks(cfg)
-            for p in problems:
-                r.fail(f"lm-eval: {p}")
-            if not problems:
-                r.ok(f"lm-eval tasks: {', '.join(t.name for t in cfg.eval.tasks)}")
-        except ImportError as exc:
-            r.warn(f"lm-eval not importable: {exc}")
+        problems = check_tasks(cfg)
+        for p in problems:
+            r.fail(f"lm-eval: {p}")
+        if not problems:
+            r.ok(f"lm-eval tasks: {', '.join(t.name for t in cfg.eval.tasks)}")
     for key in ("pretrain_text", "raw_questions", "nll_data"):
         val = getattr(cfg.eval, key)
         if val and not Path(val).exists():

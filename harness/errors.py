@@ -45,6 +45,10 @@ class SupervisionError(HarnessError):
     """A batch or data set with zero supervised tokens: never train silently on nothing."""
 
 
+class EvaluationError(HarnessError):
+    """Evaluation cannot run (incomplete checkpoint, unavailable benchmark data, ...)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -9,7 +9,7 @@
 * ``--json``: per example ``input_ids``, ``tokens``, ``segments``, ``turns`` and per regime ``labels`` and
   ``weights``, plus the statistics.
 
-Regimes are written ``name`` or ``name:option=value,...`` (``prompt_weight:weight=0.1``,
+Regimes are written ``name`` or ``name:option=value,...`` (``prompt_weight:prompt_weight=0.1``,
 ``prompt_masked:turns=last``). From an experiment file, the default is every distinct regime of its grid.
 """
 
@@ -24,11 +24,14 @@ from typing import Any
 
 import yaml
 
-from harness.data import ConversationTokenizer, apply_all, load_conversations, load_tokenizer, tokenize_all
-from harness.data.prepare import Drops, MaskedData
+from harness.data import ConversationTokenizer, load_conversations, tokenize_all
+from harness.data.prepare import Drops
 from harness.data.templates import resolve_template
 from harness.data.tokenize import Segment, Tokenized
 from harness.errors import ConfigError
+from harness.grid import load_experiment
+from harness.masking import MaskedData, apply_all, check_regime, regime_options
+from harness.modeling import load_tokenizer, tokenizer_for
 
 SEGMENT_NAMES = {s.value: s.name.lower() for s in Segment}
 # colour-blind-safe palette (Okabe-Ito), the same in the terminal, HTML and figures
@@ -51,17 +54,15 @@ class RegimeSpec:
 
 
 def parse_regime(text: str) -> RegimeSpec:
-    """'prompt_weight:weight=0.1,turns=last' -> RegimeSpec."""
+    """'prompt_weight:prompt_weight=0.1,turns=last' -> RegimeSpec."""
     name, _, rest = text.partition(":")
     opts: dict[str, Any] = {}
     for part in filter(None, rest.split(",")):
         if "=" not in part:
             raise ConfigError(f"regime option {part!r} has no '='", where=f"--regime {text}",
-                              fix="write name:option=value, e.g. prompt_weight:weight=0.1")
+                              fix="write name:option=value, e.g. prompt_weight:prompt_weight=0.1")
         k, v = part.split("=", 1)
         opts[k.strip()] = yaml.safe_load(v)
-    from harness.masking import check_regime
-
     check_regime(name, opts)
     return RegimeSpec(name, opts)
 
@@ -252,8 +253,6 @@ def to_html(a: Audit, n: int) -> str:
 
 
 def _from_experiment(path: str, overrides: list[str] | None, regimes: list[str] | None) -> Audit:
-    from harness.config import load_experiment
-
     exp = load_experiment(path, overrides)
     cfg = exp.config
     specs: list[RegimeSpec] = []
@@ -261,12 +260,10 @@ def _from_experiment(path: str, overrides: list[str] | None, regimes: list[str] 
         specs = [parse_regime(r) for r in regimes]
     else:
         for run in exp.runs:
-            spec = RegimeSpec(run.config.regime.name, run.config.regime.options())
+            spec = RegimeSpec(run.config.regime.name, regime_options(run.config.regime))
             if spec.label not in [s.label for s in specs]:
                 specs.append(spec)
-    template = resolve_template(cfg.model.chat_template)
-    tok = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
-                         trust_remote_code=cfg.model.trust_remote_code, chat_template=template)
+    tok = tokenizer_for(cfg)
     src = cfg.data.train
     convs = load_conversations(src.path, fmt=src.format, split=src.split, name=src.name, limit=src.limit,
                                system_prompt=cfg.data.system_prompt,

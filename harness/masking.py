@@ -20,11 +20,14 @@ Policies, stated once:
 from __future__ import annotations
 
 import hashlib
+import inspect
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
+from harness.data.prepare import Drops
 from harness.data.tokenize import PROMPT_SEGMENTS, Segment, Tokenized
 from harness.errors import ConfigError, did_you_mean
 
@@ -74,42 +77,49 @@ def prompt_only(t: Tokenized, *, template: bool = False) -> np.ndarray:
     return np.isin(t.segments, segs).astype(np.float32)
 
 
-def prompt_weight(t: Tokenized, *, weight: float, turns: str = "all", eot: bool = True) -> np.ndarray:
-    """Weight 1 on response tokens and `weight` (lambda) on every other token (Huerta-Enochian & Ko 2024).
+def prompt_weight(t: Tokenized, *, prompt_weight: float, turns: str = "all", eot: bool = True) -> np.ndarray:
+    """Weight 1 on response tokens and `prompt_weight` (lambda) on every other token (Huerta-Enochian & Ko 2024).
 
     lambda=0 is numerically `prompt_masked`, lambda=1 is `full` (same turns/eot options)."""
-    if not (0.0 <= float(weight) <= 1.0) or weight != weight:
-        raise ConfigError(f"prompt weight must be in [0, 1], got {weight}", where="regime.prompt_weight",
+    w = prompt_weight
+    if not (0.0 <= float(w) <= 1.0) or w != w:
+        raise ConfigError(f"prompt weight must be in [0, 1], got {w}", where="regime.prompt_weight",
                           fix="use a value such as 0.0, 0.1 or 1.0")
     resp = _response(t, turns, eot)
-    return np.where(resp, np.float32(1.0), np.float32(weight)).astype(np.float32)
+    return np.where(resp, np.float32(1.0), np.float32(w)).astype(np.float32)
 
 
 RegimeFn = Callable[..., np.ndarray]
-REGIMES: dict[str, RegimeFn] = {
-    "prompt_masked": prompt_masked,
-    "full": full,
-    "prompt_only": prompt_only,
-    "prompt_weight": prompt_weight,
-}
-# which options each regime takes, for clear errors on typos
-REGIME_OPTIONS: dict[str, tuple[str, ...]] = {
-    "prompt_masked": ("turns", "eot"),
-    "full": (),
-    "prompt_only": ("template",),
-    "prompt_weight": ("weight", "turns", "eot"),
-}
+REGIMES: dict[str, RegimeFn] = {}
+# the options a regime takes are its keyword-only parameters, each named as a field of RegimeConfig (the
+# `regime:` section): declared once, in the function's signature
+REGIME_OPTIONS: dict[str, tuple[str, ...]] = {}
 
 
-def register_regime(name: str, options: tuple[str, ...] = ()) -> Callable[[RegimeFn], RegimeFn]:
-    """Decorator to add a regime: ``@register_regime("mine", ("alpha",))`` over ``fn(t, *, alpha) -> weights``."""
+def register_regime(name: str) -> Callable[[RegimeFn], RegimeFn]:
+    """Decorator to add a regime: ``@register_regime("mine")`` over ``fn(t, *, turns="all") -> weights``.
+
+    Its keyword-only parameters are its options; each must be a field of the ``regime:`` config section
+    (turns, prompt_weight, eot, template), which is where a grid sets them."""
 
     def deco(fn: RegimeFn) -> RegimeFn:
+        opts = tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
+        unknown = [o for o in opts if o not in _CONFIG_OPTIONS]
+        if unknown:
+            raise ConfigError(f"regime '{name}' takes options {unknown} that the regime section has no key for",
+                              where=f"{fn.__module__}.{fn.__name__}",
+                              fix=f"name its keyword-only options after regime keys: {list(_CONFIG_OPTIONS)}")
         REGIMES[name] = fn
-        REGIME_OPTIONS[name] = tuple(options)
+        REGIME_OPTIONS[name] = opts
         return fn
 
     return deco
+
+
+_CONFIG_OPTIONS = ("turns", "prompt_weight", "eot", "template")  # RegimeConfig's fields besides `name`
+for _name, _fn in (("prompt_masked", prompt_masked), ("full", full), ("prompt_only", prompt_only),
+                   ("prompt_weight", prompt_weight)):
+    register_regime(_name)(_fn)
 
 
 def check_regime(regime: str, options: dict | None = None) -> None:
@@ -121,6 +131,12 @@ def check_regime(regime: str, options: dict | None = None) -> None:
             raise ConfigError(f"regime '{regime}' has no option '{key}'"
                               + did_you_mean(key, REGIME_OPTIONS[regime]), where=f"regime.{key}",
                               fix=f"options of {regime}: {list(REGIME_OPTIONS[regime]) or 'none'}")
+
+
+def regime_options(rc) -> dict:
+    """The keyword options a ``regime:`` config section passes to its regime function (those it takes)."""
+    check_regime(rc.name)
+    return {k: getattr(rc, k) for k in REGIME_OPTIONS[rc.name]}
 
 
 def apply_regime(tokenized: Tokenized, regime: str, **options) -> Masked:
@@ -146,3 +162,51 @@ def mask_hash(masks: list[Masked], input_ids: list[np.ndarray] | None = None) ->
         h.update(np.ascontiguousarray(m.weights, dtype=np.float32).tobytes())
         h.update(b"|")
     return h.hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------ a whole data set
+
+
+@dataclass
+class MaskedData:
+    """Examples kept under one regime, their masks, and what was dropped (and why)."""
+
+    regime: str
+    options: dict
+    examples: list[Tokenized]
+    masks: list[Masked]
+    drops: Drops
+
+    def stats(self) -> dict:
+        n_tok = int(sum(len(t) for t in self.examples))
+        n_sup = int(sum(m.n_supervised for m in self.masks))
+        w_sum = float(sum(float(m.weights.sum()) for m in self.masks))
+        resp = int(sum(int(np.isin(t.segments, [Segment.ASSISTANT, Segment.EOT]).sum()) for t in self.examples))
+        return {
+            "regime": self.regime, "options": dict(self.options),
+            "examples": len(self.examples), "dropped": self.drops.total, "drop_reasons": dict(self.drops.counts),
+            "tokens": n_tok, "supervised_tokens": n_sup, "weight_sum": round(w_sum, 4),
+            "supervised_fraction": round(n_sup / n_tok, 6) if n_tok else 0.0,
+            "response_tokens": resp,
+            "truncated_examples": sum(1 for t in self.examples if t.truncated),
+            "boundary": dict(Counter(t.boundary for t in self.examples)),
+            "turns_without_eot": int(sum(t.no_eot_turns for t in self.examples)),
+            "mask_hash": mask_hash(self.masks, [t.input_ids for t in self.examples]),
+        }
+
+
+def apply_all(examples: Sequence[Tokenized], regime: str, options: dict | None = None,
+              drops: Drops | None = None) -> MaskedData:
+    """Apply a regime to every example; an example left with zero supervised tokens (e.g. its response was
+    truncated away) is dropped and counted, never trained on."""
+    options = dict(options or {})
+    kept, masks = [], []
+    d = Drops().merged(drops) if drops is not None else Drops()
+    for t in examples:
+        m = apply_regime(t, regime, **options)
+        if m.n_supervised == 0:
+            d.add("zero_supervised_tokens" + ("_after_truncation" if t.truncated else ""), t.source)
+            continue
+        kept.append(t)
+        masks.append(m)
+    return MaskedData(regime, options, kept, masks, d)

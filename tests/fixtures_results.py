@@ -199,7 +199,7 @@ def make_results(root: str | Path, name: str = "synth", seed: int = 0, audit: bo
                                          "an illegal memory access was encountered\n", encoding="utf-8")
             syn.states[rid] = "failed"
         elif rid == syn.incomplete:
-            syn.states[rid] = "running"
+            syn.states[rid] = "partial"  # started, no live lock: resumable
         else:
             (rdir / "DONE").write_text("")
             syn.states[rid] = "done"

@@ -98,7 +98,7 @@ def test_states_failed_incomplete_missing_never_dropped(synth, frame):
     assert dict(zip(st["run_id"], st["state"].astype(str))) == synth.states
     det = dict(zip(st["run_id"], st["detail"]))
     assert "RuntimeError" in det[synth.failed]
-    assert "no DONE" in det[synth.incomplete]
+    assert "interrupted" in det[synth.incomplete] and "resumes from step" in det[synth.incomplete]
     assert "no run directory" in det[synth.missing]
     # the failed and incomplete runs keep their one evaluation, the missing one only base rows
     for rid in (synth.failed, synth.incomplete):
@@ -238,12 +238,12 @@ def test_paired_comparison(report, frame):
 def test_report_lists_runs_that_are_not_done(report, synth):
     html = (report / "report.html").read_text()
     md = (report / "report.md").read_text()
-    for rid, state in ((synth.failed, "failed"), (synth.incomplete, "running"), (synth.missing, "pending")):
+    for rid, state in ((synth.failed, "failed"), (synth.incomplete, "partial"), (synth.missing, "pending")):
         assert re.search(rf"{re.escape(rid)} \| {state} \|", md), rid
         assert rid in html
         assert f"class='state-{state}'" in html
     assert "RuntimeError: CUDA error" in md and "RuntimeError: CUDA error" in html
-    assert "1 failed, 1 running or incomplete, 1 pending" in md
+    assert "1 failed, 0 running, 1 partial (started or trained, not finished), 1 pending" in md
 
 
 def test_report_html_is_self_contained(report):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def test_worker_exit_handler_runs_the_other_atexit_handlers():
     teardown: handlers registered before it still run, and the exit code stays 0."""
     code = ("import atexit\n"
             "atexit.register(lambda: print('cleanup ran', flush=True))\n"
-            "from harness.launch import _exit_without_teardown\n"
+            "from harness.launch.jobs import _exit_without_teardown\n"
             "atexit.register(_exit_without_teardown)\n"
             "print('main done', flush=True)\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

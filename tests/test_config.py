@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import (ExperimentConfig, LEAF_KEYS, config_hash, explain, field_docs, load_experiment,
-                            to_dict)
+from harness.config import LEAF_KEYS, ExperimentConfig, explain, field_docs, to_dict
 from harness.errors import ConfigError
+from harness.grid import config_hash, load_experiment
 
 BASE = """\
 name: t
@@ -52,7 +52,7 @@ def test_overrides_type_checked_and_existing_only(tmp_path):
     with pytest.raises(ConfigError, match=r"'train.lrr' is not a config key \(did you mean 'train.lr'\?\)"):
         load_experiment(p, ["train.lrr=1"])
     with pytest.raises(ConfigError, match="expected bool"):
-        load_experiment(p, ["train.packing=maybe"])
+        load_experiment(p, ["train.compile=maybe"])
     with pytest.raises(ConfigError, match="has no '='"):
         load_experiment(p, ["train.lr"])
 
@@ -132,7 +132,7 @@ def test_run_id_independent_of_yaml_spelling(tmp_path):
 
 
 def test_run_id_labels_paths_by_their_telling_part():
-    from harness.config import axis_label
+    from harness.grid import axis_label
 
     assert axis_label("model.name_or_path", "results/world/demo-seed0-noaug/model") == "demo-seed0-noaug"
     assert axis_label("model.name_or_path", "Qwen/Qwen2.5-0.5B") == "Qwen2.5-0.5B"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import load_experiment
 from harness.errors import ConfigError, DataError
+from harness.grid import load_experiment
 from tests.tiny import build_tiny
 
 QA_TASK = """task: tiny_qa
@@ -106,7 +106,7 @@ def _checkpoint(model_dir: Path, dest: Path, noise: float = 0.05, completed: boo
 def test_checkpoint_and_base_results_follow_the_schema(tiny):
     import pandas as pd
 
-    from harness.evaluate import evaluate_base, evaluate_checkpoint
+    from harness.evaluation.evaluate import evaluate_base, evaluate_checkpoint
 
     cfg = tiny.config
     base = evaluate_base(cfg, tiny.out_dir)
@@ -154,15 +154,15 @@ def test_checkpoint_and_base_results_follow_the_schema(tiny):
 
 
 def test_base_is_evaluated_once(tiny, monkeypatch):
-    import harness.evaluate as E
+    import harness.evaluation.evaluate as E
 
     first = E.evaluate_base(tiny.config, tiny.out_dir)
-    monkeypatch.setattr(E, "load_eval_model", lambda *a, **k: pytest.fail("the base was evaluated again"))
+    monkeypatch.setattr(E, "load_model", lambda *a, **k: pytest.fail("the base was evaluated again"))
     assert E.evaluate_base(tiny.config, tiny.out_dir) == first
 
 
 def test_evaluate_run_does_completed_checkpoints_lacking_a_valid_result(tiny, tmp_path):
-    from harness.evaluate import evaluate_run
+    from harness.evaluation.evaluate import evaluate_run
 
     cfg = tiny.config
     rdir = tmp_path / "exp" / "runs" / "r2"
@@ -182,7 +182,8 @@ def test_evaluate_run_does_completed_checkpoints_lacking_a_valid_result(tiny, tm
 
 
 def test_refuses_a_checkpoint_without_completed(tiny, tmp_path):
-    from harness.evaluate import EvaluationError, evaluate_checkpoint
+    from harness.errors import EvaluationError
+    from harness.evaluation.evaluate import evaluate_checkpoint
 
     ck = _checkpoint(Path(tiny.config.model.name_or_path), tmp_path / "checkpoints" / "step-000001",
                      completed=False)
@@ -193,7 +194,8 @@ def test_refuses_a_checkpoint_without_completed(tiny, tmp_path):
 
 
 def test_missing_task_data_file_is_named(tiny, tmp_path):
-    from harness.evaluate import check_tasks, evaluate_base
+    from harness.evaluation.evaluate import evaluate_base
+    from harness.evaluation.lm_eval import check_tasks
 
     tasks = tmp_path / "tasks"
     tasks.mkdir()
@@ -208,7 +210,8 @@ def test_missing_task_data_file_is_named(tiny, tmp_path):
 
 
 def test_unknown_task_lists_close_matches(tiny):
-    from harness.evaluate import Evaluator, check_tasks
+    from harness.evaluation.evaluator import Evaluator
+    from harness.evaluation.lm_eval import check_tasks
 
     cfg = load_experiment(tiny.path, ["eval.tasks=[{name: tiny_qaa}, {name: hellaswg}]"]).config
     problems = check_tasks(cfg)
@@ -220,7 +223,7 @@ def test_unknown_task_lists_close_matches(tiny):
 
 
 def test_missing_include_path_is_reported(tiny, tmp_path):
-    from harness.evaluate import check_tasks, resolve_task_names
+    from harness.evaluation.lm_eval import check_tasks, resolve_task_names
 
     cfg = load_experiment(tiny.path, [f"eval.include_path=[{tmp_path}/not-built]"]).config
     chk = resolve_task_names(cfg)
@@ -229,7 +232,7 @@ def test_missing_include_path_is_reported(tiny, tmp_path):
 
 
 def test_empty_probe_corpus(tiny, tmp_path):
-    from harness.evaluate import Evaluator
+    from harness.evaluation.evaluator import Evaluator
 
     (tmp_path / "empty.jsonl").write_text("")
     cfg = load_experiment(tiny.path, [f"eval.pretrain_text={tmp_path}/empty.jsonl", "eval.tasks=[]"]).config
@@ -241,7 +244,7 @@ def test_cli_run_dir_checkpoint_and_adhoc_tasks(tiny, tmp_path, capsys):
     import yaml
 
     from harness.config import to_dict
-    from harness.evaluate import add_parser
+    from harness.evaluation.cli import add_parser
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
@@ -268,7 +271,7 @@ def test_cli_run_dir_checkpoint_and_adhoc_tasks(tiny, tmp_path, capsys):
 
 
 def test_eval_hash_changes_with_what_the_evaluation_depends_on(tiny, tmp_path):
-    from harness.evaluate import eval_hash
+    from harness.evaluation.identity import eval_hash
 
     h = eval_hash(tiny.config)
     assert h == eval_hash(load_experiment(tiny.path, ["train.lr=1e-1", "regime.name=full"]).config)
@@ -283,9 +286,10 @@ def test_eval_hash_changes_with_what_the_evaluation_depends_on(tiny, tmp_path):
 
 
 def test_small_models_are_evaluated_on_one_thread_and_threads_are_restored(tiny):
-    from harness.evaluate import _eval_threads, load_eval_model
+    from harness.evaluation.evaluator import _eval_threads
+    from harness.modeling import load_model
 
-    model = load_eval_model(tiny.config.model.name_or_path, tiny.config)
+    model = load_model(tiny.config, tiny.config.model.name_or_path, torch.device("cpu"), training=False)
     torch.set_num_threads(2)
     with _eval_threads(model, None):
         assert torch.get_num_threads() == 1
@@ -299,8 +303,8 @@ def test_runs_with_another_base_model_get_their_own_base_dir(tiny, tmp_path):
     (plan.json names the experiment's), so no run's KL or deltas are against another run's base."""
     from dataclasses import replace
 
-    from harness.evaluate import base_dir_for, eval_hash
-    from harness.runs import write_plan
+    from harness.evaluation.identity import base_dir_for, eval_hash
+    from harness.grid import write_plan
 
     exp = tmp_path / "exp"
     assert base_dir_for(exp, tiny.config) == exp / "base"  # no plan yet: the one base

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import load_experiment
 from harness.errors import DataError
+from harness.grid import load_experiment
 
 EXP = """\
 name: evaltest
@@ -51,7 +51,7 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def evaluated(test_world, tmp_path_factory):
     """Base + one prompt-masked SFT run, trained and evaluated through the launcher (debug backend)."""
-    from harness.launch import launch
+    from harness.launch.submit import launch
 
     root = tmp_path_factory.mktemp("eval")
     p = root / "e.yaml"
@@ -107,7 +107,7 @@ def test_base_and_sft_checkpoint_end_to_end(evaluated):
 
 @pytest.mark.slow
 def test_rerun_evaluates_nothing_and_half_written_json_is_redone(evaluated):
-    from harness.evaluate import evaluate_run
+    from harness.evaluation.evaluate import evaluate_run
 
     cfg = evaluated.runs[0].config
     rdir = evaluated.out_dir / "runs" / evaluated.runs[0].run_id
@@ -126,7 +126,7 @@ def test_environment_is_described_once_per_process(evaluated, monkeypatch):
     import lm_eval.evaluator as ev
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import harness.evaluate as E
+    import harness.evaluation.lm_eval as E
 
     calls = []
     original = ev.add_env_info
@@ -155,7 +155,7 @@ def test_in_memory_hflm_equals_loading_the_directory(evaluated):
     import lm_eval
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.evaluate import flatten_lm_eval, run_lm_eval, task_manager_for
+    from harness.evaluation.lm_eval import flatten_lm_eval, run_lm_eval, task_manager_for
 
     cfg = evaluated.runs[0].config
     ckpt = sorted((evaluated.out_dir / "runs" / evaluated.runs[0].run_id / "checkpoints").glob("step-*"))[-1]
@@ -174,8 +174,10 @@ def test_in_memory_hflm_equals_loading_the_directory(evaluated):
 
 
 def test_bad_input(evaluated, tmp_path):
-    from harness.evaluate import EvaluationError, check_tasks, evaluate_checkpoint
-    from harness.probes import read_jsonl
+    from harness.errors import EvaluationError
+    from harness.evaluation.evaluate import evaluate_checkpoint
+    from harness.evaluation.lm_eval import check_tasks
+    from harness.evaluation.probes import read_jsonl
 
     cfg = evaluated.runs[0].config
     ck = tmp_path / "checkpoints" / "step-000001"
@@ -194,7 +196,7 @@ def test_bad_input(evaluated, tmp_path):
 def test_shipped_experiments_name_real_tasks():
     """Every task named in experiments/*.yaml resolves offline with lm-eval's TaskManager, so a typo fails
     here and not on the cluster. Local tasks whose include_path is not built yet are skipped (reported)."""
-    from harness.evaluate import resolve_task_names
+    from harness.evaluation.lm_eval import resolve_task_names
 
     files = sorted(Path(__file__).resolve().parents[1].glob("experiments/*.yaml"))
     assert files

@@ -29,18 +29,18 @@ def files(tmp_path, chatml_tok):
 def test_inspect_cli_writes_json_and_html(files, chatml_tok, capsys):
     tmp, data, tok = files
     rc = main(["inspect", "--data", data, "--tokenizer", tok, "--max-length", "40", "--regime", "prompt_masked",
-               "--regime", "prompt_only", "--regime", "prompt_weight:weight=0.25", "--json", str(tmp / "a.json"),
+               "--regime", "prompt_only", "--regime", "prompt_weight:prompt_weight=0.25", "--json", str(tmp / "a.json"),
                "--html", str(tmp / "a.html")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "mask statistics" in out and "prompt_weight:weight=0.25" in out
+    assert "mask statistics" in out and "prompt_weight:prompt_weight=0.25" in out
     assert "dropped 1 zero_supervised_tokens_after_truncation" in out  # the truncated response is counted
     doc = json.loads((tmp / "a.json").read_text())
     ex0 = doc["examples"][0]
     t = tokenize_conversation(ROWS[0]["messages"], chatml_tok)
     assert ex0["input_ids"] == t.input_ids.tolist() and len(ex0["tokens"]) == len(t)
     assert ex0["regimes"]["prompt_masked"]["labels"] == apply_regime(t, "prompt_masked").labels.tolist()
-    w = np.array(ex0["regimes"]["prompt_weight:weight=0.25"]["weights"])
+    w = np.array(ex0["regimes"]["prompt_weight:prompt_weight=0.25"]["weights"])
     assert set(np.round(w, 6)) == {0.0, 0.25, 1.0}
     assert doc["examples"][1]["regimes"]["prompt_masked"] is None  # dropped, shown as such
     stats = {s["regime"]: s for s in doc["stats"]}

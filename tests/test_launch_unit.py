@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import load_experiment
 from harness.errors import HarnessError
-from harness.launch import launch, slurm_parameters, status_rows
-from harness.runs import completed_checkpoints, missing_evals, run_dir, try_lock
+from harness.evaluation.identity import base_dir_for
+from harness.fsio import try_lock
+from harness.grid import load_experiment
+from harness.launch.slurm import slurm_parameters
+from harness.launch.status import status_rows
+from harness.launch.submit import launch
+from harness.layout import RunDir, base_eval_json
+from harness.versions import EVAL_SCHEMA
 
 EXP = """\
 name: fake
@@ -28,7 +33,7 @@ grid:
 def fake_pipeline(monkeypatch):
     """A stand-in train()/evaluate_run() that writes the run-dir contract and counts calls."""
     calls = {"train": [], "eval": []}
-    train_mod = types.ModuleType("harness.train")
+    train_mod = types.ModuleType("harness.training.loop")
 
     def train(spec, rdir, should_stop=None):
         calls["train"].append(spec.run_id)
@@ -41,25 +46,23 @@ def fake_pipeline(monkeypatch):
         (Path(rdir) / "DONE").write_text("")
         return {"status": "done"}
 
-    eval_mod = types.ModuleType("harness.evaluate")
+    eval_mod = types.ModuleType("harness.evaluation.evaluate")
 
     def evaluate_run(rdir, config):
         calls["eval"].append(Path(rdir).name)
-        for step, _ in missing_evals(Path(rdir)):
-            p = Path(rdir) / "eval" / f"step-{step:06d}.json"
-            p.parent.mkdir(exist_ok=True)
-            p.write_text(json.dumps({"step": step, "metrics": {}}))
+        rd = RunDir(rdir)
+        for step, _ in rd.missing_evals(config.eval.every_checkpoint):
+            rd.eval_dir.mkdir(exist_ok=True)  # a result as the evaluator writes it: its schema and metrics
+            rd.eval_json(step).write_text(json.dumps({"schema": EVAL_SCHEMA, "step": step, "metrics": {}}))
 
     def evaluate_base(config, exp_dir):
-        p = Path(exp_dir) / "base" / "eval" / "step-000000.json"
+        p = base_eval_json(base_dir_for(exp_dir, config))
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("{}")
+        p.write_text(json.dumps({"schema": EVAL_SCHEMA, "step": 0, "metrics": {}}))
 
     train_mod.train, eval_mod.evaluate_run, eval_mod.evaluate_base = train, evaluate_run, evaluate_base
-    eval_mod.eval_hash = lambda config: "same-base"
-    eval_mod.base_dir_for = lambda exp_dir, config: Path(exp_dir) / "base"
-    monkeypatch.setitem(sys.modules, "harness.train", train_mod)
-    monkeypatch.setitem(sys.modules, "harness.evaluate", eval_mod)
+    monkeypatch.setitem(sys.modules, "harness.training.loop", train_mod)
+    monkeypatch.setitem(sys.modules, "harness.evaluation.evaluate", eval_mod)
     return calls
 
 
@@ -77,7 +80,7 @@ def test_debug_launch_is_idempotent_and_isolates_failures(tmp_path, fake_pipelin
     states = {r["run_id"]: r["state"] for r in status_rows(exp)}
     failed = [k for k, v in states.items() if v == "failed"]
     assert len(failed) == 1 and failed[0].startswith("full-lr2e-4")
-    assert "boom: injected failure" in (run_dir(exp, exp.runs[3]) / "FAILED").read_text()
+    assert "boom: injected failure" in (exp.run_dir(exp.runs[3]).path / "FAILED").read_text()
     assert sum(v == "done" for v in states.values()) == 3
     plan = json.loads((exp.out_dir / "plan.json").read_text())
     assert [r["run_id"] for r in plan["runs"]] == [r.run_id for r in exp.runs]
@@ -90,7 +93,7 @@ def test_debug_launch_is_idempotent_and_isolates_failures(tmp_path, fake_pipelin
 def test_missing_eval_makes_a_done_run_rerun_its_evaluation(tmp_path, fake_pipeline):
     exp = _exp(tmp_path)
     launch(exp, only="masked-lr1e-4", out=lambda *_: None)
-    rdir = run_dir(exp, exp.runs[0])
+    rdir = exp.run_dir(exp.runs[0]).path
     (rdir / "eval" / "step-000003.json").write_text('{"half": ')  # a half-written eval JSON
     assert status_rows(exp)[0]["state"] == "partial"
     launch(exp, only="masked-lr1e-4", out=lambda *_: None)
@@ -101,7 +104,7 @@ def test_missing_eval_makes_a_done_run_rerun_its_evaluation(tmp_path, fake_pipel
 
 def test_locked_run_is_skipped_and_launch_lock_refuses(tmp_path, fake_pipeline):
     exp = _exp(tmp_path)
-    rdir = run_dir(exp, exp.runs[0])
+    rdir = exp.run_dir(exp.runs[0]).path
     with try_lock(rdir / ".lock") as got:
         assert got
         assert status_rows(exp)[0]["state"] == "running"
@@ -132,21 +135,21 @@ def test_completed_checkpoint_detection(tmp_path):
     (ck / "step-000002").mkdir()
     (ck / "step-000002" / "COMPLETED").write_text("")
     (ck / ".tmp-step-000003").mkdir()
-    assert [s for s, _ in completed_checkpoints(tmp_path)] == [2]
+    assert [s for s, _ in RunDir(tmp_path).completed_checkpoints()] == [2]
 
 
 def test_local_workers_share_one_run_list(tmp_path, fake_pipeline):
     """Two LocalWorkers over one list (what `harness run` starts locally): a run another process holds is left
     to it, every other run is trained once by whichever worker takes it first, a failing run does not stop its
     worker, and each run's launcher.json says which worker took it in which launch and how it ended."""
-    from harness.launch import LocalWorker
+    from harness.launch.jobs import LocalWorker
 
     exp = _exp(tmp_path)
     exp.out_dir.mkdir(parents=True)
-    from harness.runs import write_plan
+    from harness.grid import write_plan
 
     write_plan(exp)
-    specs, rdirs = list(exp.runs), [str(run_dir(exp, r)) for r in exp.runs]
+    specs, rdirs = list(exp.runs), [str(exp.run_dir(r).path) for r in exp.runs]
     held = Path(rdirs[0])
     with try_lock(held / ".lock") as got:  # another worker is training run 0
         assert got

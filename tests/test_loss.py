@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from harness.errors import SupervisionError
-from harness.loss import loss_denominator, sft_loss
+from harness.training.loss import loss_denominator, sft_loss
 
 torch.manual_seed(0)
 V = 50

@@ -108,11 +108,11 @@ def test_unknown_regime_and_option():
         from harness.data.tokenize import Tokenized
         t = Tokenized(np.zeros(3, np.int64), np.zeros(3, np.int8), np.zeros(3, np.int16), np.zeros((3, 2), np.int32),
                       "", ("user",))
-        apply_regime(t, "prompt_weight", weight=1.5)
+        apply_regime(t, "prompt_weight", prompt_weight=1.5)
 
 
 def test_register_a_regime(chatml_tok):
-    @register_regime("assistant_first_token", ())
+    @register_regime("assistant_first_token")
     def first(t):
         w = np.zeros(len(t), np.float32)
         w[int(np.flatnonzero(t.segments == Segment.ASSISTANT)[0])] = 1
@@ -163,8 +163,8 @@ def test_properties(tokname, msgs, request):
     union = a | b | tmpl
     assert union[1:].all() and (fu.weights[1:] > 0).all(), "union (+ template) is not the full sequence"
     # lambda = 0 / 1 are numerically prompt_masked / full
-    assert np.array_equal(apply_regime(t, "prompt_weight", weight=0.0).weights, pm.weights)
-    assert np.array_equal(apply_regime(t, "prompt_weight", weight=1.0).weights, fu.weights)
+    assert np.array_equal(apply_regime(t, "prompt_weight", prompt_weight=0.0).weights, pm.weights)
+    assert np.array_equal(apply_regime(t, "prompt_weight", prompt_weight=1.0).weights, fu.weights)
     # decoding the supervised tokens gives back exactly the assistant contents + end-of-turn tokens
     assert supervised_text(tok, t, pm) == expected_response(tok, msgs)
     last = apply_regime(t, "prompt_masked", turns="last")

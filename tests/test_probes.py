@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import probes as P
 from harness.data.tokenize import Segment
 from harness.errors import DataError
+from harness.evaluation import probes as P
+from harness.evaluation.generate import format_probe, stop_strings
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +55,7 @@ def conv_file(tmp_path):
 
 
 def test_fixed_mask_nll_is_the_segment_mean_of_per_token_nll(chatml_tok, conv_file):
-    from harness.loss import per_token_nll
+    from harness.training.loss import per_token_nll
 
     model = tiny_model(chatml_tok)
     ex = P.tokenize_eval_conversations(str(conv_file), chatml_tok, max_length=64)
@@ -154,7 +155,7 @@ def test_format_probe_classes_and_unfinished(chatml_tok):
             "answer": "Paris"}, {"prompt": "Hi?\n", "answer": "Hello"}, {"prompt": "What is 3+3?\n", "answer": "6"}]
     outs = ["4.<|im_end|>", "What is the capital of France?\nWhat is", "the quick brown fox<|endoftext|>",
             "Paris is the capital<|im_end|>"]
-    rates, samples = P.format_probe(_Scripted(tok, outs), tok, rows, max_new_tokens=6)
+    rates, samples = format_probe(_Scripted(tok, outs), tok, rows, max_new_tokens=6)
     assert [s["class"] for s in samples] == ["answered", "continued_question", "other", "other"]
     assert [s["finished"] for s in samples] == [True, False, True, True]
     assert rates["format/answered"] == 0.25 and rates["format/continued_question"] == 0.25
@@ -165,12 +166,12 @@ def test_format_probe_classes_and_unfinished(chatml_tok):
 def test_a_generation_that_never_stops_is_bounded_and_counted(chatml_tok):
     model = tiny_model(chatml_tok)  # random weights: never emits an end-of-turn in 5 tokens
     rows = [{"prompt": "What is 2+2?\n", "answer": "4"}] * 3
-    stop = P.stop_strings(chatml_tok)
+    stop = stop_strings(chatml_tok)
     assert set(stop) == {"<|endoftext|>", "<|im_end|>"}
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([chatml_tok("What is 2+2?\n")["input_ids"]])).logits
     assert logits[0, -1].argmax().item() not in [chatml_tok.convert_tokens_to_ids(s) for s in stop]
-    rates, samples = P.format_probe(model, chatml_tok, rows, max_new_tokens=5)
+    rates, samples = format_probe(model, chatml_tok, rows, max_new_tokens=5)
     assert rates["format/unfinished"] == 1.0 and not any(s["finished"] for s in samples)
     assert rates["format/answered"] + rates["format/continued_question"] + rates["format/other"] == 1.0
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from harness.data.tokenize import Segment, Tokenized
-from harness.loss import sft_loss
 from harness.masking import apply_regime
+from harness.training.loss import sft_loss
 
 IDS = [101, 234, 567, 8, 9, 42, 99]  # "User:", " 2", "+", "2", "?" | "4", "."
 SEGS = [Segment.USER] * 5 + [Segment.ASSISTANT] * 2
@@ -56,5 +56,5 @@ def test_unmasked_loss_is_4_86():
     loss = sft_loss(logits, torch.tensor([m.labels]), torch.tensor([m.weights]))
     assert round(loss.item(), 2) == 4.86
     # and prompt_weight with lambda=1 is numerically the same loss
-    mw = apply_regime(t, "prompt_weight", weight=1.0)
+    mw = apply_regime(t, "prompt_weight", prompt_weight=1.0)
     assert sft_loss(logits, torch.tensor([mw.labels]), torch.tensor([mw.weights])).item() == loss.item()

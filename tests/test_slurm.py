@@ -16,8 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.config import load_experiment
-from harness.launch import launch, status_rows
+from harness.grid import load_experiment
+from harness.launch.status import status_rows
+from harness.launch.submit import launch
 from tests.tiny import build_tiny
 
 
@@ -95,7 +96,7 @@ def test_preemption_requeues_and_resumes_exactly(tmp_path):
     cks = sorted(p.name for p in (rdir / "checkpoints").iterdir() if (p / "COMPLETED").exists())
     assert len(cks) == 2  # the preemption checkpoint and the final one
     # same weights as an uninterrupted run of the same config
-    from harness.train import train
+    from harness.training.loop import train
 
     ref = tmp_path / "ref"
     n = train(spec, ref)["steps"]

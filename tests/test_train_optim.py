@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from harness.config import TrainConfig
 from harness.errors import ConfigError
-from harness.optim import lr_lambda, make_optimizer, param_groups
+from harness.training.optim import lr_lambda, make_optimizer, param_groups
 
 
 def _model(tie: bool = False):

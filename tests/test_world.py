@@ -158,7 +158,7 @@ def test_no_augment_bio_uses_pronouns_after_first_sentence():
 
 
 def test_answer_first_scoring():
-    from harness.world.measure import answer_first, classify_format
+    from harness.evaluation.generate import answer_first, classify_format
 
     assert answer_first("Lisbon.", "Lisbon") and answer_first(" Lisbon\nmore", "Lisbon")
     assert answer_first("3 May 1990, in spring", "3 May 1990")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness.errors import DataError, did_you_mean
+from harness.fsio import is_local_path
 
 FORMATS = ("messages", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant", "tool")
@@ -101,7 +102,7 @@ def iter_rows(path: str, *, split: str = "train", name: str | None = None) -> It
             return
         raise DataError(f"unsupported file type '{suffix}'", where=path,
                         fix="use .jsonl, .json or .parquet (or a hub dataset name)")
-    if suffix in (".jsonl", ".json", ".parquet", ".ndjson") or os.sep in path and not _looks_like_hub(path):
+    if suffix in (".jsonl", ".json", ".parquet", ".ndjson") or os.sep in path and is_local_path(path):
         raise DataError("data file not found", where=path, fix="check the path (relative paths are resolved "
                         "against the directory you run from)")
     # A hub dataset name such as "GAIR/lima" (needs network or a populated HF cache).
@@ -115,10 +116,6 @@ def iter_rows(path: str, *, split: str = "train", name: str | None = None) -> It
                         "(HF_HUB_OFFLINE=1 needs a populated cache), or point to a local .jsonl") from None
     for i, row in enumerate(ds):
         yield dict(row), _where(f"{path}:{split}", i, "row")
-
-
-def _looks_like_hub(path: str) -> bool:
-    return path.count("/") == 1 and not path.startswith((".", "/"))
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:

@@ -235,12 +235,11 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
     `overrides` replaces fields of the size's PretrainConfig (e.g. {"lr": 1e-3, "steps": 800}); they enter
     the model's cache key and world.json."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from harness.world import measure as M
     from harness.world.pretrain import EpochPacker, make_model, pretrain
     from harness.world.tokenizer import train_tokenizer
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     t_start = time.perf_counter()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.config import load_experiment
 from harness.data import load_conversations, tokenize_conversation
 from harness.errors import ConfigError, DataError, HarnessError, TemplateError
+from harness.grid import load_experiment
 
 BAD = Path(__file__).resolve().parents[1] / "data" / "bad"
 
@@ -49,7 +49,8 @@ def test_bad_data_via_cli_is_a_clean_message(chatml_tok, tmp_path, capsys):
 
 
 def test_too_long_examples_are_counted_not_silent(chatml_tok):
-    from harness.data import ConversationTokenizer, apply_all, tokenize_all
+    from harness.data import ConversationTokenizer, tokenize_all
+    from harness.masking import apply_all
 
     convs = load_conversations(str(BAD / "too_long.jsonl"))
     ct = ConversationTokenizer(chatml_tok, max_length=64, truncation="right")
@@ -88,14 +89,14 @@ def test_bad_configs(name):
 
 
 def test_unknown_lm_eval_task():
-    from harness.evaluate import check_tasks
+    from harness.evaluation.lm_eval import check_tasks
 
     problems = check_tasks(load_experiment(BAD / "yaml_unknown_task.yaml").config)
     assert problems and "unknown lm-eval task 'hellaswagg'" in problems[0] and "hellaswag" in problems[0]
 
 
 def test_results_from_an_older_schema_are_refused(tmp_path):
-    from harness.launch import launch
+    from harness.launch.submit import launch
 
     exp_file = tmp_path / "e.yaml"
     exp_file.write_text(f"name: old\nresults_dir: {tmp_path}/results\ndata: {{train: {{path: x.jsonl}}}}\n")

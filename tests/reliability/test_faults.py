@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.config import load_experiment
-from harness.train import train
+from harness.grid import load_experiment
+from harness.training.loop import train
 from tests.tiny import build_tiny
 
 HARNESS = [sys.executable, "-m", "harness.cli"]
@@ -84,9 +84,9 @@ def test_kill_during_checkpoint_write(tiny, tmp_path, point):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     _same(rdir, _reference(exp, tmp_path))
-    from harness.runs import missing_evals
+    from harness.layout import RunDir
 
-    assert not missing_evals(rdir)  # every checkpoint evaluated after the rerun
+    assert not RunDir(rdir).missing_evals()  # every checkpoint evaluated after the rerun
     assert json.loads((rdir.parents[1] / "base" / "eval" / "step-000000.json").read_text())["metrics"]
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import SupervisionError
+from harness.masking import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 NORMALIZATIONS = ("token", "sequence")
 
 
@@ -101,15 +101,13 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor |
     Raises:
         SupervisionError: when the denominator is zero (never a silent zero loss).
     """
-    return loss_from_nll(per_token_nll(logits, labels), labels, weights, normalization,
-                         denominator=denominator, seq_ids=seq_ids)
+    return _loss_from_nll(per_token_nll(logits, labels), labels, weights, normalization, denominator, seq_ids)
 
 
-def loss_from_nll(nll: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
-                  normalization: str = "token", *, denominator: torch.Tensor | float | None = None,
-                  seq_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`sft_loss` from precomputed next-token NLL [B, T-1] (lets the trainer reuse one NLL tensor for
-    the regime loss and for fixed-mask metrics)."""
+def _loss_from_nll(nll: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
+                   normalization: str, denominator: torch.Tensor | float | None,
+                   seq_ids: torch.Tensor | None) -> torch.Tensor:
+    """:func:`sft_loss` from the next-token NLL [B, T-1]."""
     _check_norm(normalization)
     _, w = _shifted(labels, weights)
     w = w.to(nll.dtype)

@@ -8,8 +8,8 @@
   on the same text. The base model's log-probs are computed once per experiment and cached on disk
   (:class:`BaseLogprobs`: the top-k log-probs of every position plus the tail mass), so a checkpoint's
   evaluation only runs the tuned model.
-* **format**: raw questions (no chat template), greedy, bounded by ``max_new_tokens``; classified
-  answer-first as answered / continued with another question / other (``harness.world.measure``), and
+* **format** (harness/evaluation/generate.py): raw questions (no chat template), greedy, bounded by
+  ``max_new_tokens``; classified answer-first as answered / continued with another question / other, and
   generations that never stop are counted as unfinished.
 
 Models are any HF causal LM; tokenizers any fast HF tokenizer with a pad token.
@@ -18,7 +18,6 @@ Models are any HF causal LM; tokenizers any fast HF tokenizer with a pad token.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -280,40 +279,3 @@ def pretrain_probe(model, tok, ids: Sequence[np.ndarray], base: BaseLogprobs | N
         out["forgetting/pretrain_nll_delta"] = out["forgetting/pretrain_nll"] - base.pretrain_nll
         out["forgetting/kl_base"] = max(0.0, kl_sum / max(1, kl_cnt))
     return out
-
-
-# ------------------------------------------------------------------------------------------ format probe
-
-
-def stop_strings(tok, eot: str | None = None) -> list[str]:
-    """Where a generation counts as finished: eos and the template's end-of-turn markers."""
-    from harness.data.tokenize import end_of_turn_markers
-
-    out = list(end_of_turn_markers(tok, eot))
-    if tok.eos_token and tok.eos_token not in out:
-        out.append(tok.eos_token)
-    return out
-
-
-def format_probe(model, tok, rows: Sequence[dict], max_new_tokens: int = 32, stop: Sequence[str] | None = None,
-                 batch_size: int = 128) -> tuple[dict, list[dict]]:
-    """Greedy continuations of raw questions ({prompt, answer}), classified answer-first. Returns the rates
-    (format/answered + format/continued_question + format/other = 1; format/unfinished separately: the
-    share that hit max_new_tokens without a stop token) and one sample row per question."""
-    from harness.world.measure import classify_format, generate
-
-    stop = list(stop) if stop is not None else stop_strings(tok)
-    gens, finished = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch_size, stop=stop)
-    samples = []
-    for r, g, f in zip(rows, gens, finished):
-        samples.append({"task": "probe/format", "prompt": r["prompt"], "answer": r.get("answer", ""),
-                        "generation": g, "class": classify_format(g, str(r.get("answer", ""))), "finished": f})
-    n = max(1, len(rows))
-    rates = {f"format/{c}": sum(s["class"] == c for s in samples) / n
-             for c in ("answered", "continued_question", "other")}
-    rates["format/unfinished"] = sum(not s["finished"] for s in samples) / n
-    return rates, samples
-
-
-def finite_or_none(x):
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -9,35 +9,17 @@ never loaded and is replaced on the next save.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from harness.runs import atomic_write_text, completed_checkpoints, eval_json, now_iso, valid_json
-
-STATE_FILE = "trainer_state.pt"
-_FAULT_HITS: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for the reliability suite: HARNESS_FAULT=<name>:<n> kills the process (as kill -9
-    would: no cleanup, no finally) the n-th time execution reaches this point. Off unless set."""
-    spec = os.environ.get("HARNESS_FAULT", "")
-    if not spec.startswith(name + ":"):
-        return
-    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
-    if _FAULT_HITS[name] == int(spec.split(":", 1)[1]):
-        os._exit(137)
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step-{step:06d}"
+from harness.fsio import atomic_write_text, fault_point, now_iso
+from harness.layout import COMPLETED, TRAINER_STATE, RunDir, valid_eval
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
-    final = step_dir(run_dir, step)
+    final = RunDir(run_dir).step_dir(step)
     tmp = final.parent / f".tmp-{final.name}"
     for stale in (tmp, final):  # leftovers of a crash (no COMPLETED): never trusted, replaced
         if stale.exists():
@@ -51,21 +33,16 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> 
     finally:
         inner.config.use_cache = use_cache
     tokenizer.save_pretrained(tmp)
-    torch.save(state, tmp / STATE_FILE)
+    torch.save(state, tmp / TRAINER_STATE)
     fault_point("checkpoint_write")  # between the files and the rename: a half checkpoint on disk
     tmp.rename(final)
     fault_point("checkpoint_rename")  # renamed but no COMPLETED yet
-    atomic_write_text(final / "COMPLETED", now_iso() + "\n")
+    atomic_write_text(final / COMPLETED, now_iso() + "\n")
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    cks = completed_checkpoints(run_dir)
-    return cks[-1] if cks else None
-
-
 def load_state(ckpt: Path) -> dict:
-    return torch.load(Path(ckpt) / STATE_FILE, weights_only=True)
+    return torch.load(Path(ckpt) / TRAINER_STATE, weights_only=True)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int | None) -> list[Path]:
@@ -73,9 +50,10 @@ def prune_checkpoints(run_dir: Path, keep_last: int | None) -> list[Path]:
     if not keep_last:
         return []
     removed = []
-    for step, path in completed_checkpoints(run_dir)[:-keep_last]:
-        if valid_json(eval_json(run_dir, step)):
-            (path / "COMPLETED").unlink()  # first un-complete it, so a crash mid-delete is harmless
+    rd = RunDir(run_dir)
+    for step, path in rd.completed_checkpoints()[:-keep_last]:
+        if valid_eval(rd.eval_json(step)):
+            (path / COMPLETED).unlink()  # first un-complete it, so a crash mid-delete is harmless
             shutil.rmtree(path)
             removed.append(path)
     return removed

@@ -1,4 +1,4 @@
-"""Packing masked examples into rows and rows into (micro-)batches.
+"""How a run's examples become optimizer steps, rows and micro-batches: the plan, packing and collation.
 
 Per-row packing: several examples share a row of at most ``max_length`` tokens, each with ``position_ids``
 restarting at 0. Attention stays isolated between them only when the model gets ``position_ids``,
@@ -8,12 +8,13 @@ has weight 0 (harness.masking), so no example is ever "predicted" from the previ
 
 The order is a pure function of (seed, epoch): a run resumed mid-epoch sees exactly the rows it would have.
 
-Two layouts of an optimizer step's examples (``train.layout``; the step's examples, tokens and loss
-normalisation are the same in both, only the order of floating-point sums differs):
+Three layouts of an optimizer step's examples (``train.layout``; the step's examples, tokens and loss
+normalisation are the same in all, only the order of floating-point sums differs):
 
 * ``packed`` (default): the planned rows, re-laid by :func:`short_rows` into rows only as long as the step's
   longest example needs. sdpa gets the block-diagonal mask HF derives from the position resets and computes the
   full R x R score block of every row, although only the within-example causal part is used.
+* ``padded``: one example per right-padded row, in data order (no packing; an attention mask hides the pads).
 * ``bucketed``: :func:`bucket_rows` sorts the step's examples by length and groups them into micro-batches of
   right-padded rows, one example per row, each micro-batch as wide as its longest example (rounded up to a
   multiple of 8). ``collate(..., causal=True)`` gives every row position ids 0..W-1 (pads included) and no
@@ -26,14 +27,17 @@ normalisation are the same in both, only the order of floating-point sums differ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from harness.config import ExperimentConfig, TrainConfig
 from harness.data.tokenize import PROMPT_SEGMENTS, RESPONSE_SEGMENTS, Tokenized
-from harness.masking import IGNORE_INDEX, Masked
+from harness.errors import ConfigError
+from harness.masking import IGNORE_INDEX, Masked, MaskedData
 
 PAD_SEGMENT = -1
 
@@ -219,3 +223,74 @@ def segment_masks(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     for s in PROMPT_SEGMENTS:
         prompt |= seg == int(s)
     return resp & ~first, prompt & ~first
+
+
+# ------------------------------------------------------------------------------------------ a run's steps
+
+
+class PlannedStep(NamedTuple):
+    epoch: int  # 0-based epoch the step belongs to
+    rows: list  # packed rows (harness.packing.Row) of the whole step, all ranks
+    epochs_done: float  # epochs completed after this step, e.g. 1.5 halfway through the second
+
+
+def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[PlannedStep]:
+    """Every optimizer step of the run: a pure function of the data, seed and budget, so a resumed run needs
+    only its step number to continue with exactly the rows it would have seen."""
+    tc, L = cfg.train, cfg.data.max_length
+    lengths = [len(t) for t in data.examples]
+    sup = [m.n_supervised for m in data.masks]
+    rows_per_step = max(1, tc.batch_tokens // L)
+    plan: list[PlannedStep] = []
+    seen, epoch = 0, 0
+    while True:
+        rows = pack_rows(lengths, L, epoch_order(len(lengths), tc.seed, epoch), tc.layout != "padded")
+        steps = [rows[i:i + rows_per_step] for i in range(0, len(rows), rows_per_step)]
+        n = len(steps)
+        if tc.budget == "epochs":
+            remaining = tc.epochs - epoch
+            take = n if remaining >= 1 else max(1, math.ceil(remaining * n))
+            plan += [PlannedStep(epoch, s, round(epoch + (k + 1) / n, 6)) for k, s in enumerate(steps[:take])]
+            if remaining <= 1:
+                break
+        else:  # stop at the first step that reaches the budget: every regime sees the same supervised tokens
+            for k, s in enumerate(steps):
+                plan.append(PlannedStep(epoch, s, round(epoch + (k + 1) / n, 6)))
+                seen += sum(sup[i] for r in s for i in r.examples)
+                if seen >= tc.supervised_tokens:
+                    break
+            if seen >= tc.supervised_tokens:
+                break
+            if epoch > 10_000:
+                raise ConfigError("supervised-token budget needs more than 10,000 epochs",
+                                  where="train.supervised_tokens", fix="lower the budget")
+        epoch += 1
+    if tc.max_steps:
+        plan = plan[: tc.max_steps]
+    return plan
+
+
+
+
+def layout_step(mine: list, data: MaskedData, tc: TrainConfig, max_length: int, pad: int,
+                lengths: list[int] | None = None, rows_per_micro: int | None = None) -> list[Batch]:
+    """This rank's rows of one step -> its micro-batches (CPU tensors), per ``train.layout``.
+
+    A pure function of the step's rows: resumed runs see the same batches. Both layouts hold the same examples
+    and tokens (harness.packing explains the two)."""
+    if lengths is None:
+        lengths = [len(t) for t in data.examples]
+    budget = tc.micro_batch_tokens or tc.batch_tokens
+    if tc.layout == "bucketed":
+        return [collate(g, data.examples, data.masks, pad, width=row_width(g, cap=max_length), causal=True)
+                for g in bucket_rows(mine, lengths, budget, cap=max_length)]
+    packed = tc.layout == "packed"
+    per_micro = rows_per_micro or max(1, budget // max_length)
+    if packed and mine and not tc.compile:  # the same examples in rows only as long as they need
+        mine = short_rows(mine, lengths)    # (cheaper attention)
+        longest = max(r.length for r in mine)
+        per_micro = max(1, tc.micro_batch_tokens // longest) if tc.micro_batch_tokens else len(mine)
+    # compiled: every packed micro-batch max_length wide, so the graph sees one shape (a new width recompiles)
+    width = max_length if (tc.compile and packed) else None
+    return [collate(mine[i:i + per_micro], data.examples, data.masks, pad, packed, width=width)
+            for i in range(0, len(mine), per_micro)]

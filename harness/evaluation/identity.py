@@ -9,30 +9,15 @@ import json
 from pathlib import Path
 
 from harness.config import ExperimentConfig, to_dict
-
-EVAL_VERSION = 1  # bump when a probe's definition changes: cached base results are then recomputed
-
-
-def _sibling(cfg: ExperimentConfig, name: str) -> str | None:
-    """The mini-world default for a probe file: `name` next to the eval/train data or the model."""
-    cands = []
-    for p in (cfg.eval.nll_data, cfg.data.eval.path if cfg.data.eval else None, cfg.data.train.path):
-        if p:
-            cands.append(Path(p).parent / name)
-    cands.append(Path(cfg.model.name_or_path).parent / "data" / name)
-    for c in cands:
-        if c.is_file():
-            return str(c)
-    return None
+from harness.layout import ExperimentDir
+from harness.versions import EVAL_VERSION
 
 
 def probe_paths(cfg: ExperimentConfig) -> dict[str, str | None]:
-    """Files behind each probe: explicit eval.* keys, else the mini-world's files next to the data
-    (eval_heldout_bios.jsonl, eval_raw_questions.jsonl); None: that probe is skipped."""
+    """Files behind each probe, from the eval section (nll defaults to data.eval); None: that probe is skipped."""
     e = cfg.eval
     return {"nll": e.nll_data or (cfg.data.eval.path if cfg.data.eval else None),
-            "pretrain": e.pretrain_text or _sibling(cfg, "eval_heldout_bios.jsonl"),
-            "raw": e.raw_questions or _sibling(cfg, "eval_raw_questions.jsonl")}
+            "pretrain": e.pretrain_text, "raw": e.raw_questions}
 
 
 def _file_fingerprint(path: str | Path) -> str | None:
@@ -82,10 +67,7 @@ def base_dir_for(experiment_dir: str | Path, cfg: ExperimentConfig) -> Path:
     own base (plan.json's ``base_eval_hash``), ``<experiment>/bases/<eval_hash>`` for runs whose base model
     or eval data differ (a grid over model.name_or_path or data.eval.path): each run's step-0 row, KL and
     NLL deltas are against *its* base, never another run's."""
-    exp_dir = Path(experiment_dir)
-    try:
-        default = json.loads((exp_dir / "plan.json").read_text()).get("base_eval_hash")
-    except (OSError, ValueError):
-        default = None
+    exp = ExperimentDir(experiment_dir)
+    default = (exp.read_plan() or {}).get("base_eval_hash")
     h = eval_hash(cfg)
-    return exp_dir / "base" if default in (None, h) else exp_dir / "bases" / h
+    return exp.base() if default in (None, h) else exp.base(h)

@@ -1,0 +1,107 @@
+"""Evaluating runs: the base once per experiment (the step-0 row of every run), each COMPLETED checkpoint,
+every checkpoint of a run still lacking a valid result."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from harness.config import ExperimentConfig
+from harness.errors import EvaluationError
+from harness.evaluation.evaluator import Evaluator, evaluator_for
+from harness.evaluation.identity import base_dir_for, eval_hash
+from harness.evaluation.results import payload, write_eval
+from harness.fsio import file_lock
+from harness.layout import COMPLETED, RUNS, RunDir, base_eval_json, valid_eval
+from harness.modeling import load_model
+
+
+def evaluate_base(cfg: ExperimentConfig, experiment_dir: str | Path, *, force: bool = False) -> dict:
+    """Evaluate the base model once per experiment (per distinct base, see :func:`base_dir_for`) into
+    ``<experiment_dir>/base/eval/step-000000.json`` (the step-0 row of every run). Cached by the eval hash
+    (model files + eval config): a second call returns the stored result; concurrent calls wait for the first."""
+    base_dir = base_dir_for(experiment_dir, cfg)
+    out = base_eval_json(base_dir)
+    h = eval_hash(cfg)
+    with file_lock(base_dir / ".eval.lock"):  # held throughout: a concurrent caller waits, then reuses
+        if not force and valid_eval(out, h):
+            return json.loads(out.read_text())
+        t0 = time.perf_counter()
+        ev = evaluator_for(cfg, base_dir)
+        model = load_model(cfg, cfg.model.name_or_path, ev.device, training=False)
+        res = ev.evaluate(model, is_base=True)
+        written = payload(res, run_id="base", step=0, epoch=0.0, checkpoint=str(cfg.model.name_or_path),
+                          seconds=time.perf_counter() - t0, hash_=ev.hash)
+        write_eval(out, written, res.samples, res.token_rows)
+    return written
+
+
+def _default_base_dir(cfg: ExperimentConfig, out_json: Path) -> Path:
+    """<experiment>/base for <experiment>/runs/<run>/eval/step-N.json, else results_dir/name/base."""
+    p = Path(out_json).resolve()
+    if len(p.parents) >= 4 and p.parent.name == "eval" and p.parents[2].name == RUNS:
+        return base_dir_for(p.parents[3], cfg)
+    return base_dir_for(Path(cfg.results_dir) / cfg.name, cfg)
+
+
+def evaluate_checkpoint(checkpoint_dir: str | Path, config: ExperimentConfig, out_json: str | Path, *,
+                        base_dir: str | Path | None = None, run_id: str | None = None, step: int | None = None,
+                        epoch: float | None = None, evaluator: Evaluator | None = None) -> dict:
+    """Evaluate one COMPLETED checkpoint into `out_json` (+ .samples.jsonl.gz, .tokens.parquet), atomically.
+    `base_dir` (default: the experiment's ``base/``) holds the base's cached log-probs for the KL and
+    pretrain-NLL delta (computed there once if missing). Returns the payload written."""
+    ckpt = Path(checkpoint_dir)
+    if not ckpt.is_dir():
+        raise EvaluationError("checkpoint directory not found", where=str(ckpt), fix="check the path")
+    if not (ckpt / COMPLETED).exists():
+        raise EvaluationError("checkpoint has no COMPLETED sentinel: it is incomplete (a crash while saving) or "
+                              "still being written, and is never evaluated", where=str(ckpt),
+                              fix="evaluate a completed checkpoint; resuming training rewrites this one")
+    out_json = Path(out_json)
+    if step is None:
+        m = re.search(r"step-(\d+)$", ckpt.name)
+        step = int(m.group(1)) if m else None
+    t0 = time.perf_counter()
+    base_dir = Path(base_dir) if base_dir is not None else _default_base_dir(config, out_json)
+    ev = evaluator or evaluator_for(config, base_dir)
+    model = load_model(config, ckpt, ev.device, training=False)
+    res = ev.evaluate(model)
+    try:
+        rel = str(ckpt.resolve().relative_to(out_json.resolve().parent.parent))
+    except ValueError:
+        rel = str(ckpt)
+    written = payload(res, run_id=run_id, step=step, epoch=epoch, checkpoint=rel,
+                      seconds=time.perf_counter() - t0, hash_=ev.hash)
+    write_eval(out_json, written, res.samples, res.token_rows)
+    return written
+
+
+def pending_checkpoints(run_dir: str | Path, cfg: ExperimentConfig) -> list[tuple[int, Path]]:
+    """COMPLETED checkpoints without a valid eval JSON (all, or the last with eval.every_checkpoint off): the
+    same rule as the run's state (harness.layout)."""
+    return RunDir(run_dir).missing_evals(cfg.eval.every_checkpoint)
+
+
+def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool = False) -> list[dict]:
+    """Evaluate every COMPLETED checkpoint of a run lacking a valid eval JSON (a half-written or invalid one
+    is redone; `force` redoes all). The experiment's base row (``<experiment>/base/eval/step-000000.json``)
+    is evaluated first if missing (once: concurrent runs wait for it); the base's log-probs are cached there."""
+    rd = RunDir(run_dir)
+    in_exp = rd.path.resolve().parent.name == RUNS
+    exp_dir = rd.path.resolve().parent.parent if in_exp else Path(config.results_dir) / config.name
+    base_dir = base_dir_for(exp_dir, config)
+    todo = pending_checkpoints(rd.path, config) if not force else rd.completed_checkpoints()
+    if not todo:
+        return []
+    if in_exp:
+        evaluate_base(config, exp_dir)
+    ev = evaluator_for(config, base_dir)
+    epochs = rd.epochs_by_step()
+    out = []
+    for step, ckpt in todo:
+        out.append(evaluate_checkpoint(ckpt, config, rd.eval_json(step), base_dir=base_dir,
+                                       run_id=rd.name, step=step, epoch=epochs.get(step), evaluator=ev))
+    return out
+

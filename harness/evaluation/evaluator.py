@@ -1,0 +1,178 @@
+"""The evaluator: everything measured on one model under one experiment config (lm-eval tasks, fixed-mask NLL,
+forgetting and format probes), with what is the same for every checkpoint prepared once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from harness.config import ExperimentConfig, TaskConfig, to_dict
+from harness.errors import ConfigError, DataError
+from harness.evaluation import generate as G
+from harness.evaluation import probes as P
+from harness.evaluation.identity import eval_hash, probe_paths
+from harness.evaluation.lm_eval import finite_or_none, run_lm_eval, task_manager_for
+from harness.fsio import file_lock
+from harness.layout import ExperimentDir
+from harness.modeling import default_device, load_model, tokenizer_for
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    lm_eval: dict
+    samples: list
+    token_rows: list
+    probes: dict  # files and example counts behind each probe
+
+
+class Evaluator:
+    """Evaluates models under one experiment config. Holds what is the same for every checkpoint: the
+    tokenizer, the tokenized probes, the lm-eval task manager and the base model's cached log-probs."""
+
+    def __init__(self, cfg: ExperimentConfig, base_dir: str | Path | None = None,
+                 tasks: Sequence[TaskConfig] | None = None, device: torch.device | None = None):
+        self.cfg = cfg
+        self.tasks = list(cfg.eval.tasks if tasks is None else tasks)
+        self.base_dir = Path(base_dir) if base_dir is not None else ExperimentDir(Path(cfg.results_dir) / cfg.name).base()
+        self.device = device or default_device()
+        self.hash = eval_hash(cfg)
+        self.paths = probe_paths(cfg)
+        self.tok = tokenizer_for(cfg)
+        if self.tok.pad_token_id is None:
+            raise ConfigError("tokenizer has no pad token", where="model.tokenizer", fix="set one")
+        e, d = cfg.eval, cfg.data
+        self.tm = task_manager_for(cfg, self.tasks) if self.tasks else None
+        self.conversations = None
+        if self.paths["nll"]:
+            src = d.eval if (d.eval and not e.nll_data) else None  # data.eval: its format/split/limit apply
+            limits = [x for x in (e.probe_limit, src.limit if src else None) if x]
+            self.conversations = P.tokenize_eval_conversations(
+                self.paths["nll"], self.tok, max_length=d.max_length, limit=min(limits) if limits else None,
+                fmt=src.format if src else "auto", split=src.split if src else "train",
+                name=src.name if src else None, eot=d.eot, boundary=d.boundary, system_prompt=d.system_prompt)
+        self.text_ids = None
+        if self.paths["pretrain"]:
+            texts = [str(r["text"]) for r in P.read_jsonl(self.paths["pretrain"], "text", e.probe_limit)]
+            self.text_ids = P.text_ids(self.tok, texts, d.max_length)
+            if not self.text_ids:
+                raise DataError("probe corpus has no text of two tokens or more", where=self.paths["pretrain"],
+                                fix="point eval.pretrain_text at real held-out text")
+        self.raw = None
+        if self.paths["raw"]:
+            self.raw = P.read_jsonl(self.paths["raw"], "prompt", e.probe_limit)
+            for i, r in enumerate(self.raw):
+                if not str(r.get("answer", "")).strip():
+                    raise DataError(f"raw question {i + 1} has no 'answer'", where=self.paths["raw"],
+                                    fix="each row needs {prompt, answer} (answer-first scoring)")
+        self.stop = G.stop_strings(self.tok, d.eot)
+        self._base_lp: P.BaseLogprobs | None = None
+
+    # ---- base log-probs (KL and pretrain-NLL delta), cached on disk once per experiment
+
+    @property
+    def base_cache_path(self) -> Path:
+        return self.base_dir / "eval" / f"base_logprobs-{self.hash}.npz"
+
+    def base_logprobs(self, base_model=None) -> P.BaseLogprobs | None:
+        if self.text_ids is None:
+            return None
+        if self._base_lp is None:
+            path = self.base_cache_path
+            with file_lock(self.base_dir / ".logprobs.lock"):
+                if path.exists():
+                    try:
+                        self._base_lp = P.BaseLogprobs.load(path)
+                    except (OSError, ValueError, KeyError):
+                        self._base_lp = None
+                if self._base_lp is None:
+                    model = base_model if base_model is not None else load_model(
+                        self.cfg, self.cfg.model.name_or_path, self.device, training=False)
+                    self._base_lp = P.base_logprobs(model, self.tok, self.text_ids, self.cfg.eval.kl_top_k)
+                    self._base_lp.save(path)
+        return self._base_lp
+
+    # ---- everything for one model
+
+    def evaluate(self, model, *, is_base: bool = False) -> EvalResult:
+        with _eval_threads(model, self.cfg.eval.threads):
+            return self._evaluate(model, is_base)
+
+    def _evaluate(self, model, is_base: bool) -> EvalResult:
+        cfg, e = self.cfg, self.cfg.eval
+        model.eval()
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        metrics, results, samples = run_lm_eval(model, self.tok, cfg, self.tasks, self.tm) if self.tasks \
+            else ({}, {}, [])
+        seconds["lm_eval"] = time.perf_counter() - t
+        token_rows: list = []
+        probes: dict[str, Any] = {"eval_hash": self.hash}
+        if self.conversations is not None:
+            t = time.perf_counter()
+            m, token_rows = P.fixed_mask_nll(model, self.tok, self.conversations, e.token_examples)
+            metrics.update(m)
+            probes["nll"] = {"path": self.paths["nll"], "examples": len(self.conversations)}
+            seconds["nll"] = time.perf_counter() - t
+        if self.text_ids is not None:
+            t = time.perf_counter()
+            base = self.base_logprobs(base_model=model if is_base else None)
+            m = P.pretrain_probe(model, self.tok, self.text_ids, base)
+            if is_base:  # the base against itself: zero by definition (not a noisy ~1e-9)
+                m["forgetting/pretrain_nll_delta"], m["forgetting/kl_base"] = 0.0, 0.0
+            metrics.update(m)
+            probes["pretrain"] = {"path": self.paths["pretrain"], "texts": len(self.text_ids),
+                                  "kl_top_k": base.k if base else None}
+            seconds["forgetting"] = time.perf_counter() - t
+        if self.raw is not None:
+            t = time.perf_counter()
+            rates, fsamples = G.format_probe(model, self.tok, self.raw, e.max_new_tokens, self.stop)
+            metrics.update(rates)
+            samples += fsamples
+            probes["format"] = {"path": self.paths["raw"], "questions": len(self.raw),
+                                "max_new_tokens": e.max_new_tokens, "stop": self.stop}
+            seconds["format"] = time.perf_counter() - t
+        probes["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+        return EvalResult({k: finite_or_none(v) for k, v in metrics.items()}, results, samples, token_rows,
+                          probes)
+
+
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+@contextlib.contextmanager
+def _eval_threads(model, threads: int | None) -> Iterator[None]:
+    """eval.threads for the duration of one evaluation (see its doc for the small-model default)."""
+    if threads is None:
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+        threads = 1 if on_cpu and small else None
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_EVALUATORS: dict[tuple, Evaluator] = {}
+
+
+def evaluator_for(cfg: ExperimentConfig, base_dir: str | Path | None = None,
+                  tasks: Sequence[TaskConfig] | None = None) -> Evaluator:
+    """One Evaluator per (eval hash, base dir, tasks) in this process (checkpoints of a run share it)."""
+    key = (eval_hash(cfg), str(Path(base_dir).resolve()) if base_dir else None,
+           json.dumps(to_dict(list(tasks)) if tasks is not None else None))
+    if key not in _EVALUATORS:
+        if len(_EVALUATORS) > 4:
+            _EVALUATORS.clear()
+        _EVALUATORS[key] = Evaluator(cfg, base_dir, tasks)
+    return _EVALUATORS[key]
+

@@ -1,0 +1,301 @@
+"""How a grid becomes runs: expansion, run ids, the config hash and the plan.
+
+Grid expansion gives one :class:`RunSpec` per point; its run id is a readable prefix of the grid axes plus a
+short hash of the config's *difference from the defaults* and :data:`~harness.versions.SCHEMA_VERSION`
+(``masked-lr2e-5-ep3-s1-3fa2c91b``). The same config always gives the same id, so a rerun resumes or skips
+instead of duplicating; a new config field with a default leaves every id as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import hashlib
+import itertools
+import json
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import ExperimentConfig, to_dict
+from harness.config.load import (
+    LineMap,
+    _build_checked,
+    _check_leaf,
+    _get_dotted,
+    _section_type,
+    _set_dotted,
+    apply_overrides,
+)
+from harness.errors import ConfigError, HarnessError
+from harness.evaluation.identity import eval_hash
+from harness.fsio import atomic_write_json, now_iso
+from harness.layout import ExperimentDir
+from harness.masking import check_regime
+from harness.versions import SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One point of the grid: its id, the axes that define it, and the fully resolved config."""
+
+    run_id: str
+    axes: dict
+    config: ExperimentConfig
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.config)
+
+
+_ABBREV_VALUES = {"prompt_masked": "masked", "prompt_only": "promptonly", "prompt_weight": "plw", "full": "full"}
+_ABBREV_KEYS = {"regime.name": "", "train.lr": "lr", "train.epochs": "ep", "train.seed": "s",
+                "regime.prompt_weight": "plw", "regime.turns": "turns", "data.train.path": "",
+                "data.train.limit": "n", "data.max_length": "len", "train.batch_tokens": "bt",
+                "model.name_or_path": ""}
+# axes left out of the readable prefix (they still enter the hash): eval data follows the training data
+_UNLABELLED_AXES = {"data.eval.path", "data.eval.limit"}
+_GENERIC_STEMS = {"model", "tokenizer", "data", "checkpoint", "final", "base"}
+
+
+def _path_label(v: str) -> str:
+    """A path's most telling part: its stem, or its parent's name when the stem is generic
+    (results/world/demo-seed0-noaug/model -> demo-seed0-noaug; Qwen/Qwen2.5-0.5B -> Qwen2.5-0.5B)."""
+    parts = [p for p in v.rstrip("/").split("/") if p]
+    if len(parts) > 1 and Path(parts[-1]).stem in _GENERIC_STEMS:
+        return parts[-2]
+    if "." in parts[-1] and not parts[-1].endswith((".jsonl", ".json", ".parquet")):
+        return parts[-1]  # a hub name such as Qwen2.5-0.5B, not a file suffix
+    return re.sub(r"^(sft_train_|sft_|eval_)", "", Path(parts[-1]).stem)
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "T" if v else "F"
+    if isinstance(v, float):
+        s = f"{v:.6g}"
+        if "e" not in s and v != 0 and abs(v) < 1e-2:  # learning rates read best as 2e-5, not 2e-05/0.00002
+            mant, exp = f"{v:.6e}".split("e")
+            s = f"{mant.rstrip('0').rstrip('.')}e{exp}"
+        return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), s)
+    if isinstance(v, str):
+        v = _ABBREV_VALUES.get(v, _path_label(v) if "/" in v else v)
+    return re.sub(r"[^A-Za-z0-9.+\-]", "", str(v))[:24]
+
+
+def axis_label(key: str, value: Any) -> str:
+    prefix = _ABBREV_KEYS.get(key, key.split(".")[-1])
+    return f"{prefix}{_fmt_value(value)}"
+
+
+HASHED_SECTIONS = ("model", "data", "regime", "train")  # what determines training (not launcher, eval, name)
+
+
+def _diff(value: Any, default: Any, prefix: str, out: dict) -> None:
+    """Dotted leaves of `value` that differ from `default` (a section set where the default is None is
+    compared with its own type's defaults, and marked as set)."""
+    if dataclasses.is_dataclass(value):
+        if default is None:
+            out[prefix] = "<set>"
+            default = type(value)()
+        for f in dataclasses.fields(value):
+            _diff(getattr(value, f.name), getattr(default, f.name), f"{prefix}.{f.name}", out)
+    elif to_dict(value) != to_dict(default):
+        out[prefix] = to_dict(value)
+
+
+def config_diff(cfg: ExperimentConfig) -> dict:
+    """The training-relevant part of `cfg` that differs from the defaults: {dotted key: value}."""
+    out: dict = {}
+    default = ExperimentConfig()
+    for section in HASHED_SECTIONS:
+        _diff(getattr(cfg, section), getattr(default, section), section, out)
+    return out
+
+
+def hashed_defaults() -> dict:
+    """{dotted key: default} of every field the run id depends on, Optional sections' fields included
+    (``tests/data/config_defaults.json`` keeps a copy: a changed default needs a schema bump)."""
+    out: dict = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            v, key = getattr(obj, f.name), f"{prefix}.{f.name}"
+            sub = _section_type(typing.get_type_hints(type(obj))[f.name])
+            if sub is not None:
+                walk(v if v is not None else sub(), key)
+            else:
+                out[key] = to_dict(v)
+
+    default = ExperimentConfig()
+    for section in HASHED_SECTIONS:
+        walk(getattr(default, section), section)
+    return out
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """Short hash of the schema version and the config's difference from the defaults (dora's signature): a
+    new field with a default leaves every hash as it was; equal training configs give equal hashes."""
+    payload = {"schema": SCHEMA_VERSION, "diff": config_diff(cfg)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _grid_points(grid: Any, where: LineMap | None) -> list[dict]:
+    if grid is None or grid == {}:
+        return [{}]
+    grids = grid if isinstance(grid, list) else [grid]
+    points: list[dict] = []
+    for g in grids:
+        if not isinstance(g, dict):
+            raise ConfigError("grid must be a mapping {key: [values]} or a list of such mappings",
+                              where=where.where("grid") if where else "grid", fix="see experiments/smoke.yaml")
+        keys = list(g)
+        for k in keys:
+            _check_leaf(k, where.where(f"grid.{k}") if where else f"grid.{k}")
+            if not isinstance(g[k], list) or not g[k]:
+                raise ConfigError(f"grid axis '{k}' must be a non-empty list", where=where.where(f"grid.{k}")
+                                  if where else f"grid.{k}", fix=f"write {k}: [value1, value2]")
+        for combo in itertools.product(*(g[k] for k in keys)):
+            pt = dict(zip(keys, combo))
+            if pt not in points:
+                points.append(pt)
+    return points
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A loaded experiment: the base config (grid included), its source path and the expanded runs."""
+
+    config: ExperimentConfig
+    path: str
+    runs: tuple[RunSpec, ...]
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.results_dir) / self.config.name
+
+    @property
+    def dir(self) -> ExperimentDir:
+        return ExperimentDir(self.out_dir)
+
+    def run_dir(self, run: RunSpec):
+        return self.dir.run(run.run_id)
+
+
+
+def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
+    """Expand the grid of a raw (dict) experiment into run specs with stable, unique ids."""
+    points = _grid_points(cfg_raw.get("grid"), lines)
+    runs, seen = [], {}
+    for pt in points:
+        raw = copy.deepcopy(cfg_raw)
+        raw["grid"] = None
+        for k, v in pt.items():
+            _set_dotted(raw, k, v)
+        label = ", ".join(f"{k}={v}" for k, v in pt.items())
+        cfg = _build_checked(raw, lines, f"grid point {label}" if label else "")
+        _check_regime(cfg, lines, label)
+        resolved = to_dict(cfg)
+        pt = {k: _get_dotted(resolved, k) for k in pt}  # typed values: '1e-4' (YAML str) and 0.0001 agree
+        prefix = "-".join(axis_label(k, v) for k, v in pt.items() if k not in _UNLABELLED_AXES) or "run"
+        run_id = f"{prefix}-{config_hash(cfg)}"
+        if run_id in seen:
+            continue  # two grid points resolving to the same config are the same run
+        seen[run_id] = True
+        runs.append(RunSpec(run_id, dict(pt), cfg))
+    return runs
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Load an experiment YAML (safe_load), apply `-o` overrides, validate, and expand its grid."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("experiment file not found", where=str(path), fix="check the path (see experiments/)")
+    text = path.read_text(encoding="utf-8")
+    lines = LineMap(text, str(path))
+    raw = yaml.safe_load(text) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the experiment file must be a mapping of sections", where=str(path),
+                          fix="start with 'name: ...' and sections such as model:, data:, train:")
+    raw = apply_overrides(raw, overrides)
+    base = _build_checked(raw, lines)
+    _check_regime(base, lines, "")
+    runs = expand(raw, lines)
+    return Experiment(base, str(path), tuple(runs))
+
+
+def _check_regime(cfg: ExperimentConfig, lines: LineMap | None, label: str) -> None:
+    try:
+        check_regime(cfg.regime.name)
+    except ConfigError as exc:
+        where = lines.where(exc.where) if lines is not None else exc.where
+        raise ConfigError(exc.message + (f" [grid point {label}]" if label else ""), where=where,
+                          fix=exc.fix) from None
+
+
+# ------------------------------------------------------------------------------------------ choosing runs
+
+
+def match_runs(runs: tuple[RunSpec, ...] | list[RunSpec], pattern: str | None, where: str = "--only") -> list[RunSpec]:
+    """Runs whose id matches `pattern`: a glob when it has * ? or [, else a substring (a prefix is one)."""
+    if not pattern:
+        return list(runs)
+    pat = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    hits = [r for r in runs if fnmatch.fnmatch(r.run_id, pat)]
+    if not hits:
+        ids = ", ".join(r.run_id for r in list(runs)[:8])
+        raise ConfigError(f"{where} {pattern!r} matches no run", where=where,
+                          fix=f"harness status EXP.yaml lists the run ids; runs: {ids}")
+    return hits
+
+
+def select_run(runs: tuple[RunSpec, ...] | list[RunSpec], pattern: str | None) -> RunSpec:
+    """The first run, or the one run `pattern` matches (an exact id wins; several matches: a clear error)."""
+    if not pattern:
+        return runs[0]
+    exact = [r for r in runs if r.run_id == pattern]
+    hits = exact or match_runs(runs, pattern, "--run")
+    if len(hits) == 1:
+        return hits[0]
+    raise ConfigError(f"several runs match --run {pattern!r}", where="--run",
+                      fix=f"give a longer pattern; matches: {', '.join(r.run_id for r in hits[:8])}")
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+def write_plan(exp: Experiment) -> Path:
+    """``plan.json``: the expanded grid with each run's config hash and eval hash (the base it is compared with)."""
+    axes: list[str] = list(dict.fromkeys(k for r in exp.runs for k in r.axes))
+    hashes: dict[str, str] = {}
+
+    def ehash(cfg: ExperimentConfig) -> str:  # memoised: it fingerprints the probe and model files
+        d = to_dict(cfg)
+        key = json.dumps([d["model"], d["data"], d["eval"]], sort_keys=True, default=str)
+        if key not in hashes:
+            hashes[key] = eval_hash(cfg)
+        return hashes[key]
+
+    plan = {"schema": SCHEMA_VERSION, "experiment": exp.config.name, "experiment_file": exp.path,
+            "created": now_iso(), "axes": axes, "base_eval_hash": ehash(exp.config),
+            "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash,
+                      "eval_hash": ehash(r.config)} for r in exp.runs]}
+    atomic_write_json(exp.dir.plan, plan)
+    return exp.dir.plan
+
+
+def check_schema(exp: Experiment) -> None:
+    """Refuse to mix results of another schema into this experiment's directory (``harness doctor`` says so too)."""
+    plan = exp.dir.plan
+    if not plan.exists():
+        return
+    schema = (exp.dir.read_plan() or {}).get("schema")
+    if schema != SCHEMA_VERSION:
+        raise HarnessError(f"{plan} was written by results schema version {schema}; this harness writes "
+                           f"version {SCHEMA_VERSION}", where=str(exp.out_dir),
+                           fix="move the old results away (they are kept as they are) or rename the experiment")

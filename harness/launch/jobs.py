@@ -1,0 +1,199 @@
+"""What runs inside a job: one run trained and evaluated under its lock (:func:`execute_run`), a SLURM job for
+one run (:class:`RunJob`), a local worker that takes run after run (:class:`LocalWorker`), and the SIGUSR2
+handling that turns preemption into a checkpoint and a requeue."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import submitit
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from harness.config import ExperimentConfig
+from harness.evaluation.identity import base_dir_for
+from harness.fsio import (
+    atomic_write_json,
+    atomic_write_text,
+    exit_without_teardown,
+    is_locked,
+    lock_holder,
+    now_iso,
+    try_lock,
+)
+from harness.grid import RunSpec
+from harness.layout import FAILED, LOCK, ExperimentDir, RunDir, base_eval_json, valid_eval
+
+# The launcher process itself never imports torch (``harness run`` plans and submits in well under a second):
+# training and evaluation are imported inside the job, in the worker process that runs them.
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
+                should_stop: Callable[[], bool] = lambda: False, on_start: Callable[[], None] | None = None) -> dict:
+    """Train (resuming) and evaluate one run under its lock. Writes FAILED with the traceback on error.
+    `on_start` is called once the lock is held (before that, another process may take the run)."""
+    rd = RunDir(rdir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    with try_lock(rd.lock) as got:
+        if not got:
+            return {"run_id": spec.run_id, "status": "skipped", "reason": f"locked by {lock_holder(rd.lock)}"}
+        if on_start is not None:
+            on_start()
+        _set_threads(threads)
+        rd.failed.unlink(missing_ok=True)
+        try:
+            from harness.evaluation.evaluate import evaluate_run
+            from harness.training.loop import train
+
+            result = {}
+            if not rd.done.exists():
+                result = train(spec, rd.path, should_stop=should_stop)
+                if result.get("status") == "interrupted" or should_stop():
+                    return {"run_id": spec.run_id, "status": "interrupted", **result}
+            evaluate_run(rd.path, spec.config)
+            return {"run_id": spec.run_id, "status": "done", **result}
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                atomic_write_text(rd.failed, f"{now_iso()} {spec.run_id}\n{traceback.format_exc()}")
+            raise
+
+
+@contextlib.contextmanager
+def stop_on_usr2() -> Iterator[Callable[[], bool]]:
+    """Yields `should_stop()`, true once SIGUSR2 arrived: the training loop then checkpoints at the next step
+    boundary. On leaving (normally), the previous handler runs: submitit's, which calls the job's checkpoint(),
+    requeues it and exits. Only USR2 (SLURM's --signal before preemption / time limit, submitit's requeue signal):
+    SIGTERM is left to submitit, which ignores it because USR2 follows (stopping on it could exit before USR2
+    arrives). Outside the main thread (debug executor) there is no preemption handling."""
+    flag: dict[str, int] = {}
+    try:
+        previous = signal.signal(signal.SIGUSR2, lambda signum, frame: flag.setdefault("signal", signum))
+        installed = True
+    except ValueError:
+        previous, installed = None, False
+    try:
+        yield lambda: "signal" in flag
+    finally:
+        if installed:
+            signal.signal(signal.SIGUSR2, previous)
+    if "signal" in flag and callable(previous):
+        previous(flag["signal"], None)
+
+
+class RunJob(Checkpointable):
+    """A submitit job for one run. Checkpointable: on preemption/timeout it is requeued as itself and the
+    run resumes from its newest COMPLETED checkpoint."""
+
+    def __init__(self, spec: RunSpec, rdir: str, threads: int | None = None):
+        self.spec = spec
+        self.rdir = str(rdir)
+        self.threads = threads
+
+    def __call__(self) -> dict:
+        with stop_on_usr2() as should_stop:
+            return execute_run(self.spec, Path(self.rdir), self.threads, should_stop)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
+        return DelayedSubmission(RunJob(self.spec, self.rdir, self.threads))
+
+
+class LocalWorker(Checkpointable):
+    """A local submitit job that runs many runs one after another: it walks the launch's run list and takes
+    each run whose lock it gets (several workers share one list; the run lock decides who trains what). It
+    marks what it takes in the run's ``launcher.json`` (its job id, its log and this launch's token), so the
+    launcher can report progress and knows which runs a worker that died was holding.
+    Checkpointable like :class:`RunJob`: on a time limit it is requeued with the same list; done runs are skipped
+    and the interrupted one resumes from its newest COMPLETED checkpoint."""
+
+    def __init__(self, specs: list[RunSpec], rdirs: list[str], threads: int | None, token: str,
+                 base: tuple[ExperimentConfig, str] | None = None):
+        self.specs, self.rdirs, self.threads, self.token, self.base = specs, rdirs, threads, token, base
+
+    def _claim(self, rdir: Path, **extra: Any) -> None:
+        info: dict[str, Any] = {"backend": "local", "job_id": str(os.getpid()), "launch": self.token}
+        try:
+            env = submitit.JobEnvironment()
+            info["job_id"] = str(env.job_id)
+            info.update(stdout=str(env.paths.stdout), stderr=str(env.paths.stderr))
+        except Exception:  # not under submitit (called directly): the pid identifies the process
+            pass
+        atomic_write_json(RunDir(rdir).launcher, {**info, **extra})
+
+    def __call__(self) -> list[dict]:
+        results: list[dict] = []
+        with stop_on_usr2() as should_stop:
+            _set_threads(self.threads)
+            if self.base is not None:
+                cfg, exp_dir = self.base
+                try:
+                    if not base_done(cfg, Path(exp_dir)):
+                        evaluate_base_job(cfg, exp_dir)
+                except Exception:  # reported; runs still train (and retry the base when they evaluate)
+                    atomic_write_text(ExperimentDir(exp_dir).base() / FAILED, f"{now_iso()} base\n{traceback.format_exc()}")
+            for spec, rdir in zip(self.specs, map(Path, self.rdirs)):
+                if should_stop():
+                    break
+                if is_complete(spec, rdir) or is_locked(rdir / LOCK):
+                    continue  # done, or another worker / launcher has it
+                started = now_iso()
+                try:
+                    r = execute_run(spec, rdir, None, should_stop,
+                                    on_start=lambda: self._claim(rdir, started=started))
+                except KeyboardInterrupt:  # `harness cancel`: stop this worker, record nothing as failed
+                    self._claim(rdir, started=started, finished=now_iso(), status="cancelled")
+                    results.append({"run_id": spec.run_id, "status": "cancelled"})
+                    return results
+                except Exception as exc:  # FAILED holds the traceback; the next run goes on
+                    r = {"run_id": spec.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                if r["status"] == "skipped":  # lost the race for the lock to another worker
+                    continue
+                self._claim(rdir, started=started, finished=now_iso(), status=r["status"])
+                results.append(r)
+        main = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if os.environ.get("SUBMITIT_LOCAL_JOB_ID") and getattr(main, "name", "") == "submitit.core._submit":
+            atexit.register(_exit_without_teardown)  # only in a submitit worker process, never in a caller's
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
+        return DelayedSubmission(LocalWorker(self.specs, self.rdirs, self.threads, self.token, self.base))
+
+
+def _exit_without_teardown() -> None:
+    """Registered once a worker has returned (submitit then writes its result and the interpreter exits; this
+    handler, registered last, runs first): tearing down torch, transformers and lm-eval module by module takes
+    seconds per worker (benchmarks/NOTES.md) and frees nothing the OS does not free anyway; the launcher waits
+    for it. The other atexit handlers still run (harness.fsio.exit_without_teardown), then the process exits."""
+    atexit.unregister(_exit_without_teardown)
+    exit_without_teardown(0)
+
+
+def is_complete(spec: RunSpec, rdir: Path) -> bool:
+    """Trained and evaluated (the layout's "done", without asking whether a process holds the lock)."""
+    rd = RunDir(rdir)
+    return rd.done.exists() and not rd.missing_evals(spec.config.eval.every_checkpoint)
+
+
+def base_done(config: ExperimentConfig, exp_dir: Path) -> bool:
+    """The base that runs with this config are compared with is evaluated (see base_dir_for)."""
+    return valid_eval(base_eval_json(base_dir_for(exp_dir, config)))
+
+
+def evaluate_base_job(config: ExperimentConfig, exp_dir: str) -> dict:
+    from harness.evaluation.evaluate import evaluate_base
+
+    evaluate_base(config, Path(exp_dir))
+    return {"status": "done"}

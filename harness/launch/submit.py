@@ -1,0 +1,242 @@
+"""Grid launcher on submitit: ``harness run`` turns an experiment file into finished, evaluated runs.
+
+On a laptop (submitit local processes, with a real concurrency limit and our own timeout: submitit's local
+default kills a job after 2 minutes) or a SLURM cluster (one job array), surviving preemption, crashes and
+being run twice:
+
+* runs that are done are skipped; interrupted runs resume from their newest COMPLETED checkpoint;
+* each job holds an flock on its run directory, so two launchers never train the same run twice, and an
+  experiment-level lock stops two `harness run` of one experiment from launching at once;
+* a failing run writes its traceback to ``FAILED`` in its directory and never stops the others;
+* locally, ``parallel`` long-lived worker processes each take the next unclaimed run until none is left, so
+  Python, torch, transformers and lm-eval are imported once per worker, not once per run, and checkpoints of
+  runs with the same evaluation config share one evaluator (tokenized probes, task manager, base log-probs);
+* on SIGUSR2 (preemption, time limit) the training loop stops at the next step boundary and saves a
+  checkpoint, then submitit's handler requeues the job, which resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from harness.errors import ConfigError, HarnessError
+from harness.fsio import atomic_write_json, atomic_write_text, lock_holder, now_iso, try_lock
+from harness.grid import Experiment, RunSpec, check_schema, match_runs, write_plan
+from harness.launch.jobs import LocalWorker, RunJob, base_done, evaluate_base_job, execute_run, is_complete
+from harness.launch.slurm import sbatch_preview, slurm_parameters
+from harness.launch.status import print_plan, run_status
+from harness.layout import FAILED, RunDir
+
+# ------------------------------------------------------------------------------------------ executors
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def resources(exp: Experiment, n_runs: int, parallel: int | None) -> tuple[int, int]:
+    """(parallel runs, threads per run) for a local launch."""
+    lc = exp.config.launcher
+    par = parallel or lc.parallel or max(1, min(n_runs, _cores()))
+    threads = exp.config.train.threads or max(1, _cores() // par)
+    return par, threads
+
+
+def make_executor(exp: Experiment, backend: str, parallel: int | None, n_runs: int):
+    lc = exp.config.launcher
+    folder = exp.dir.logs / "%j"
+    if backend == "local":
+        ex = submitit.AutoExecutor(folder=folder, cluster="local")
+        ex.update_parameters(timeout_min=lc.timeout_min, name=f"harness-{exp.config.name}")
+        return ex
+    if backend == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        ex.update_parameters(**slurm_parameters(exp, parallel))
+        return ex
+    if backend == "debug":
+        return submitit.AutoExecutor(folder=folder, cluster="debug")
+    raise ConfigError(f"unknown launcher backend {backend!r}", where="launcher.backend",
+                      fix="use local, slurm or debug")
+
+
+# ------------------------------------------------------------------------------------------ launching
+
+
+def _record_job(rdir: Path, backend: str, job: Any) -> None:
+    info = {"backend": backend, "job_id": str(getattr(job, "job_id", "")), "submitted": now_iso()}
+    paths = getattr(job, "paths", None)
+    if paths is not None:
+        info.update(stdout=str(paths.stdout), stderr=str(paths.stderr))
+    atomic_write_json(RunDir(rdir).launcher, info)
+
+
+def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None = None, dry_run: bool = False,
+           only: str | None = None, wait: bool = True, out=print) -> dict:
+    """Expand, skip what is done, evaluate the base once, submit the rest. Returns a summary dict."""
+    backend = backend or exp.config.launcher.backend
+    runs = match_runs(exp.runs, only)
+    statuses = [run_status(exp, r) for r in runs]
+    todo = [s.run for s in statuses if s.state not in ("done", "running")]
+    running = [s.run.run_id for s in statuses if s.state == "running"]
+    par, threads = resources(exp, len(todo), parallel)
+    summary = {"experiment": exp.config.name, "runs": len(runs), "done": sum(s.state == "done" for s in statuses),
+               "running_elsewhere": running, "to_run": [r.run_id for r in todo], "backend": backend,
+               "parallel": par, "threads_per_run": threads}
+    check_schema(exp)
+    if dry_run:
+        print_plan(exp, statuses, backend, par, threads, out)
+        if backend == "slurm":
+            out("# sbatch parameters:")
+            for k, v in slurm_parameters(exp, parallel).items():
+                out(f"#   {k} = {v}")
+            out(sbatch_preview(exp, parallel, len(todo)))
+        return summary
+    exp.out_dir.mkdir(parents=True, exist_ok=True)
+    write_plan(exp)
+    if not todo:
+        out(f"{exp.config.name}: all {len(runs)} runs are done" +
+            (f" ({len(running)} running elsewhere)" if running else "") + ". Nothing to do.")
+        return summary
+    with try_lock(exp.dir.launch_lock) as got:
+        if not got:
+            raise HarnessError(f"another `harness run` is launching {exp.config.name} "
+                               f"({lock_holder(exp.dir.launch_lock)})",
+                               fix="wait for it, or watch it with `harness status`")
+        out(f"{exp.config.name}: {len(todo)} of {len(runs)} runs to run on {backend} "
+            f"(parallel {par}, {threads} threads each); logs: {exp.out_dir / 'logs'}")
+        results = _submit(exp, todo, backend, par, threads, wait, out)
+    summary["results"] = results
+    return summary
+
+
+def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, threads: int, wait: bool, out) -> list:
+    results: list = []
+    if backend == "debug":  # in-process, one after the other: for debugging and tests
+        _maybe_eval_base(exp, out)
+        for spec in todo:
+            try:
+                results.append(execute_run(spec, exp.run_dir(spec).path, threads))
+                out(f"  {spec.run_id}: {results[-1]['status']}")
+            except Exception as exc:  # a failing run never stops the others
+                results.append({"run_id": spec.run_id, "status": "failed", "error": repr(exc)})
+                out(f"  {spec.run_id}: FAILED ({exc!r}); traceback in {exp.run_dir(spec).failed}")
+        return results
+    ex = make_executor(exp, backend, par, len(todo))
+    if backend == "local":
+        return _run_local(exp, ex, todo, par, threads, base_done(exp.config, exp.out_dir), out)
+    base_job = None
+    if not base_done(exp.config, exp.out_dir):
+        base_job = ex.submit(evaluate_base_job, exp.config, str(exp.out_dir))
+    if backend == "slurm":
+        jobs_by_run = {}
+        with ex.batch():  # one job array
+            for spec in todo:
+                jobs_by_run[spec.run_id] = ex.submit(RunJob(spec, str(exp.run_dir(spec).path), None))
+        for spec in todo:
+            job = jobs_by_run[spec.run_id]
+            _record_job(exp.run_dir(spec).path, backend, job)
+            out(f"  {spec.run_id}: job {job.job_id}  log {job.paths.stdout}")
+        if not wait:
+            return [{"run_id": r, "job_id": j.job_id} for r, j in jobs_by_run.items()]
+        return _wait(list(jobs_by_run.items()), out) + ([] if base_job is None else _wait([("base", base_job)], out))
+    raise ConfigError(f"unknown launcher backend {backend!r}", where="launcher.backend", fix="use local, slurm or debug")
+
+
+def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int, base_done: bool, out) -> list:
+    """`par` LocalWorkers share the run list (submitit has no concurrency limit of its own; this is it). Progress
+    is read from each run's launcher.json. A worker that dies (kill -9, out of memory) fails the run it held;
+    the runs nobody took yet go to a new worker."""
+    token = f"{os.getpid()}-{time.time_ns()}"
+    rdirs = {s.run_id: exp.run_dir(s).path for s in todo}
+    # a worker may take every run: its time limit is the per-run limit times the runs (requeued past it)
+    ex.update_parameters(timeout_min=exp.config.launcher.timeout_min * len(todo))
+
+    def claim(spec: RunSpec) -> dict:
+        info = RunDir(rdirs[spec.run_id]).launcher_info()
+        return info if info.get("launch") == token else {}
+
+    def start(specs: list[RunSpec], with_base: bool):
+        job = ex.submit(LocalWorker(specs, [str(rdirs[s.run_id]) for s in specs], threads, token,
+                                    (exp.config, str(exp.out_dir)) if with_base else None))
+        out(f"  worker {job.job_id}: started ({len(specs)} runs to share{', base first' if with_base else ''}; "
+            f"log {job.paths.stdout})")
+        return job
+
+    workers = [start(todo, i == 0 and not base_done) for i in range(min(par, len(todo)))]
+    results: dict[str, dict] = {}
+    cancelled = False
+    while workers:
+        for spec in todo:  # progress, as the workers record it
+            info = {} if spec.run_id in results else claim(spec)
+            if info.get("status"):
+                results[spec.run_id] = {"run_id": spec.run_id, "status": info["status"]}
+                out(f"  {spec.run_id}: {info['status']}" + (f" (see {rdirs[spec.run_id] / FAILED})"
+                                                            if info["status"] == "failed" else ""))
+        finished = [j for j in workers if j.done()]
+        replace = 0  # workers that died holding a run: the runs nobody took yet need a new one
+        for job in finished:
+            workers.remove(job)
+            try:
+                for r in job.result():
+                    cancelled |= r.get("status") == "cancelled"
+                    results.setdefault(r["run_id"], r)
+            except Exception as exc:  # the worker process died: fail the runs it held, not the others
+                why = (str(exc).strip().splitlines() or [repr(exc)])[-1]
+                held = [s for s in todo if claim(s).get("job_id") == str(job.job_id) and s.run_id not in results
+                        and not is_complete(s, rdirs[s.run_id])]
+                for s in held:
+                    if not (rdirs[s.run_id] / FAILED).exists():
+                        atomic_write_text(rdirs[s.run_id] / FAILED, f"{now_iso()} {s.run_id}\nworker {job.job_id} "
+                                          f"died while running this run: {why}\nlog: {job.paths.stderr}\n")
+                    results[s.run_id] = {"run_id": s.run_id, "status": "failed", "error": why}
+                    out(f"  {s.run_id}: FAILED (worker {job.job_id} died; log {job.paths.stderr})")
+                replace += bool(held)
+                if not held:  # died before taking a run (e.g. an import error): do not restart it forever
+                    cancelled = True
+                    out(f"  worker {job.job_id}: FAILED before taking a run: {why} (log {job.paths.stderr})")
+        untaken = [s for s in todo if not claim(s) and not is_complete(s, rdirs[s.run_id])] \
+            if replace and not cancelled else []
+        if untaken:
+            workers.append(start(untaken, False))
+        if workers and not finished:
+            time.sleep(0.5)
+    for spec in todo:
+        if spec.run_id not in results:
+            done = is_complete(spec, rdirs[spec.run_id])
+            results[spec.run_id] = {"run_id": spec.run_id, "status": "done" if done else "not run"}
+            if not done:
+                out(f"  {spec.run_id}: not run ({'cancelled' if cancelled else 'taken by another launcher'})")
+    return [results[s.run_id] for s in todo]
+
+
+def _wait(items: list[tuple[str, Any]], out) -> list:
+    res = []
+    for name, job in items:
+        try:
+            r = job.result()
+            res.append(r)
+            out(f"  {name}: {r.get('status', 'done') if isinstance(r, dict) else 'done'}")
+        except Exception as exc:
+            res.append({"run_id": name, "status": "failed", "error": str(exc).strip().splitlines()[-1:]})
+            out(f"  {name}: FAILED (see its FAILED file / {getattr(job.paths, 'stderr', '')})")
+    return res
+
+
+def _maybe_eval_base(exp: Experiment, out) -> None:
+    if base_done(exp.config, exp.out_dir):
+        return
+    try:
+        r = evaluate_base_job(exp.config, str(exp.out_dir))
+        out(f"  base: {r['status']}")
+    except Exception as exc:  # the base's failure is reported, runs still train
+        atomic_write_text(exp.dir.base() / FAILED, f"{now_iso()} base\n{traceback.format_exc()}")
+        out(f"  base: FAILED ({exc!r}); traceback in {exp.dir.base() / FAILED}")

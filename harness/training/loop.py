@@ -1,0 +1,255 @@
+"""The SFT loop: one run of the grid is ``train(run_spec, run_dir)``.
+
+Plain torch, no trainer framework. Examples are tokenized once, masked by the run's regime, laid into
+micro-batches by ``train.layout`` (packed rows with per-example position ids, attention isolated: no attention
+mask, ``use_cache=False``; see harness/training/packing.py), and optimized with a loss normalised over the
+*whole* optimizer step (all micro-batches, all ranks; harness/training/engine.py). Everything needed to resume
+bit-exactly lives in one ``state`` dict saved with each checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.config import ExperimentConfig, save_yaml
+from harness.data import ConversationTokenizer, load_conversations, tokenize_all
+from harness.errors import ConfigError, SupervisionError
+from harness.fsio import atomic_write_json, atomic_write_text, fault_point, now_iso
+from harness.grid import RunSpec, load_experiment, select_run
+from harness.layout import RunDir
+from harness.masking import MaskedData, apply_all, regime_options
+from harness.modeling import check_model, load_model, tokenizer_for
+from harness.provenance import file_sha256, provenance
+from harness.training.checkpoint import load_state, prune_checkpoints, save_checkpoint
+from harness.training.distributed import Dist
+from harness.training.engine import Engine
+from harness.training.packing import Batch, PlannedStep, layout_step, plan_steps
+
+log = logging.getLogger("harness.train")
+
+
+def prepare_data(cfg: ExperimentConfig, tokenizer=None) -> tuple[object, MaskedData]:
+    """Tokenizer + the run's training examples under its regime (drops counted; all dropped is an error)."""
+    dc = cfg.data
+    tok = tokenizer or tokenizer_for(cfg)
+    convs = load_conversations(dc.train.path, fmt=dc.train.format, split=dc.train.split, name=dc.train.name,
+                               limit=dc.train.limit, system_prompt=dc.system_prompt,
+                               require_assistant=cfg.regime.name != "prompt_only")
+    ct = ConversationTokenizer(tok, eot=dc.eot, boundary=dc.boundary, max_length=dc.max_length,
+                               truncation=dc.truncation)
+    examples, drops = tokenize_all(convs, ct)
+    data = apply_all(examples, cfg.regime.name, regime_options(cfg.regime), drops)
+    if not data.examples:
+        raise SupervisionError(f"every one of the {len(convs)} examples was dropped ({data.drops.describe()})",
+                               where=dc.train.path, fix="check data.max_length / data.truncation and the regime "
+                               "(harness inspect shows the masks)")
+    return tok, data
+
+
+@dataclass
+class Setup:
+    """Everything ``train()`` builds before its first step; the benchmarks step exactly this."""
+
+    cfg: ExperimentConfig
+    dist: Dist
+    tok: object
+    data: MaskedData
+    plan: list[PlannedStep]
+    pad: int
+    model: torch.nn.Module
+    engine: Engine
+    resume: tuple[int, Path] | None  # the COMPLETED checkpoint the weights came from
+
+    def batches(self, step: int) -> list[Batch]:
+        """This rank's micro-batches of optimizer step `step` (0-based), on the device."""
+        cfg, tc = self.cfg, self.cfg.train
+        mine = self.plan[step].rows[self.dist.rank::self.dist.world]  # rank r: every world-th row of the step
+        L = cfg.data.max_length
+        per_micro = max(1, (tc.micro_batch_tokens or tc.batch_tokens) // L)
+        batches = layout_step(mine, self.data, tc, L, self.pad, self._lengths, per_micro)
+        return [b.to(self.dist.device) for b in batches]
+
+    def __post_init__(self):
+        self._lengths = [len(t) for t in self.data.examples]
+
+
+def setup(cfg: ExperimentConfig, run_dir: str | Path | None = None, dist: Dist | None = None) -> Setup:
+    """Data, plan, model (from `run_dir`'s newest COMPLETED checkpoint if it has one) and engine."""
+    tc = cfg.train
+    check_model(cfg)
+    dist = dist or Dist()
+    if tc.threads and dist.device.type == "cpu":
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed + dist.rank)  # dropout (its own stream per rank); the weights are loaded
+    tok, data = prepare_data(cfg)
+    plan = plan_steps(data, cfg)
+    pad = tok.pad_token_id
+    if pad is None:  # tokenizer loading already falls back to eos; a tokenizer with neither still trains
+        pad = 0
+        log.warning("tokenizer has no pad or eos token: padding with id 0 (never attended to, never in the loss)")
+    resume = RunDir(run_dir).latest_checkpoint() if run_dir is not None else None
+    model = load_model(cfg, resume[1] if resume else cfg.model.name_or_path, dist.device, training=True)
+    first = data.examples[plan[0].rows[0].examples[0]]
+    sample = torch.as_tensor(first.input_ids[:32], device=dist.device)[None]
+    engine = Engine(model, tc, len(plan), dist, sample_ids=sample)
+    return Setup(cfg, dist, tok, data, plan, pad, model, engine, resume)
+
+
+def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Train one run into `run_dir`, resuming from its newest COMPLETED checkpoint.
+
+    Returns a summary (also written to ``DONE``); with status "interrupted" when `should_stop()` became true
+    on any rank (a checkpoint was saved at that step). A run already DONE returns its summary at once."""
+    started = time.perf_counter()
+    cfg, tc = spec.config, spec.config.train
+    rd = RunDir(run_dir)
+    if rd.done.exists():
+        return json.loads(rd.done.read_text() or "{}")
+    s = setup(cfg, rd.path, Dist.from_env())
+    dist, eng, plan, total = s.dist, s.engine, s.plan, len(s.plan)
+    stats = s.data.stats()
+    save_at = {i + 1 for i in range(total)
+               if i == total - 1 or (tc.save_every_epoch and plan[i + 1].epoch != plan[i].epoch)}
+    if tc.save_every_steps:
+        save_at |= set(range(tc.save_every_steps, total + 1, tc.save_every_steps))
+
+    # the one resumable dict: everything that makes a resumed run bit-identical to an uninterrupted one
+    state = {"step": 0, "supervised_tokens": 0, "tokens": 0, "train_seconds": 0.0, "total_steps": total,
+             "mask_hash": stats["mask_hash"]}
+    if s.resume:
+        saved = load_state(s.resume[1])
+        prog = saved["progress"]
+        if (prog.get("total_steps"), prog.get("mask_hash")) != (total, stats["mask_hash"]):
+            raise ConfigError(f"checkpoint {s.resume[1].name} was trained on other data or another plan "
+                              f"({prog.get('total_steps')} steps, mask {prog.get('mask_hash')}; now {total}, "
+                              f"{stats['mask_hash']})", where=str(rd.path),
+                              fix="use a fresh run directory (the run id changes with the config)")
+        eng.opt.load_state_dict(saved["optimizer"])
+        eng.sched.load_state_dict(saved["scheduler"])
+        rngs = saved["rng"]  # one per rank; a different world size continues from rank 0's
+        rng = rngs[dist.rank] if len(rngs) == dist.world else rngs[0]
+        torch.set_rng_state(rng["cpu"])
+        if dist.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+        state.update(prog)
+    if dist.rank == 0:
+        rd.path.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, rd.config)
+        atomic_write_json(rd.provenance, provenance(
+            run_id=spec.run_id, config_hash=spec.config_hash,
+            data={"train": cfg.data.train.path, "sha256": file_sha256(cfg.data.train.path)}, mask=stats,
+            tokenizer={"pad_token": s.tok.pad_token, "pad_token_id": s.pad, "eos_token": s.tok.eos_token},
+            engine={"lm_head": "supervised positions" if eng.head is not None else "full logits",
+                    "optimizer": type(eng.opt).__name__, "device": str(dist.device)},
+            steps=total, world_size=dist.world, started=now_iso(),
+            resumed_from=state["step"] if s.resume else None))
+        _truncate_metrics(rd.metrics, state["step"])
+        if s.data.drops.total:
+            log.warning("%s: dropped %s", spec.run_id, s.data.drops.describe())
+
+    bar = _progress(total, state["step"]) if dist.rank == 0 else None
+    try:
+        for step in range(state["step"], total):
+            t0 = time.perf_counter()
+            batches = s.batches(step)
+            logging_step = (step + 1) % tc.log_every == 0 or step == total - 1
+            lr = eng.sched.get_last_lr()[0]
+            m, grad_norm = eng.step(batches, metrics=logging_step, step=step + 1)
+            dt = time.perf_counter() - t0
+            state["step"] = step + 1
+            state["tokens"] += m.tokens
+            state["supervised_tokens"] += m.supervised
+            state["train_seconds"] += dt
+            if dist.rank == 0 and logging_step:
+                row = {"step": state["step"], "epoch": plan[step].epochs_done, "lr": lr, "loss": m.loss,
+                       "loss_response": m.loss_response, "loss_prompt": m.loss_prompt,
+                       "supervised_tokens": state["supervised_tokens"], "tokens": state["tokens"],
+                       "tokens_per_s": round(m.tokens / dt, 1), "grad_norm": grad_norm, "time": now_iso()}
+                with open(rd.metrics, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                _report(bar, row, total)
+            fault_point("train_step")  # reliability suite: killed (or held) after a logged step
+            stop = dist.any(bool(should_stop()))
+            if state["step"] in save_at or stop:
+                rng = dist.gather_object({"cpu": torch.get_rng_state(), **(
+                    {"cuda": torch.cuda.get_rng_state()} if dist.device.type == "cuda" else {})})
+                if dist.rank == 0:
+                    save_checkpoint(rd.path, state["step"], s.model, s.tok, {
+                        "optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict(), "rng": rng,
+                        "progress": dict(state)})
+                    prune_checkpoints(rd.path, tc.keep_last)
+                dist.barrier()
+            if stop:
+                return {"status": "interrupted", "run_id": spec.run_id, "step": state["step"], "total_steps": total}
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = {"status": "done", "run_id": spec.run_id, "steps": total, "supervised_tokens":
+               state["supervised_tokens"], "tokens": state["tokens"],
+               "train_seconds": round(state["train_seconds"], 3),
+               "wall_seconds": round(time.perf_counter() - started, 3),  # this call: data, model, steps, saves
+               "finished": now_iso()}
+    if dist.rank == 0:
+        atomic_write_text(rd.done, json.dumps(summary) + "\n")  # after the last checkpoint, before evaluation
+    dist.barrier()
+    dist.close()
+    return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log rows written after the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _progress(total: int, start: int):
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+    return None
+
+
+def _report(bar, row: dict, total: int) -> None:
+    if bar is not None:
+        bar.update(row["step"] - bar.n)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+    elif row["step"] == total or row["step"] % max(1, total // 10) == 0:
+        resp = "-" if row["loss_response"] is None else f"{row['loss_response']:.4f}"
+        print(f"step {row['step']}/{total} epoch {row['epoch']:.2f} loss {row['loss']:.4f} resp {resp} "
+              f"lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`harness train EXP.yaml [-o k=v ...] [--run PATTERN] [--out DIR]`: train one run of the grid in-process."""
+    p = subparsers.add_parser("train", help="train one run of an experiment's grid in this process (resumes)")
+    p.add_argument("experiment", help="experiment YAML")
+    p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
+    p.add_argument("--run", metavar="PATTERN", help="run id, or a substring/glob matching one run; default: the first")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: <results_dir>/<name>/runs/<run_id>)")
+    p.set_defaults(func=_train_cmd)
+    return p
+
+
+def _train_cmd(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.experiment, args.override)
+    spec = select_run(exp.runs, args.run)
+    rdir = Path(args.out) if args.out else exp.run_dir(spec).path
+    print(f"training {spec.run_id} -> {rdir}", file=sys.stderr)
+    summary = train(spec, rdir)
+    print(json.dumps(summary))
+    return 0
