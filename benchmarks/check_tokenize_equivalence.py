@@ -107,9 +107,10 @@ def main() -> None:
                        truncation="left")
         bad += compare(ref, convs[:3000], tok, "mini-world (drop, 96)", max_length=96, truncation="drop")
         if args.time:
-            from harness.data.tokenize import ConversationTokenizer
+            import harness.data.tokenize as new
+
             for r in range(2):
-                for name, mod in (("old", ref), ("new", sys.modules["harness.data.tokenize"])):
+                for name, mod in (("old", ref), ("new", new)):
                     ct = mod.ConversationTokenizer(tok, max_length=512)
                     t0 = time.perf_counter()
                     for i in range(0, len(convs), 1024):

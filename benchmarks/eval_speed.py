@@ -78,7 +78,7 @@ def main() -> int:
         print(f"no mini-world with data at {[str(c) for c in cands]}: run `harness world build --size demo`")
         return 1
     t_import = time.perf_counter()
-    import torch
+    import torch  # noqa: F401  (import cost reported separately)
 
     from harness.grid import load_experiment
     from harness.evaluation.evaluator import Evaluator
@@ -107,9 +107,9 @@ def main() -> int:
         t_setup = time.perf_counter() - t0
         t0 = time.perf_counter()
         from harness.evaluation.evaluator import _eval_threads
-        from harness.modeling import load_eval_model
+        from harness.modeling import load_model
 
-        base = load_eval_model(model_dir, cfg)
+        base = load_model(cfg, model_dir, ev.device, training=False)
         with _eval_threads(base, args.threads):
             ev.base_logprobs(base_model=base)
         t_base = time.perf_counter() - t0

@@ -5,7 +5,7 @@
 
 Same code path as ``train()``: synthetic conversations become ``Tokenized`` examples, the real regime
 (``apply_regime``) gives their masks, ``pack_rows``/``collate`` build the packed rows (per-example position
-ids, no attention mask) and ``harness.train.Engine.step`` runs the optimizer steps (step-wide token
+ids, no attention mask) and ``harness.training.engine.Engine.step`` runs the optimizer steps (step-wide token
 normalisation, LM head on supervised positions, fused AdamW, clipping). Only the tokenizer and the disk are
 left out: there is nothing to learn from random weights, and a 0.5B checkpoint write would dominate.
 
@@ -80,7 +80,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     from harness.config import RegimeConfig, TrainConfig
-    from harness.masking import apply_regime
+    from harness.masking import apply_regime, regime_options
     from harness.training.packing import collate, pack_rows
     from harness.training.engine import Engine
 
@@ -107,18 +107,19 @@ def main() -> None:
           + (f" ({torch.cuda.get_device_name()})" if cuda else ""), flush=True)
 
     tc = TrainConfig(lr=1e-5, batch_tokens=args.rows * seq, micro_batch_tokens=args.micro_rows * seq,
-                     gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, warmup_ratio=0.0)
+                     gradient_checkpointing=args.gradient_checkpointing, compile=args.compile, warmup_ratio=0.0,
+                     precision="auto" if cuda else "bf16")
     regime = RegimeConfig(name=args.regime)
     n_steps = args.warmup + args.steps
     examples = synthetic_examples(n_steps * args.rows * max(1, seq // 300) * 2, seq, shape["vocab_size"])
-    masks = [apply_regime(t, regime.name, **regime.options()) for t in examples]
+    masks = [apply_regime(t, regime.name, **regime_options(regime)) for t in examples]
     rows = pack_rows([len(t) for t in examples], seq, list(range(len(examples))))
     steps = [rows[i * args.rows:(i + 1) * args.rows] for i in range(n_steps)]
     if len(steps[-1]) < args.rows:
         sys.exit("not enough synthetic rows; lower --rows or --steps")
 
     sample = torch.as_tensor(examples[0].input_ids[:32], device=device)[None]
-    eng = Engine(model, tc, n_steps, precision="auto" if cuda else "bf16", sample_ids=sample)
+    eng = Engine(model, tc, n_steps, sample_ids=sample)
     print(f"engine: lm_head on {'supervised positions' if eng.head is not None else 'every position'}, "
           f"{type(eng.opt).__name__}(fused={eng.opt.defaults.get('fused')}), bf16 autocast, "
           f"{args.rows}x{seq} packed rows/step in micro-batches of {args.micro_rows}", flush=True)
@@ -138,14 +139,14 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        losses.append(float(m[0]))
-        print(f"step {i + 1}: loss {float(m[0]):.4f} grad_norm {gnorm:.3f} {float(m[5]) / dt:,.0f} tok/s "
+        losses.append(m.loss)
+        print(f"step {i + 1}: loss {m.loss:.4f} grad_norm {gnorm:.3f} {m.tokens / dt:,.0f} tok/s "
               f"({dt:.2f}s)", flush=True)
         if i >= args.warmup:
             seconds += dt
-            tokens += int(m[5])
-            sup += int(m[6])
-            head_metric += int(m[2] + m[4])  # response + prompt positions the metrics evaluate
+            tokens += m.tokens
+            sup += m.supervised
+            head_metric += m.response_tokens + m.prompt_tokens  # response + prompt positions the metrics evaluate
             pairs += sum(len(examples[k]) * (len(examples[k]) + 1) // 2 for r in step_rows for k in r.examples)
     if not all(np.isfinite(losses)):
         sys.exit(f"non-finite loss: {losses}")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MODELS, ROOT, gemm_peak, load, machine, mini_world_conversations, param_counts,  # noqa: E402
+from _common import (ROOT, gemm_peak, load, machine, mini_world_conversations, param_counts,  # noqa: E402
                      save_model, train_tokenizer, write_jsonl)
 
 GROUPS = [
@@ -68,48 +68,31 @@ def group_of(name: str) -> str:
 
 
 class Setup:
-    """Data, plan and model for our Engine, as train() builds them."""
+    """train()'s own set-up (``harness.training.loop.setup``: data, plan, model, engine) on CPU, stepped in a loop."""
 
     def __init__(self, root: Path, model_dir: Path, data: Path, seq: int, rows: int, threads: int,
                  compile: bool = False, micro_rows: int | None = None):
-        import torch
-
         from harness.grid import load_experiment
-        from harness.training.engine import Engine
-        from harness.modeling import load_model
-        from harness.training.packing import plan_steps
-        from harness.training.loop import prepare_data
+        from harness.training.loop import setup
 
-        torch.set_num_threads(threads)
         exp = root / "mfu.yaml"
         exp.write_text(EXP.format(root=root, model=model_dir, data=data, seq=seq, batch=rows * seq,
                                   micro=(micro_rows or rows) * seq, threads=threads, compile=str(compile).lower()))
-        self.cfg = load_experiment(exp).runs[0].config
-        self.tok, self.data = prepare_data(self.cfg)
-        self.plan = plan_steps(self.data, self.cfg)
-        model = load_model(self.cfg, model_dir, torch.device("cpu"))
-        first = self.data.examples[self.plan[0].rows[0].examples[0]]
-        self.eng = Engine(model, self.cfg.train, len(self.plan), precision="auto",
-                          sample_ids=torch.as_tensor(first.input_ids[:32])[None])
+        self.setup = setup(load_experiment(exp).runs[0].config)  # train.threads sets torch's CPU threads
         self.k = 0
 
     def step(self) -> tuple[int, int, int, int]:
         """One optimizer step; returns (real tokens, supervised, other scored positions, sum n(n+1)).
-        The step's micro-batches are laid out as train() lays them out (layout_step: short packed rows, or
+        The step's micro-batches are train()'s own (``Setup.batches``: layout_step's short packed rows, or
         max_length-wide ones under compile)."""
-        from harness.training.packing import segment_masks
-        from harness.training.packing import layout_step
-
-        rows = self.plan[self.k % len(self.plan)].rows
+        s = self.setup
+        i = self.k % len(s.plan)
         self.k += 1
-        batches = layout_step(rows, self.data, self.cfg.train, self.cfg.data.max_length, self.tok.pad_token_id)
-        m, _ = self.eng.step(batches, metrics=True, step=self.k)
-        rest = 0
-        for b in batches:
-            resp, prompt = segment_masks(b)
-            rest += int((resp | prompt).sum())
-        lens = [len(self.data.examples[i]) for r in rows for i in r.examples]
-        return int(m[5]), int(m[6]), rest - int(m[6]), sum(n * (n + 1) for n in lens)
+        m, _ = s.engine.step(s.batches(i), metrics=True, step=self.k)
+        # metrics=True: the head also ran (forward only) on the prompt/response positions not supervised
+        rest = m.response_tokens + m.prompt_tokens - m.supervised
+        lens = [len(s.data.examples[j]) for r in s.plan[i].rows for j in r.examples]
+        return m.tokens, m.supervised, rest, sum(n * (n + 1) for n in lens)
 
 
 def timed_steps(s: Setup, steps: int, warmup: int) -> dict:

@@ -152,11 +152,14 @@ def mfu_section(r: dict) -> list[str]:
 
 
 def overhead_section(rs: list[dict]) -> list[str]:
+    # runs from before the package reorganisation timed `import harness.train` and did not record the module
+    mods = sorted({r.get("import_floor_module", "harness.train") for r in rs if "import_floor_s" in r})
+    floor_import = " / ".join(f"`import {m}`" for m in mods) or "`import harness.training.loop`"
     lines = ["## 4. Harness overhead (smoke grid)", "",
              "`harness run experiments/smoke.yaml` (6 runs, 2 checkpoints each, base evaluated once) into a fresh "
              "results directory. Work = the union of `train()` calls (DONE's `wall_seconds`: data, model, steps, "
              "checkpoints) and evaluations (each eval JSON's `seconds`); overhead = wall time not covered by any "
-             "work. Import floor = a fresh process's `import harness.train` (torch, transformers; median of 3, "
+             f"work. Import floor = a fresh process's {floor_import} (torch, transformers; median of 3, "
              "timed after the grid): what any worker waits for before its first step, however it is launched; "
              "the last column subtracts it once (the workers import in parallel).", "",
              "| launcher | wall | train() | of which optimizer steps | evaluation | work (union) | **overhead** | "

@@ -1,4 +1,4 @@
-"""Training throughput of `harness.train.train()` on tiny Llamas, in real (non-pad) tokens per second.
+"""Training throughput of `harness.training.loop.train()` on tiny Llamas, in real (non-pad) tokens per second.
 
     .venv/bin/python benchmarks/train_throughput.py            # h128/2L and h256/4L, seq 256 and 512
     .venv/bin/python benchmarks/train_throughput.py --models h128x2 --seqs 256 --steps 20

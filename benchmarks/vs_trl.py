@@ -1,4 +1,4 @@
-"""Side by side: `harness.train.train()` vs TRL's `SFTTrainer` on the same tiny Llamas and mini-world data.
+"""Side by side: `harness.training.loop.train()` vs TRL's `SFTTrainer` on the same tiny Llamas and mini-world data.
 
     .venv/bin/pip install -e ".[bench]"          # TRL is a benchmark-only extra
     .venv/bin/python benchmarks/vs_trl.py         # h128x2 and h256x4, 3 rounds -> benchmarks/out/vs_trl.json
@@ -15,7 +15,7 @@ supervised tokens of the optimizer step), sequence length 512, 8 x 512 tokens pe
 
 * **ours**: ``train()`` on the real path (8 packed rows in one forward, per-example position ids), or with
   ``--layout bucketed`` the step's examples sorted by length into right-padded causal micro-batches
-  (``train.layout``, harness/packing.py).
+  (``train.layout``, harness/training/packing.py).
 * **ours_packed**: ``train()`` with ``train.layout: packed`` whatever ``--layout`` says (the A/B baseline).
 * **trl_packed**: TRL's best attention-isolating setting: ``packing=True, packing_strategy="bfd"`` (padding-free:
   position ids, no attention mask), per-device batch 1 + 8 accumulation steps, ``assistant_only_loss=True``,
