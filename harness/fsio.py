@@ -157,9 +157,11 @@ def fault_point(name: str) -> None:
     """Fault injection for the reliability suite, off unless ``HARNESS_FAULT`` is set.
 
     ``HARNESS_FAULT=<name>:<n>`` kills the process (``os._exit(137)``, as kill -9 would: no cleanup, no
-    finally) the n-th time execution reaches this point. ``<name>:<n>:hold`` instead creates the file named by
-    ``HARNESS_FAULT_MARK`` and blocks there until the process is killed: a test waits for that file, so it
-    kills at a moment it controls, never after a sleep that a faster CPU would outrun."""
+    finally) the n-th time execution reaches this point. ``<name>:<n>:wait`` instead creates the file named by
+    ``HARNESS_FAULT_MARK`` and waits there while that file exists: the test waits for the file, does what it
+    wants at that exact point (kill the process, send a signal) and deletes the file to let it go on. It fires
+    once per mark (``<mark>.released`` is written on release), so a requeued job does not stop again. Tests
+    kill at a moment they control this way, never after a sleep that a faster CPU would outrun."""
     spec = os.environ.get("HARNESS_FAULT", "")
     if not spec.startswith(name + ":"):
         return
@@ -167,12 +169,16 @@ def fault_point(name: str) -> None:
     _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
     if _FAULT_HITS[name] != int(parts[1]):
         return
-    if len(parts) > 2 and parts[2] == "hold":
-        mark = os.environ.get("HARNESS_FAULT_MARK")
-        if mark:
-            Path(mark).write_text(f"{os.getpid()}\n")
-        while True:  # held here until killed
-            time.sleep(3600)
+    if len(parts) > 2 and parts[2] == "wait":
+        mark = Path(os.environ["HARNESS_FAULT_MARK"])
+        released = mark.with_name(mark.name + ".released")
+        if released.exists():
+            return
+        atomic_write_text(mark, f"{os.getpid()}\n")
+        while mark.exists():
+            time.sleep(0.02)
+        released.write_text("")
+        return
     os._exit(137)
 
 

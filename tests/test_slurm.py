@@ -49,6 +49,13 @@ def _wait(pred, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _read(path) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _all_done(exp) -> bool:
     rows = status_rows(exp)
     failed = [r for r in rows if r["state"] == "failed"]
@@ -78,26 +85,33 @@ def test_grid_runs_as_a_slurm_array(tmp_path):
     assert again["to_run"] == []
 
 
-def test_preemption_requeues_and_resumes_exactly(tmp_path):
+def test_preemption_requeues_and_resumes_exactly(tmp_path, monkeypatch):
     import submitit
 
+    # the job waits after optimizer step 20 until the test has seen it receive USR2 (no race with the CPU's
+    # speed): it then checkpoints at step 20, is requeued, and resumes from there
+    mark = tmp_path / "at-step-20"
+    monkeypatch.setenv("HARNESS_FAULT", "train_step:20:wait")
+    monkeypatch.setenv("HARNESS_FAULT_MARK", str(mark))
     exp = _exp(tmp_path, ["train.epochs=150", "train.save_every_epoch=false"])
     spec = exp.runs[0]
     summary = launch(exp, wait=False, out=lambda *a: None)
     job_id = summary["results"][0]["job_id"]
     rdir = exp.out_dir / "runs" / spec.run_id
-    metrics = rdir / "metrics.jsonl"
-    _wait(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 20, 180, "training to start")
+    _wait(mark.exists, 180, "training to reach step 20")
     job = submitit.SlurmJob(folder=exp.out_dir / "logs" / "%j", job_id=job_id)
     job._interrupt()  # USR2, as SLURM sends before preemption/time limit
+    _wait(lambda: "SIGUSR2 received" in _read(job.paths.stderr), 60, "the job to receive USR2")
+    mark.unlink()  # go on: the loop sees the signal at this step boundary
     _wait(lambda: _all_done(exp), 300, "the requeued job to finish")
     prov = json.loads((rdir / "provenance.json").read_text())
-    assert prov["resumed_from"] and prov["resumed_from"] < prov["steps"]  # it really resumed mid-run
+    assert prov["resumed_from"] == 20 < prov["steps"]  # it really resumed mid-run, where it was stopped
     cks = sorted(p.name for p in (rdir / "checkpoints").iterdir() if (p / "COMPLETED").exists())
     assert len(cks) == 2  # the preemption checkpoint and the final one
     # same weights as an uninterrupted run of the same config
     from harness.training.loop import train
 
+    monkeypatch.delenv("HARNESS_FAULT")
     ref = tmp_path / "ref"
     n = train(spec, ref)["steps"]
     a = load_file(str(rdir / f"checkpoints/step-{n:06d}/model.safetensors"))

@@ -16,6 +16,7 @@ import yaml
 
 from harness.config.schema import RENAMED, ExperimentConfig, to_dict
 from harness.errors import ConfigError, did_you_mean
+from harness.fsio import atomic_write_text
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -280,7 +281,9 @@ def explain(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, s
 
 
 def save_yaml(cfg: ExperimentConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """The resolved config, written atomically (a run's config.yaml is what every reader of the run trusts)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
 
 def _build_checked(raw: dict, lines: LineMap | None, context: str = "") -> ExperimentConfig:
     try:

@@ -80,8 +80,15 @@ def stop_on_usr2() -> Iterator[Callable[[], bool]]:
     SIGTERM is left to submitit, which ignores it because USR2 follows (stopping on it could exit before USR2
     arrives). Outside the main thread (debug executor) there is no preemption handling."""
     flag: dict[str, int] = {}
+
+    def received(signum, frame) -> None:
+        if "signal" not in flag:  # in the job's log: why the run stops early and resumes later
+            print(f"{now_iso()} SIGUSR2 received: checkpointing at the next step, then requeueing",
+                  file=sys.stderr, flush=True)
+        flag.setdefault("signal", signum)
+
     try:
-        previous = signal.signal(signal.SIGUSR2, lambda signum, frame: flag.setdefault("signal", signum))
+        previous = signal.signal(signal.SIGUSR2, received)
         installed = True
     except ValueError:
         previous, installed = None, False

@@ -38,6 +38,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> 
     tmp.rename(final)
     fault_point("checkpoint_rename")  # renamed but no COMPLETED yet
     atomic_write_text(final / COMPLETED, now_iso() + "\n")
+    fault_point("checkpoint_done")  # a COMPLETED checkpoint to resume from
     return final
 
 

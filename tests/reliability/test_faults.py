@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness.grid import load_experiment
+from harness.layout import RunDir
 from harness.training.loop import train
 from tests.tiny import build_tiny
 
@@ -84,54 +85,69 @@ def test_kill_during_checkpoint_write(tiny, tmp_path, point):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     _same(rdir, _reference(exp, tmp_path))
-    from harness.layout import RunDir
-
     assert not RunDir(rdir).missing_evals()  # every checkpoint evaluated after the rerun
     assert json.loads((rdir.parents[1] / "base" / "eval" / "step-000000.json").read_text())["metrics"]
+
+
+def _wait_for(mark: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Block until the process reaches its fault point (it creates `mark`) — a condition the test controls,
+    whatever the CPU's speed; fail clearly if it exits first or never gets there."""
+    t0 = time.monotonic()
+    while not mark.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the process exited ({proc.returncode}) before reaching its fault point")
+        if time.monotonic() - t0 > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the process did not reach its fault point within {timeout} s")
+        time.sleep(0.02)
 
 
 def test_kill_9_mid_training_then_rerun(tiny, tmp_path):
     exp = _exp_file(tiny, tmp_path, "killstep", "\n".join(["", "grid:", "  train.epochs: [6]", ""]))
     spec = load_experiment(exp).runs[0]
     rdir = tmp_path / "results" / "killstep" / "runs" / spec.run_id
-    p = subprocess.Popen(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    t0 = time.time()
-    while time.time() - t0 < 240:
-        m = rdir / "metrics.jsonl"
-        if m.exists() and len(m.read_text().splitlines()) >= 20:  # past the first epoch checkpoint (step 8)
-            break
-        time.sleep(0.05)
+    mark = tmp_path / "at-step-20"
+    # held after optimizer step 20, past the epoch checkpoints at steps 8 and 16, then killed there
+    p = subprocess.Popen(HARNESS + ["run", str(exp), "--launcher", "debug"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         env=_env(HARNESS_FAULT="train_step:20:wait", HARNESS_FAULT_MARK=str(mark)))
+    _wait_for(mark, p)
+    assert len((rdir / "metrics.jsonl").read_text().splitlines()) == 20
+    assert [s for s, _ in RunDir(rdir).completed_checkpoints()] == [8, 16]
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert not (rdir / "DONE").exists()
     r = subprocess.run(HARNESS + ["run", str(exp), "--launcher", "debug"], env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((rdir / "provenance.json").read_text())["resumed_from"] == 16
     _same(rdir, _reference(exp, tmp_path))
 
 
 def test_kill_9_of_launcher_and_jobs_mid_grid(tiny, tmp_path):
     grid = "\n".join(["", "launcher: {backend: local, timeout_min: 10}", "grid:",
                       "  regime.name: [prompt_masked, full, prompt_only]", "  train.epochs: [4]", ""])
-    exp = _exp_file(tiny, tmp_path, "killgrid", grid.replace("launcher: {backend: debug}", ""))
+    exp = _exp_file(tiny, tmp_path, "killgrid", grid)
     exp.write_text(exp.read_text().replace("launcher: {backend: debug}\n", ""))
     runs = load_experiment(exp).runs
     out = tmp_path / "results" / "killgrid" / "runs"
-    p = subprocess.Popen(HARNESS + ["run", str(exp), "--parallel", "1"], env=_env(), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    t0 = time.time()
-    while time.time() - t0 < 300 and not (out / runs[0].run_id / "DONE").exists():
-        time.sleep(0.2)
-    time.sleep(1.0)  # the second run is under way
+    mark = tmp_path / "second-run-checkpointed"
+    # one worker trains the runs in order, a checkpoint per epoch: its 5th COMPLETED checkpoint is the second
+    # run's first. Held right there, the launcher and its worker are killed: run 1 done and evaluated, run 2
+    # mid-way with a checkpoint to resume from, run 3 not started.
+    p = subprocess.Popen(HARNESS + ["run", str(exp), "--parallel", "1"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         env=_env(HARNESS_FAULT="checkpoint_done:5:wait", HARNESS_FAULT_MARK=str(mark)))
+    _wait_for(mark, p)
+    assert (out / runs[0].run_id / "DONE").exists() and not RunDir(out / runs[0].run_id).missing_evals()
+    assert [s for s, _ in RunDir(out / runs[1].run_id).completed_checkpoints()] == [8]
+    assert not (out / runs[1].run_id / "DONE").exists() and not (out / runs[2].run_id / "metrics.jsonl").exists()
     os.killpg(p.pid, signal.SIGKILL)  # the launcher and the jobs it started (one session)
     p.wait()
-    time.sleep(0.5)
-    done_before = sum((out / r.run_id / "DONE").exists() for r in runs)
-    assert 1 <= done_before < 3
     r = subprocess.run(HARNESS + ["run", str(exp), "--parallel", "1"], env=_env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads((out / runs[1].run_id / "provenance.json").read_text())["resumed_from"] == 8
     for i, run in enumerate(runs):
         _same(out / run.run_id, _reference(exp, tmp_path, i))
     again = subprocess.run(HARNESS + ["run", str(exp)], env=_env(), capture_output=True, text=True, timeout=300)
