@@ -97,11 +97,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _num(v: Any) -> float:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)):
-        return float(v)
-    return math.nan
+    return float(v) if isinstance(v, (int, float)) else math.nan  # bool is an int: True -> 1.0
 
 
 # ------------------------------------------------------------------------------------------------ discovery
@@ -112,13 +108,9 @@ def experiment_dirs(results_dir: str | Path) -> list[Path]:
     root = Path(results_dir)
     if not root.is_dir():
         return []
-    if _is_experiment(root):
+    if ExperimentDir(root).is_experiment():
         return [root]
-    return sorted(p for p in root.iterdir() if p.is_dir() and _is_experiment(p))
-
-
-def _is_experiment(p: Path) -> bool:
-    return ExperimentDir(p).is_experiment()
+    return sorted(p for p in root.iterdir() if p.is_dir() and ExperimentDir(p).is_experiment())
 
 
 @dataclass
