@@ -130,9 +130,10 @@ class RunInfo:
     eval_hash: str | None = None  # plan.json's: which base evaluation this run is compared with
 
 
-def run_state(rdir: Path) -> tuple[str, str, int | None]:
-    """(state, detail, last logged/evaluated step) of a run directory: harness.layout's state."""
-    st = RunDir(rdir).state()
+def run_state(rdir: Path, every_checkpoint: bool | None = None) -> tuple[str, str, int | None]:
+    """(state, detail, last logged/evaluated step) of a run directory: harness.layout's state
+    (eval.every_checkpoint from the run's config.yaml unless given)."""
+    st = RunDir(rdir).state(every_checkpoint)
     return st.state, st.detail, st.last_step
 
 
@@ -151,6 +152,8 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
         plan = {"experiment": experiment.config.name,
                 "axes": list(dict.fromkeys(k for r in experiment.runs for k in r.axes)),
                 "runs": [{"run_id": r.run_id, "axes": dict(r.axes)} for r in experiment.runs]}
+    # eval.every_checkpoint of a run whose config.yaml is missing or unreadable: its spec's, as `harness status`
+    every_of = {r.run_id: r.config.eval.every_checkpoint for r in getattr(experiment, "runs", ())}
     if hasattr(experiment, "runs") and hasattr(experiment, "config"):
         experiment = experiment.config
     name = plan.get("experiment") or exp_dir.name
@@ -163,8 +166,9 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     runs: list[RunInfo] = []
     for rid in order:
         rd = ExperimentDir(exp_dir).run(rid)
-        state, detail, last = run_state(rd.path)
         cfg = _read_yaml(rd.config) if rd.path.is_dir() else None
+        every = _get_dotted(cfg, "eval.every_checkpoint") if cfg else every_of.get(rid)
+        state, detail, last = run_state(rd.path, every)
         info = RunInfo(name, rid, rd.path, state, detail, dict(plan_axes.get(rid, {})), cfg, rid in plan_axes, last,
                        rd.eval_files(), plan_hash.get(rid))
         runs.append(info)

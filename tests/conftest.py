@@ -42,6 +42,18 @@ def train_bpe(vocab_size: int = 400, template: str = CHATML):
     return fast
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one thread is as fast, and far faster when other processes share the cores (OpenMP
+    threads spin-wait when oversubscribed; benchmarks/NOTES.md)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def chatml_tok():
     return train_bpe(template=CHATML)

@@ -53,14 +53,7 @@ eval:
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when other processes share the cores (OpenMP
-    threads spin-wait when oversubscribed: 7x slower evaluation measured on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:

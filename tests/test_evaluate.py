@@ -38,14 +38,7 @@ KEYS = ("world_qa/exact_match", "world_qa_raw/exact_match", "world_facts/acc", "
         "format/answered", "format/continued_question", "format/other", "format/unfinished")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when other processes share the cores (OpenMP
-    threads spin-wait when oversubscribed: 7x slower evaluation measured on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

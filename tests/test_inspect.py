@@ -50,14 +50,24 @@ def test_inspect_cli_writes_json_and_html(files, chatml_tok, capsys):
     assert page.startswith("<!doctype html>") and "const DATA" in page and "<script src" not in page
 
 
-def test_inspect_from_experiment(files, tmp_path, capsys):
+def test_inspect_from_experiment(files, tmp_path, capsys, chatml_tok):
     tmp, data, tok = files
     exp = tmp / "e.yaml"
     exp.write_text(f"name: x\nmodel: {{name_or_path: {tok}}}\ndata: {{train: {{path: {data}}}, max_length: 64}}\n"
                    "grid:\n  regime.name: [prompt_masked, full]\n  train.lr: [1e-4, 2e-4]\n")
-    assert main(["inspect", str(exp), "--n", "1"]) == 0
+    assert main(["inspect", str(exp), "--n", "1", "--json", str(tmp / "e.json")]) == 0
     out = capsys.readouterr().out
-    assert "prompt_masked" in out and "full" in out
+    doc = json.loads((tmp / "e.json").read_text())
+    # the grid's four runs have two regimes: each audited once, with the experiment's data and max_length
+    masked_label = "prompt_masked:turns=all,eot=True"  # the experiment's regime options, spelled out
+    assert [s["regime"] for s in doc["stats"]] == [masked_label, "full"]
+    t = tokenize_conversation(ROWS[0]["messages"], chatml_tok)
+    ex0 = doc["examples"][0]
+    assert ex0["regimes"]["full"]["labels"][1:] == t.input_ids.tolist()[1:]  # full: every token but position 0
+    assert ex0["regimes"][masked_label]["labels"] == apply_regime(t, "prompt_masked").labels.tolist()
+    full, masked = (next(s for s in doc["stats"] if s["regime"] == r) for r in ("full", masked_label))
+    assert full["supervised_tokens"] > masked["supervised_tokens"] > 0
+    assert "mask statistics" in out and "prompt_masked" in out and "full" in out
 
 
 def test_inspect_errors_are_clean(files, capsys):

@@ -16,14 +16,7 @@ from harness.evaluation import probes as P
 from harness.evaluation.generate import format_probe, stop_strings
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one thread is as fast, and far faster when other processes share the cores (OpenMP
-    threads spin-wait when oversubscribed: 7x slower evaluation measured on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(tok, seed: int = 0, hidden: int = 32):
