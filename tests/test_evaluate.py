@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.errors import DataError
 from harness.grid import load_experiment

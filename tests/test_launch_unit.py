@@ -77,6 +77,7 @@ def test_debug_launch_is_idempotent_and_isolates_failures(tmp_path, fake_pipelin
     out = []
     s = launch(exp, out=out.append)
     assert len(fake_pipeline["train"]) == 4
+    assert sorted(r["status"] for r in s["results"]) == ["done", "done", "done", "failed"]
     states = {r["run_id"]: r["state"] for r in status_rows(exp)}
     failed = [k for k, v in states.items() if v == "failed"]
     assert len(failed) == 1 and failed[0].startswith("full-lr2e-4")

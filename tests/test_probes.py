@@ -15,7 +15,6 @@ from harness.errors import DataError
 from harness.evaluation import probes as P
 from harness.evaluation.generate import format_probe, stop_strings
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

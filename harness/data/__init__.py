@@ -2,13 +2,8 @@
 
 from harness.data.formats import Conversation, load_conversations
 from harness.data.prepare import Drops, tokenize_all
-from harness.data.tokenize import (
-    ConversationTokenizer,
-    Segment,
-    TemplateRenderer,
-    Tokenized,
-    tokenize_conversation,
-)
+from harness.data.render import TemplateRenderer
+from harness.data.tokenize import ConversationTokenizer, Segment, Tokenized, tokenize_conversation
 
 __all__ = [
     "Conversation", "ConversationTokenizer", "Drops", "Segment", "TemplateRenderer", "Tokenized",

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from harness.data.tokenize import end_of_turn_markers
+from harness.data.render import end_of_turn_markers
 
 QUESTION_WORDS = ("what", "where", "when", "who", "which", "how", "why", "in which", "on what")
 
