@@ -102,7 +102,7 @@ def short_rows(rows: Sequence[Row], lengths: Sequence[int], multiple: int = 64) 
 
 BUCKET_MULTIPLE = 8  # row widths of bucketed micro-batches are multiples of this (vectorised kernels like it)
 BUCKET_GROUP_COST = 64  # a micro-batch's fixed cost in pad tokens: one more micro-batch only to save fewer pads
-                        # than this is not worth it (CPU h256x4: ~600 extra ops ~ 10-30 ms ~ 20-60 tokens)
+                        # than this is not worth it (its hundreds of extra kernel launches; benchmarks/NOTES.md)
 
 
 def bucket_rows(rows: Sequence[Row], lengths: Sequence[int], budget: int, multiple: int = BUCKET_MULTIPLE,

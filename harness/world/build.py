@@ -26,7 +26,8 @@ SIZES = {
     # batch 8 x 520 steps: fact completion 83% (batch 16 x 260, the same tokens: 39%)
     "test": dict(people=80, bios=5, vocab=1024,
                  pretrain=PretrainConfig(layers=2, hidden=64, heads=4, batch=8, steps=520, lr=3e-3, bf16=False)),
-    # 4x128 fp32: on an AVX2-only CPU bf16 autocast is ~40x slower and 4x256 reaches only ~3.5k tok/s
+    # 4x128 fp32: bf16 autocast is far slower on CPUs without avx512_bf16, and 4x256 too slow to pretrain in the
+    # demo's budget (benchmarks/NOTES.md)
     # 300 people (150 in the SFT half x 7 conversations = 1,050 SFT examples), ~45 epochs of a 76k-token
     # corpus (1,100 steps: fact completion 89.8%, held-out QA after SFT 46%). Batch 16 over 32 at the same tokens: fact
     # completion 91.5% vs 78.5% after 7/8 of the steps (N=500, lr 2e-3; memorisation needs updates more than

@@ -22,7 +22,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     warmup: float = 0.03
     final_lr_fraction: float = 0.0
-    bf16: bool = False  # CPU autocast: 1.4x faster at width 256 with avx512_bf16, ~40x slower without it
+    bf16: bool = False  # CPU autocast: faster with avx512_bf16, much slower without it (benchmarks/NOTES.md)
     seed: int = 0
     threads: int = 2  # intra-op threads, fixed (part of the cache key): reductions, hence weights, depend on it
 
