@@ -236,13 +236,13 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
     `overrides` replaces fields of the size's PretrainConfig (e.g. {"lr": 1e-3, "steps": 800}); they enter
     the model's cache key and world.json."""
     import torch
-    from transformers.utils import logging as hf_logging
 
+    from harness.modeling import quiet_hf_progress
     from harness.world import measure as M
     from harness.world.pretrain import EpochPacker, make_model, pretrain
     from harness.world.tokenizer import train_tokenizer
 
-    hf_logging.disable_progress_bar()
+    quiet_hf_progress()
     t_start = time.perf_counter()
     spec = _spec(size)
     out = Path(out) if out else world_dir(size, seed, augment)
