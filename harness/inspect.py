@@ -84,9 +84,9 @@ class Audit:
 
 def audit(conversations, tokenizer, regimes: list[RegimeSpec], *, max_length: int | None = None,
           truncation: str = "right", boundary: str = "split", chat_template: str | None = None,
-          eot: str | None = None, source: str = "") -> Audit:
+          eot: str | None = None, source: str = "", literal_content: bool = True) -> Audit:
     ct = ConversationTokenizer(tokenizer, chat_template=chat_template, eot=eot, boundary=boundary,
-                               max_length=max_length, truncation=truncation)
+                               max_length=max_length, truncation=truncation, literal_content=literal_content)
     examples, drops = tokenize_all(conversations, ct)
     masked = [apply_all(examples, r.name, r.options, drops) for r in regimes]
     return Audit(tokenizer, examples, drops, regimes, masked, source)
@@ -145,18 +145,22 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
         console.print(Columns(panels, equal=True, expand=True))
     table = Table(title=f"mask statistics ({a.source}: {len(a.examples) + a.tokenize_drops.total} examples)")
     for col in ("regime", "examples", "dropped", "tokens", "supervised", "weight sum", "fraction", "truncated",
-                "no-EOT turns", "mask hash"):
+                "no-EOT turns", "spell specials", "mask hash"):
         table.add_column(col, justify="right" if col not in ("regime", "mask hash") else "left")
     for s in a.stats():
         table.add_row(s["regime"], str(s["examples"]), str(s["dropped"]), str(s["tokens"]),
                       str(s["supervised_tokens"]), f"{s['weight_sum']:g}", f"{s['supervised_fraction']:.3f}", str(s["truncated_examples"]),
-                      str(s["turns_without_eot"]), s["mask_hash"])
+                      str(s["turns_without_eot"]), str(s["contents_spelling_special_tokens"]), s["mask_hash"])
     console.print(table)
     for r, md in zip(a.regimes, a.masked):
         if md.drops.total:
             console.print(f"[yellow]{r.label}: dropped {md.drops.describe()}[/yellow]")
     boundary = a.masked[0].stats()["boundary"] if a.masked else {}
     console.print(f"response boundaries: {boundary} (split = tokenized at the boundary as at inference)")
+    spelled = max((s["contents_spelling_special_tokens"] for s in a.stats()), default=0)
+    if spelled:
+        console.print(f"[yellow]{spelled} message contents spell a special token of the tokenizer: tokenized as "
+                      "text (set data.literal_content: false if the data means them as control tokens)[/yellow]")
     if any(s["turns_without_eot"] for s in a.stats()):
         console.print("[red]warning: some assistant turns have no end-of-turn marker: the model will never "
                       "learn to stop. Set data.eot or use a template that ends turns with eos.[/red]")
@@ -238,7 +242,7 @@ def to_html(a: Audit, n: int) -> str:
     legend = "".join(f'<span style="background:{c}">{html.escape(name)}</span>'
                      for name, c in data["segment_colours"].items())
     cols = ["regime", "examples", "dropped", "tokens", "supervised_tokens", "weight_sum", "supervised_fraction",
-            "truncated_examples", "turns_without_eot", "mask_hash"]
+            "truncated_examples", "turns_without_eot", "contents_spelling_special_tokens", "mask_hash"]
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(s[c]))}</td>" for c in cols) + "</tr>"
                    for s in data["stats"])
     table = "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + rows + "</table>"
@@ -269,6 +273,7 @@ def _from_experiment(path: str, overrides: list[str] | None, regimes: list[str] 
                                system_prompt=cfg.data.system_prompt,
                                require_assistant=any(s.name != "prompt_only" for s in specs))
     return audit(convs, tok, specs, max_length=cfg.data.max_length, truncation=cfg.data.truncation,
+                 literal_content=cfg.data.literal_content,
                  boundary=cfg.data.boundary, eot=cfg.data.eot, source=f"{path} -> {src.path}")
 
 

@@ -191,6 +191,7 @@ class MaskedData:
             "truncated_examples": sum(1 for t in self.examples if t.truncated),
             "boundary": dict(Counter(t.boundary for t in self.examples)),
             "turns_without_eot": int(sum(t.no_eot_turns for t in self.examples)),
+            "contents_spelling_special_tokens": int(sum(t.literal_contents for t in self.examples)),
             "mask_hash": mask_hash(self.masks, [t.input_ids for t in self.examples]),
         }
 

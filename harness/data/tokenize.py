@@ -31,6 +31,7 @@ ends with ``": "`` and the response starts with ``"4"``):
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -77,6 +78,7 @@ class Tokenized:
     truncated: int = 0  # tokens removed by truncation
     boundary: str = "clean"  # clean | split | merged | merged_fallback: how the response boundaries were tokenized
     no_eot_turns: int = 0  # assistant turns whose template has no end-of-turn marker
+    literal_contents: int = 0  # message contents that spell a special token, tokenized as text
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -193,7 +195,8 @@ class ConversationTokenizer:
     """Tokenizes many conversations with one renderer (template layouts cached per role sequence)."""
 
     def __init__(self, tokenizer, *, chat_template: str | None = None, eot: str | None = None,
-                 boundary: str = "split", max_length: int | None = None, truncation: str = "right"):
+                 boundary: str = "split", max_length: int | None = None, truncation: str = "right",
+                 literal_content: bool = True):
         if boundary not in BOUNDARY_POLICIES:
             raise DataError(f"unknown boundary policy '{boundary}'", where="data.boundary",
                             fix=f"use one of {list(BOUNDARY_POLICIES)}")
@@ -210,6 +213,13 @@ class ConversationTokenizer:
         self.max_length = max_length
         self.truncation = truncation
         self._backend_checked = False
+        # message contents are text: a content that spells a special token (say "<|im_end|>") must not become
+        # that token, or training would teach a turn boundary inside a message and a user could forge a turn
+        self.literal_content = literal_content
+        specials = sorted({a.content for a in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                           if a.special and a.content}, key=len, reverse=True)
+        self._first_chars = frozenset(t[0] for t in specials)
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
 
     def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
         """Token ids and character offsets of each text (no special tokens added).
@@ -232,16 +242,50 @@ class ConversationTokenizer:
         offs = [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in enc["offset_mapping"]]
         return enc["input_ids"], offs
 
-    def _split_encode(self, text: str, run: tuple):
+    def _encode_literal(self, texts: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+        """Like :meth:`_encode`, with special-token strings tokenized as plain text (split_special_tokens)."""
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode_special_tokens"):
+            before = backend.encode_special_tokens
+            backend.encode_special_tokens = True
+            try:
+                return self._encode(texts)
+            finally:
+                backend.encode_special_tokens = before
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                             return_attention_mask=False, split_special_tokens=True)
+        return enc["input_ids"], [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in enc["offset_mapping"]]
+
+    def spelled_specials(self, text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The content spans of `text` that spell one of the tokenizer's special tokens."""
+        if self._specials is None:
+            return []
+        return [(a, b) for a, b in spans if b > a and not self._first_chars.isdisjoint(text[a:b])
+                and self._specials.search(text, a, b) is not None]
+
+    def _piece_encode(self, text: str, cuts: Sequence[int], literal: Sequence[tuple[int, int]]):
+        """Tokenize `text` in pieces cut at `cuts`; the pieces inside a `literal` span as plain text."""
+        bounds = sorted({0, len(text), *cuts, *(x for span in literal for x in span)})
+        pieces = list(zip(bounds[:-1], bounds[1:]))
+        lit = [any(a <= s and e <= b for a, b in literal) for s, e in pieces]
+        ids_l: list = [None] * len(pieces)
+        offs_l: list = [None] * len(pieces)
+        for flag, enc in ((False, self._encode), (True, self._encode_literal)):
+            idx = [i for i, f in enumerate(lit) if f == flag]
+            got = enc([text[pieces[i][0]:pieces[i][1]] for i in idx])
+            for k, i in enumerate(idx):
+                ids_l[i], offs_l[i] = got[0][k], got[1][k]
+        ids = [i for part in ids_l for i in part]
+        offs = (np.concatenate([o + a for o, (a, _) in zip(offs_l, pieces)]) if ids
+                else np.zeros((0, 2), np.int32))
+        return ids, offs.astype(np.int32)
+
+    def _split_encode(self, text: str, run: tuple, literal: Sequence[tuple[int, int]] = ()):
         """Tokenize `text` in pieces cut at its response boundaries (see the module docstring)."""
         r_start, r_seg = run[0], run[1]
         resp = [sg in RESPONSE_SEGMENTS for sg in r_seg]
         cuts = [r_start[i] for i in range(1, len(resp)) if resp[i] != resp[i - 1]]
-        bounds = [0, *cuts, len(text)]
-        ids_l, offs_l = self._encode([text[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
-        ids = [i for part in ids_l for i in part]
-        offs = np.concatenate([o + a for o, a in zip(offs_l, bounds[:-1])]) if ids else np.zeros((0, 2), np.int32)
-        return ids, offs.astype(np.int32)
+        return self._piece_encode(text, cuts, literal)
 
     def __call__(self, conversations: Sequence[Sequence[dict]], sources: Sequence[str] | None = None
                  ) -> list[Tokenized | None]:
@@ -257,17 +301,22 @@ class ConversationTokenizer:
             r_start, r_seg, r_turn, no_eot = _char_runs(text, tuple(m["role"] for m in msgs), spans, self.renderer)
             runs.append((r_start, r_seg, r_turn))
             no_eots.append(no_eot)
+        literal = [self.spelled_specials(text, spans) if self.literal_content else []
+                   for text, spans in rendered]
+        for k, lit in enumerate(literal):  # rare: re-encode those conversations with their contents as text
+            if lit:
+                all_ids[k], all_offs[k] = self._piece_encode(texts[k], (), lit)
         mapped = _map_chunk(texts, runs, all_offs)
         out: list[Tokenized | None] = []
         decode = None
-        for msgs, text, run, no_eot, ids, offs, (tok_seg, tok_turn, crosses), where in zip(
-                conversations, texts, runs, no_eots, all_ids, all_offs, mapped, sources):
+        for msgs, text, run, no_eot, ids, offs, (tok_seg, tok_turn, crosses), where, lit in zip(
+                conversations, texts, runs, no_eots, all_ids, all_offs, mapped, sources, literal):
             roles = tuple(m["role"] for m in msgs)
             boundary = "clean"
             if crosses.any():
                 boundary = "merged"
                 if self.boundary == "split":
-                    s_ids, s_offs = self._split_encode(text, run)
+                    s_ids, s_offs = self._split_encode(text, run, lit)
                     decode = decode or (lambda x: self.tokenizer.decode(
                         x, skip_special_tokens=False, clean_up_tokenization_spaces=False))
                     if decode(s_ids) == decode(ids):
@@ -276,7 +325,7 @@ class ConversationTokenizer:
                     else:
                         boundary = "merged_fallback"
             t = Tokenized(np.asarray(ids, dtype=np.int64), tok_seg, tok_turn, offs, text, roles, where,
-                          boundary=boundary, no_eot_turns=no_eot)
+                          boundary=boundary, no_eot_turns=no_eot, literal_contents=len(lit))
             out.append(self._truncate(t))
         return out
 
@@ -289,17 +338,19 @@ class ConversationTokenizer:
         cut = len(t) - L
         sl = slice(0, L) if self.truncation == "right" else slice(cut, None)
         return Tokenized(t.input_ids[sl], t.segments[sl], t.turns[sl], t.offsets[sl], t.text, t.roles,
-                         t.source, truncated=cut, boundary=t.boundary, no_eot_turns=t.no_eot_turns)
+                         t.source, truncated=cut, boundary=t.boundary, no_eot_turns=t.no_eot_turns,
+                         literal_contents=t.literal_contents)
 
 
 def tokenize_conversation(messages: Sequence[dict], tokenizer, *, chat_template: str | None = None,
                           eot: str | None = None, boundary: str = "split", max_length: int | None = None,
-                          truncation: str = "right", source: str = "") -> Tokenized | None:
+                          truncation: str = "right", source: str = "", literal_content: bool = True
+                          ) -> Tokenized | None:
     """Tokenize one conversation (OpenAI-style messages) and give every token a segment and turn.
 
     Returns None only when ``truncation='drop'`` and the conversation is longer than ``max_length``.
     See the module docstring for the boundary rule.
     """
     ct = ConversationTokenizer(tokenizer, chat_template=chat_template, eot=eot, boundary=boundary,
-                               max_length=max_length, truncation=truncation)
+                               max_length=max_length, truncation=truncation, literal_content=literal_content)
     return ct([list(messages)], [source or "conversation"])[0]

@@ -56,7 +56,8 @@ class Evaluator:
             self.conversations = P.tokenize_eval_conversations(
                 self.paths["nll"], self.tok, max_length=d.max_length, limit=min(limits) if limits else None,
                 fmt=src.format if src else "auto", split=src.split if src else "train",
-                name=src.name if src else None, eot=d.eot, boundary=d.boundary, system_prompt=d.system_prompt)
+                name=src.name if src else None, eot=d.eot, boundary=d.boundary, system_prompt=d.system_prompt,
+                literal_content=d.literal_content)
         self.text_ids = None
         if self.paths["pretrain"]:
             texts = [str(r["text"]) for r in P.read_jsonl(self.paths["pretrain"], "text", e.probe_limit)]

@@ -45,7 +45,7 @@ def prepare_data(cfg: ExperimentConfig, tokenizer=None) -> tuple[object, MaskedD
                                limit=dc.train.limit, system_prompt=dc.system_prompt,
                                require_assistant=cfg.regime.name != "prompt_only")
     ct = ConversationTokenizer(tok, eot=dc.eot, boundary=dc.boundary, max_length=dc.max_length,
-                               truncation=dc.truncation)
+                               truncation=dc.truncation, literal_content=dc.literal_content)
     examples, drops = tokenize_all(convs, ct)
     data = apply_all(examples, cfg.regime.name, regime_options(cfg.regime), drops)
     if not data.examples:
