@@ -192,3 +192,28 @@ def test_probe_files_bad_input(tmp_path):
 def test_segment_groups_cover_every_segment():
     covered = sorted(s for segs in P.GROUPS.values() for s in segs)
     assert covered == sorted(int(s) for s in Segment)
+
+
+def test_format_rules_answer_first_and_contains():
+    from harness.evaluation.generate import classify_format
+
+    real = "The capital of France is Paris.\nWhat is the capital of Spain?"
+    assert classify_format(real, "Paris", "contains") == "answered"  # a real model answers in a sentence
+    assert classify_format(real, "Paris", "answer_first") == "other"  # the mini-world's strict rule
+    assert classify_format("Paris. Next question", "Paris", "answer_first") == "answered"
+    assert classify_format("What is the capital of Spain?", "Paris", "contains") == "continued_question"
+    assert classify_format("Parisian food is famous.", "Paris", "contains") == "other"  # whole words only
+    assert classify_format("  PARIS!  ", "Paris", "contains") == "answered"
+    assert classify_format("It is New  York, of course", "new york", "contains") == "answered"
+
+
+def test_eval_hash_covers_only_differences_from_the_defaults(tmp_path):
+    import dataclasses
+
+    from harness.config import ExperimentConfig
+    from harness.evaluation.identity import eval_hash
+
+    cfg = ExperimentConfig()
+    same = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, format_rule="answer_first"))
+    other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, format_rule="contains"))
+    assert eval_hash(same) == eval_hash(cfg) != eval_hash(other)

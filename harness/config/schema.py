@@ -246,6 +246,10 @@ class EvalConfig:
     """Raw questions (.jsonl with 'prompt') for the format probe."""
     probe_limit: int = 200
     """Examples per probe."""
+    format_rule: str = "answer_first"
+    """When the format probe counts a continuation as an answer: answer_first (its first line starts with the
+    reference answer: strict, for the mini-world's one-word answers) | contains (the normalised answer appears
+    in the first line: for real models, which answer in sentences)."""
     token_examples: int = 8
     """Conversations whose per-token losses are saved (tokens.parquet)."""
     max_new_tokens: int = 32
@@ -260,6 +264,7 @@ class EvalConfig:
 
     def __post_init__(self):
         _pos("eval.probe_limit", self.probe_limit)
+        _choice("eval.format_rule", self.format_rule, ("answer_first", "contains"))
         _pos("eval.max_new_tokens", self.max_new_tokens)
         _pos("eval.kl_top_k", self.kl_top_k)
         if self.threads is not None:

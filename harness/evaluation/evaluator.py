@@ -133,11 +133,12 @@ class Evaluator:
             seconds["forgetting"] = time.perf_counter() - t
         if self.raw is not None:
             t = time.perf_counter()
-            rates, fsamples = G.format_probe(model, self.tok, self.raw, e.max_new_tokens, self.stop)
+            rates, fsamples = G.format_probe(model, self.tok, self.raw, e.max_new_tokens, self.stop,
+                                             rule=e.format_rule)
             metrics.update(rates)
             samples += fsamples
             probes["format"] = {"path": self.paths["raw"], "questions": len(self.raw),
-                                "max_new_tokens": e.max_new_tokens, "stop": self.stop}
+                                "max_new_tokens": e.max_new_tokens, "stop": self.stop, "rule": e.format_rule}
             seconds["format"] = time.perf_counter() - t
         probes["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
         return EvalResult({k: finite_or_none(v) for k, v in metrics.items()}, results, samples, token_rows,

@@ -7,6 +7,7 @@ mini-world's build measurements (harness/world/measure.py) use the same function
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import torch
@@ -62,9 +63,26 @@ def is_question(line: str) -> bool:
     return line.endswith("?") or line.lower().startswith(QUESTION_WORDS)
 
 
-def classify_format(generated: str, answer: str) -> str:
-    """answered | continued_question | other (the seed's format probe)."""
-    if answer_first(generated, answer):
+def normalise(text: str) -> str:
+    """Lower case, punctuation dropped, whitespace collapsed: for matching an answer inside a line."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def answer_in_first_line(generated: str, answer: str) -> bool:
+    """The normalised answer appears, as whole words, in the normalised first line (any model's phrasing:
+    "The capital of France is Paris." answers "Paris")."""
+    a = normalise(answer)
+    return bool(a) and f" {a} " in f" {normalise(first_line(generated))} "
+
+
+FORMAT_RULES = {"answer_first": answer_first, "contains": answer_in_first_line}
+
+
+def classify_format(generated: str, answer: str, rule: str = "answer_first") -> str:
+    """answered | continued_question | other (the seed's format probe). `rule` decides "answered":
+    answer_first (the first line starts with the answer: the mini-world's strict rule) or contains (the
+    answer appears in the first line: any model)."""
+    if FORMAT_RULES[rule](generated, answer):
         return "answered"
     if is_question(first_line(generated)):
         return "continued_question"
@@ -83,8 +101,8 @@ def stop_strings(tok, eot: str | None = None) -> list[str]:
 
 
 def format_probe(model, tok, rows: Sequence[dict], max_new_tokens: int = 32, stop: Sequence[str] | None = None,
-                 batch_size: int = 128) -> tuple[dict, list[dict]]:
-    """Greedy continuations of raw questions ({prompt, answer}), classified answer-first. Returns the rates
+                 batch_size: int = 128, rule: str = "answer_first") -> tuple[dict, list[dict]]:
+    """Greedy continuations of raw questions ({prompt, answer}), classified by `rule`. Returns the rates
     (format/answered + format/continued_question + format/other = 1; format/unfinished separately: the
     share that hit max_new_tokens without a stop token) and one sample row per question."""
     stop = list(stop) if stop is not None else stop_strings(tok)
@@ -92,7 +110,7 @@ def format_probe(model, tok, rows: Sequence[dict], max_new_tokens: int = 32, sto
     samples = []
     for r, g, f in zip(rows, gens, finished):
         samples.append({"task": "probe/format", "prompt": r["prompt"], "answer": r.get("answer", ""),
-                        "generation": g, "class": classify_format(g, str(r.get("answer", ""))), "finished": f})
+                        "generation": g, "class": classify_format(g, str(r.get("answer", "")), rule), "finished": f})
     n = max(1, len(rows))
     rates = {f"format/{c}": sum(s["class"] == c for s in samples) / n
              for c in ("answered", "continued_question", "other")}

@@ -38,18 +38,25 @@ def eval_hash(cfg: ExperimentConfig) -> str:
     """Hash of everything that determines an evaluation except the weights being evaluated: base model and
     tokenizer (with a fingerprint of local files), eval-data tokenization, the eval section and the probe
     files' contents. Equal hashes: comparable rows; the base is re-evaluated when it changes."""
-    d = to_dict(cfg)
-    ev = dict(d["eval"])
+    d, default = to_dict(cfg), to_dict(ExperimentConfig())
+    # only what differs from the defaults, as for run ids: a new eval option leaves every eval hash (and so
+    # every cached base result) as it was
+    ev = _changed(d["eval"], default["eval"])
     for key in ("every_checkpoint", "threads"):  # which checkpoints, and how fast: not what is measured
         ev.pop(key, None)
+    data_keys = ("eval", "max_length", "boundary", "eot", "system_prompt", "literal_content")
     paths = probe_paths(cfg)
-    payload = {"version": EVAL_VERSION, "model": d["model"],
+    payload = {"version": EVAL_VERSION, "model": _changed(d["model"], default["model"]),
                "model_files": _file_fingerprint(cfg.model.name_or_path),
                "tokenizer_files": _file_fingerprint(cfg.model.tokenizer) if cfg.model.tokenizer else None,
-               "data": {k: d["data"][k] for k in ("eval", "max_length", "boundary", "eot", "system_prompt")},
+               "data": _changed({k: d["data"][k] for k in data_keys}, default["data"]),
                "eval": ev, "probes": {k: [v, _file_fingerprint(v) if v else None] for k, v in paths.items()},
                "tasks": {str(p): _file_fingerprint_dir(p) for p in cfg.eval.include_path}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _changed(d: dict, default: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in default or default[k] != v}
 
 
 def _file_fingerprint_dir(path: str) -> str | None:
