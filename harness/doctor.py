@@ -8,6 +8,8 @@ launcher (SLURM reachability). Exit code 1 when anything would fail.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,6 +44,26 @@ class Report:
 
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def disk_forecast(exp, model_bytes: int) -> tuple[int, int]:
+    """(peak bytes of the whole grid, bytes a finished run keeps) from the base model's size on disk.
+
+    A checkpoint is the weights (plus tokenizer) W and, in the newest one of a running run only, AdamW's two
+    fp32 moments (2 x 4 bytes per parameter, ~2 W for fp32 weights). A run keeps: all its checkpoints (keep: all),
+    one (last) or two (best); while it runs it briefly holds one checkpoint more and two optimizer states (the
+    new one is COMPLETED before the old one is pruned). Runs that run at once (launcher.parallel or the local
+    default) add that transient on top of what every run keeps."""
+    W = model_bytes
+    peaks, kept = [], []
+    for run in exp.runs:
+        tc = run.config.train
+        n = max(1, math.ceil(tc.epochs)) if tc.save_every_epoch else 1
+        k = {"all": n, "last": 1, "best": min(2, n)}[tc.keep]
+        kept.append(k * W)
+        peaks.append(W + 2 * 2 * W)
+    par = max(1, min(len(exp.runs), exp.config.launcher.parallel or os.cpu_count() or 1))
+    return sum(kept) + sum(sorted(peaks)[-par:]), max(kept, default=0)
 
 
 def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
@@ -124,18 +146,17 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
         val = getattr(cfg.eval, key)
         if val and not Path(val).exists():
             r.fail(f"eval.{key}: {val} not found")
-    # disk
+    # disk: the peak of the whole grid under train.keep
     root = Path(cfg.results_dir)
     root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(root).free
-    per_ckpt = 3 * _dir_size(model_path) if model_path.exists() else 0  # weights + AdamW moments
-    epochs = int(cfg.train.epochs) + 1
-    need = per_ckpt * epochs * len(exp.runs)
-    if need and need > free:
-        r.fail(f"disk: ~{need / 1e9:.1f} GB of checkpoints needed, {free / 1e9:.1f} GB free in {root} "
-               "(set train.keep_last)")
+    need, per_run = disk_forecast(exp, _dir_size(model_path) if model_path.exists() else 0)
+    if need > free:
+        r.fail(f"disk: the grid needs ~{need / 1e9:.1f} GB at its peak ({per_run / 1e9:.2f} GB kept per run, train.keep: "
+               f"{cfg.train.keep}), {free / 1e9:.1f} GB free in {root}: set train.keep: last (or best), or free space")
     else:
-        r.ok(f"disk: {free / 1e9:.1f} GB free (checkpoints need ~{need / 1e9:.2f} GB)")
+        r.ok(f"disk: {free / 1e9:.1f} GB free; the grid's peak ~{need / 1e9:.2f} GB ({per_run / 1e9:.2f} GB kept per "
+             f"run, train.keep: {cfg.train.keep})")
     # launcher
     if cfg.launcher.backend == "slurm":
         if not shutil.which("sbatch"):

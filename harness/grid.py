@@ -94,6 +94,8 @@ def axis_label(key: str, value: Any) -> str:
 
 
 HASHED_SECTIONS = ("model", "data", "regime", "train")  # what determines training (not launcher, eval, name)
+# fields of those sections that decide what is kept on disk, not what is trained
+NOT_HASHED = frozenset({"train.keep", "train.keep_metric", "train.keep_mode"})
 
 
 def _diff(value: Any, default: Any, prefix: str, out: dict) -> None:
@@ -105,7 +107,7 @@ def _diff(value: Any, default: Any, prefix: str, out: dict) -> None:
             default = type(value)()
         for f in dataclasses.fields(value):
             _diff(getattr(value, f.name), getattr(default, f.name), f"{prefix}.{f.name}", out)
-    elif to_dict(value) != to_dict(default):
+    elif to_dict(value) != to_dict(default) and prefix not in NOT_HASHED:
         out[prefix] = to_dict(value)
 
 
@@ -129,7 +131,7 @@ def hashed_defaults() -> dict:
             sub = _section_type(typing.get_type_hints(type(obj))[f.name])
             if sub is not None:
                 walk(v if v is not None else sub(), key)
-            else:
+            elif key not in NOT_HASHED:
                 out[key] = to_dict(v)
 
     default = ExperimentConfig()

@@ -53,7 +53,7 @@ def test_smoke_run_directory_file_set(tiny, tmp_path):
     n = summary["steps"]
     ck = [f"checkpoints/step-{s:06d}/{f}" for s in (n // 2, n) for f in
           ("COMPLETED", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
-           "tokenizer.json", "tokenizer_config.json", "trainer_state.pt")]
+           "tokenizer.json", "tokenizer_config.json")]  # a finished run keeps no optimizer state
     assert files == sorted(["DONE", "config.yaml", "metrics.jsonl", "provenance.json"] + ck)
     rows = [json.loads(x) for x in (rdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, n + 1)) and rows[-1]["epoch"] == 2.0
@@ -62,8 +62,6 @@ def test_smoke_run_directory_file_set(tiny, tmp_path):
     prov = json.loads((rdir / "provenance.json").read_text())
     assert prov["data"]["sha256"] and prov["mask"]["mask_hash"] and prov["packages"]["torch"]
     assert prov["git"]["commit"] and prov["git"]["dirty"] in (True, False) and prov["python"] and prov["host"]
-    state = torch.load(rdir / f"checkpoints/step-{n:06d}/trainer_state.pt", weights_only=True)
-    assert {"optimizer", "scheduler", "rng", "progress"} <= set(state) and state["progress"]["step"] == n
     cfg = json.loads((rdir / f"checkpoints/step-{n:06d}/config.json").read_text())
     assert cfg["use_cache"] is True
     from transformers import AutoModelForCausalLM
@@ -351,21 +349,54 @@ def test_pad_token_missing_is_set_and_said(tiny, tmp_path, caplog):
     assert prov["tokenizer"]["pad_token"] == "<|endoftext|>"
 
 
-def test_checkpoint_schedule_and_keep_last(tiny, tmp_path):
+def test_checkpoint_schedule_and_keep_policies(tiny, tmp_path):
     root, exp = tiny
-    from harness.layout import RunDir
+    from harness.layout import TRAINER_STATE, RunDir
     from harness.training.checkpoint import prune_checkpoints
 
     r = tmp_path / "r"
-    train(spec_of(exp, "train.save_every_epoch=false", "train.save_every_steps=5", "train.keep_last=1"), r)
-    # steps 5, 10, 15 and the last (16): none has an eval yet, so keep_last deletes nothing
-    assert [s for s, _ in RunDir(r).completed_checkpoints()] == [5, 10, 15, 16]
-    for s in (5, 15):
-        (r / "eval").mkdir(exist_ok=True)
-        (r / f"eval/step-{s:06d}.json").write_text(json.dumps({"schema": EVAL_SCHEMA, "metrics": {}}))
-    prune_checkpoints(r, 1)
-    assert [s for s, _ in RunDir(r).completed_checkpoints()] == [10, 16]  # 10 still needs its eval; 16 is the newest
-    assert not (r / "checkpoints/step-000005").exists()
+    rd = RunDir(r)
+    train(spec_of(exp, "train.save_every_epoch=false", "train.save_every_steps=5", "train.keep=last"), r)
+    # steps 5, 10, 15 and the last (16): none has an eval yet, so keep: last deletes nothing
+    assert [s for s, _ in rd.completed_checkpoints()] == [5, 10, 15, 16]
+    # optimizer state only where a resume would need it: nowhere, the run is DONE
+    assert not [p for _, p in rd.completed_checkpoints() if (p / TRAINER_STATE).exists()]
+
+    def evaluated(step, nll):
+        rd.eval_dir.mkdir(exist_ok=True)
+        rd.eval_json(step).write_text(json.dumps({"schema": EVAL_SCHEMA, "metrics": {"nll/response": nll}}))
+
+    evaluated(5, 1.0)
+    evaluated(15, 2.0)
+    rd.eval_json(10).write_text('{"schema": ')  # half-written: still needs its evaluation
+    assert prune_checkpoints(r, "best", metric="nll/response", mode="min") == [rd.step_dir(15)]
+    assert [s for s, _ in rd.completed_checkpoints()] == [5, 10, 16]  # best (5), unevaluated (10), newest
+    prune_checkpoints(r, "last")
+    assert [s for s, _ in rd.completed_checkpoints()] == [10, 16]
+    assert not rd.step_dir(5).exists() and rd.eval_json(5).exists()  # the result stays, the weights go
+    # with every_checkpoint off only the newest is ever evaluated: the others are not waiting for anything
+    prune_checkpoints(r, "last", every_checkpoint=False)
+    assert [s for s, _ in rd.completed_checkpoints()] == [16]
+
+
+def test_optimizer_state_only_in_the_newest_checkpoint_of_a_running_run(tiny, tmp_path):
+    root, exp = tiny
+    from harness.layout import TRAINER_STATE, RunDir
+
+    r = tmp_path / "r"
+    s = train(spec_of(exp, "train.max_steps=12", "train.save_every_epoch=false", "train.save_every_steps=4"),
+              r, should_stop=lambda: (RunDir(r).latest_checkpoint() or (0,))[0] >= 8)
+    assert s["status"] == "interrupted"
+    states = {st: (p / TRAINER_STATE).exists() for st, p in RunDir(r).completed_checkpoints()}
+    # stopped at the step after checkpoint 8 (a checkpoint at that step too): keep: all keeps every checkpoint's
+    # weights, the optimizer state only in the newest, where the resume needs it
+    assert states == {4: False, 8: False, 9: True}
+    state = torch.load(RunDir(r).step_dir(9) / TRAINER_STATE, weights_only=True)  # the one resumable dict
+    assert {"optimizer", "scheduler", "rng", "progress"} <= set(state) and state["progress"]["step"] == 9
+    assert train(spec_of(exp, "train.max_steps=12", "train.save_every_epoch=false", "train.save_every_steps=4"),
+                 r)["status"] == "done"
+    assert [st for st, _ in RunDir(r).completed_checkpoints()] == [4, 8, 9, 12]
+    assert json.loads((r / "provenance.json").read_text())["resumed_from"] == 9
 
 
 def test_dropout_with_gradient_checkpointing_is_exact(tiny, tmp_path):

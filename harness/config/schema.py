@@ -15,7 +15,8 @@ from harness.errors import ConfigError, did_you_mean
 
 LAYOUTS = ("packed", "padded", "bucketed")
 # keys that existed once and were replaced: loading a file that still has one says what to write instead
-RENAMED = {"train.packing": "train.layout: packed | padded | bucketed (packing: false is layout: padded)"}
+RENAMED = {"train.packing": "train.layout: packed | padded | bucketed (packing: false is layout: padded)",
+           "train.keep_last": "train.keep: all | last | best (keep_last: 1 is keep: last)"}
 
 def _pos(where: str, value: float, allow_zero: bool = False) -> None:
     bad = value != value or math.isinf(value) or value < 0 or (value == 0 and not allow_zero)
@@ -176,8 +177,14 @@ class TrainConfig:
     """Checkpoint at the end of every epoch."""
     save_every_steps: Optional[int] = None
     """Also checkpoint every N optimizer steps."""
-    keep_last: Optional[int] = None
-    """Keep only the newest K checkpoints (never one that still needs evaluation)."""
+    keep: str = "all"
+    """Which checkpoints keep their weights once evaluated: all | last (the newest) | best (the newest and the
+    best by keep_metric). A checkpoint that still needs its evaluation is never deleted; optimizer state is kept
+    only where a resume needs it (the newest checkpoint of an unfinished run), whatever this says."""
+    keep_metric: str = "nll/response"
+    """The eval metric that `keep: best` ranks checkpoints by (a key of eval/step-N.json's metrics)."""
+    keep_mode: str = "min"
+    """min | max: whether a lower or a higher keep_metric is better."""
     log_every: int = 1
     """Log metrics every N optimizer steps."""
     threads: Optional[int] = None
@@ -204,7 +211,9 @@ class TrainConfig:
         if self.budget == "supervised_tokens" and not self.supervised_tokens:
             raise ConfigError("budget is supervised_tokens but train.supervised_tokens is not set",
                               where="train.supervised_tokens", fix="set the number of supervised tokens per run")
-        for key in ("micro_batch_tokens", "max_steps", "save_every_steps", "keep_last", "threads",
+        _choice("train.keep", self.keep, ("all", "last", "best"))
+        _choice("train.keep_mode", self.keep_mode, ("min", "max"))
+        for key in ("micro_batch_tokens", "max_steps", "save_every_steps", "threads",
                     "supervised_tokens", "max_grad_norm"):
             val = getattr(self, key)
             if val is not None:

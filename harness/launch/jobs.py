@@ -57,6 +57,7 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
         rd.failed.unlink(missing_ok=True)
         try:
             from harness.evaluation.evaluate import evaluate_run
+            from harness.training.checkpoint import prune_checkpoints
             from harness.training.loop import train
 
             result = {}
@@ -65,6 +66,9 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
                 if result.get("status") == "interrupted" or should_stop():
                     return {"run_id": spec.run_id, "status": "interrupted", **result}
             evaluate_run(rd.path, spec.config)
+            tc = spec.config.train
+            prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
+                              every_checkpoint=spec.config.eval.every_checkpoint, finished=rd.done.exists())
             return {"run_id": spec.run_id, "status": "done", **result}
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):

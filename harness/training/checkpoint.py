@@ -9,6 +9,7 @@ never loaded and is replaced on the next save.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -46,15 +47,43 @@ def load_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / TRAINER_STATE, weights_only=True)
 
 
-def prune_checkpoints(run_dir: Path, keep_last: int | None) -> list[Path]:
-    """Delete old COMPLETED checkpoints beyond the newest `keep_last`, but never one still lacking its eval."""
-    if not keep_last:
-        return []
-    removed = []
+def prune_checkpoints(run_dir: Path, keep: str = "all", *, metric: str = "nll/response", mode: str = "min",
+                      every_checkpoint: bool = True, finished: bool = False) -> list[Path]:
+    """Apply ``train.keep`` after a checkpoint was saved or evaluated. Returns the checkpoints deleted.
+
+    Optimizer state (the bulk of a checkpoint: two fp32 moments per parameter) stays only in the newest
+    COMPLETED checkpoint, where a resume needs it, and in none once the run is `finished` (call it after DONE
+    is written: before, a crash would leave a run to resume without its state). Weights: `keep` all | last
+    (the newest) | best (the newest and the best evaluated one by `metric`). A checkpoint that still needs its
+    evaluation is never deleted; a deleted one is first un-COMPLETED, so a crash mid-delete leaves nothing that
+    looks complete."""
     rd = RunDir(run_dir)
-    for step, path in rd.completed_checkpoints()[:-keep_last]:
-        if valid_eval(rd.eval_json(step)):
-            (path / COMPLETED).unlink()  # first un-complete it, so a crash mid-delete is harmless
+    cks = rd.completed_checkpoints()
+    for step, path in cks[:-1] if not finished else cks:
+        (path / TRAINER_STATE).unlink(missing_ok=True)
+    if keep == "all" or not cks:
+        return []
+    pending = {s for s, _ in rd.missing_evals(every_checkpoint)}
+    keep_steps = {cks[-1][0]} | pending
+    if keep == "best":
+        scored = []
+        for step, _ in cks:
+            value = (_read_metrics(rd.eval_json(step)) or {}).get(metric)
+            if isinstance(value, (int, float)):
+                scored.append((value if mode == "min" else -value, -step, step))
+        if not scored:  # nothing to rank by yet (or a metric name the evaluation does not write): delete nothing
+            return []
+        keep_steps.add(min(scored)[2])
+    removed = []
+    for step, path in cks:
+        if step not in keep_steps:
+            (path / COMPLETED).unlink()
             shutil.rmtree(path)
             removed.append(path)
     return removed
+
+
+def _read_metrics(path: Path) -> dict | None:
+    if not valid_eval(path):
+        return None
+    return json.loads(Path(path).read_text(encoding="utf-8"))["metrics"]

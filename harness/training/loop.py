@@ -186,7 +186,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                     save_checkpoint(rd.path, state["step"], s.model, s.tok, {
                         "optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict(), "rng": rng,
                         "progress": dict(state)})
-                    prune_checkpoints(rd.path, tc.keep_last)
+                    prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
+                                      every_checkpoint=cfg.eval.every_checkpoint)
                 dist.barrier()
             if stop:
                 return {"status": "interrupted", "run_id": spec.run_id, "step": state["step"], "total_steps": total}
@@ -200,6 +201,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                "finished": now_iso()}
     if dist.rank == 0:
         atomic_write_text(rd.done, json.dumps(summary) + "\n")  # after the last checkpoint, before evaluation
+        prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,  # no resume: no
+                          every_checkpoint=cfg.eval.every_checkpoint, finished=True)   # optimizer state
     dist.barrier()
     dist.close()
     return summary
