@@ -165,3 +165,21 @@ def test_local_workers_share_one_run_list(tmp_path, fake_pipeline):
     second = LocalWorker(specs, rdirs, 1, "launch-1")()  # run 0 is free now; the done ones are skipped
     assert [r["run_id"] for r in second] == [specs[0].run_id, specs[3].run_id]
     assert sorted(fake_pipeline["train"]) == sorted([r.run_id for r in specs] + [specs[3].run_id])
+
+
+def test_local_parallelism_fits_in_memory(tmp_path, monkeypatch):
+    import harness.launch.submit as S
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\0" * 1000)
+    p = tmp_path / "m.yaml"
+    p.write_text(EXP.format(root=tmp_path / "results") + f"model: {{name_or_path: {model}}}\n")
+    exp = load_experiment(p)
+    monkeypatch.setattr(S, "_cores", lambda: 2)
+    monkeypatch.setattr(S, "available_memory_bytes", lambda: 10**9)
+    assert S.resources(exp, 4, None) == (2, 1)  # plenty of memory: one run per core
+    said = []
+    monkeypatch.setattr(S, "available_memory_bytes", lambda: 6000)  # room for one run of 1000 x 4 x 1.25 bytes
+    assert S.resources(exp, 4, None, said.append) == (1, 2) and "parallel 1" in said[0]
+    assert S.resources(exp, 4, 2) == (2, 1)  # --parallel wins

@@ -43,10 +43,37 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def resources(exp: Experiment, n_runs: int, parallel: int | None) -> tuple[int, int]:
-    """(parallel runs, threads per run) for a local launch."""
+def run_memory_bytes(exp: Experiment) -> int:
+    """What one training run needs in memory, from the base model's weight files: the weights, their gradients
+    and AdamW's two moments (4 x the fp32 weights) plus a quarter for activations and the evaluator."""
+    path = Path(exp.config.model.name_or_path)
+    weights = sum(f.stat().st_size for f in path.glob("*.safetensors")) if path.is_dir() else 0
+    return int(weights * 4 * 1.25)
+
+
+def available_memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resources(exp: Experiment, n_runs: int, parallel: int | None, out=None) -> tuple[int, int]:
+    """(parallel runs, threads per run) for a local launch. Without --parallel or launcher.parallel: one run
+    per core, but no more than fit in the available memory (a real model's AdamW state is GBs per run)."""
     lc = exp.config.launcher
-    par = parallel or lc.parallel or max(1, min(n_runs, _cores()))
+    par = parallel or lc.parallel
+    if not par:
+        par = max(1, min(n_runs, _cores()))
+        need, avail = run_memory_bytes(exp), available_memory_bytes()
+        if need and avail is not None and avail // need < par:
+            par = max(1, avail // need)
+            if out is not None:
+                out(f"parallel {par}: {avail / 2**30:.1f} GiB available, ~{need / 2**30:.1f} GiB per run "
+                    "(weights, gradients, AdamW state); --parallel N overrides")
     threads = exp.config.train.threads or max(1, _cores() // par)
     return par, threads
 
@@ -87,7 +114,7 @@ def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None 
     statuses = [run_status(exp, r) for r in runs]
     todo = [s.run for s in statuses if s.state not in ("done", "running")]
     running = [s.run.run_id for s in statuses if s.state == "running"]
-    par, threads = resources(exp, len(todo), parallel)
+    par, threads = resources(exp, len(todo), parallel, out if backend == "local" else None)
     summary = {"experiment": exp.config.name, "runs": len(runs), "done": sum(s.state == "done" for s in statuses),
                "running_elsewhere": running, "to_run": [r.run_id for r in todo], "backend": backend,
                "parallel": par, "threads_per_run": threads}
