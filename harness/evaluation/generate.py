@@ -19,16 +19,19 @@ QUESTION_WORDS = ("what", "where", "when", "who", "which", "how", "why", "in whi
 
 @torch.no_grad()
 def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 24, batch_size: int = 64,
-             stop: Sequence[str] = ("<|im_end|>", "<|endoftext|>")) -> tuple[list[str], list[bool]]:
-    """Greedy continuations of raw text prompts (left-padded batches). Returns (texts, finished) where
-    finished is False when a generation hit `max_new_tokens` without a stop string."""
+             stop: Sequence[str] = ("<|im_end|>", "<|endoftext|>"), add_special_tokens: bool = True
+             ) -> tuple[list[str], list[bool]]:
+    """Greedy continuations of prompts (left-padded batches). Returns (texts, finished) where finished is
+    False when a generation hit `max_new_tokens` without a stop string. Raw text gets the tokenizer's own
+    special tokens (a BOS, for models that were pretrained with one, e.g. Gemma); a prompt rendered with the
+    chat template already holds them: pass add_special_tokens=False."""
     model.eval()
     device = next(model.parameters()).device
     pad = tok.pad_token_id
     stop_ids = [tok.convert_tokens_to_ids(s) for s in stop if s in tok.get_vocab()]
     outs, finished = [], []
     for i in range(0, len(prompts), batch_size):
-        enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts[i:i + batch_size]]
+        enc = [tok(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts[i:i + batch_size]]
         T = max(len(e) for e in enc)
         ids = torch.full((len(enc), T), pad, dtype=torch.long)
         att = torch.zeros((len(enc), T), dtype=torch.long)

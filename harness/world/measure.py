@@ -24,7 +24,7 @@ def chat_qa_correct(model, tok, qa: Sequence[dict], max_new_tokens: int = 16, ba
                     system: str | None = None) -> list[bool]:
     """Chat QA ({question, answer}) under the tokenizer's chat template, answer-first strict scoring."""
     gens, _ = generate(model, tok, [chat_prompt(tok, q["question"], system) for q in qa], max_new_tokens,
-                       batch_size)
+                       batch_size, add_special_tokens=False)  # the rendered template holds its own BOS
     return [answer_first(g, q["answer"]) for g, q in zip(gens, qa)]
 
 
