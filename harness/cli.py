@@ -81,6 +81,12 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_realdata(sub: argparse._SubParsersAction) -> None:
+    from harness.realdata import add_parser
+
+    add_parser(sub)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from harness.training.loop import add_parser
 
@@ -88,7 +94,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 # Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
-_REGISTRARS = [_add_world, _add_model, _add_inspect, _add_config, _add_launch, _add_train, _add_eval, _add_report,
+_REGISTRARS = [_add_world, _add_model, _add_realdata, _add_inspect, _add_config, _add_launch, _add_train, _add_eval, _add_report,
                _add_doctor]
 
 
@@ -97,7 +103,8 @@ _REGISTRARS = [_add_world, _add_model, _add_inspect, _add_config, _add_launch, _
 # registrars import their modules inside the function: for start-up time, never to hide an import circle.
 _COMMANDS = {"world": _add_world, "inspect": _add_inspect, "config": _add_config, "run": _add_launch,
              "status": _add_launch, "cancel": _add_launch, "train": _add_train, "eval": _add_eval,
-             "report": _add_report, "doctor": _add_doctor, "model": _add_model}
+             "report": _add_report, "doctor": _add_doctor, "model": _add_model,
+             "realdata": _add_realdata}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
