@@ -89,12 +89,14 @@ def generic_text(n: int, seed: int = 0, min_chars: int = 200, max_chars: int = 6
     """`n` paragraphs of English prose from Python's own documentation topics (no code blocks)."""
     from pydoc_data.topics import topics
 
-    paras = []
+    paras: list[str] = []
+    seen: set[str] = set()
     for key in sorted(topics):
         for p in re.split(r"\n\s*\n", topics[key]):
             p = " ".join(p.split())
             if min_chars <= len(p) <= max_chars and p[0].isalpha() and p.count("(") < 4 and ">>>" not in p \
-                    and p.endswith("."):
+                    and p.endswith(".") and p not in seen:  # some topics repeat paragraphs of others
+                seen.add(p)
                 paras.append(p)
     random.Random(seed).shuffle(paras)
     return paras[:n]
