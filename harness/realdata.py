@@ -123,7 +123,6 @@ def build(model_dir: str | Path, out: str | Path = DEFAULT_OUT, *, seed: int = 0
     facts = load_facts()
     tok = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tok.padding_side = "left"
     known = measure_known(model, tok, facts)
     rates = {rel: sum(k for k, f in zip(known, facts) if f["relation"] == rel) /
              max(1, sum(f["relation"] == rel for f in facts)) for rel in RELATIONS}
