@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+
+from analysis.questions import config_vs_base, fmt_ci, load_questions
 
 QA, QA_TRAIN, FACTS = "world_qa/exact_match", "world_qa_train/exact_match", "world_facts/acc"
 FORGET, ANSWERED, CONTINUED = "forgetting/pretrain_nll_delta", "format/answered", "format/continued_question"
@@ -232,16 +235,77 @@ def knowledge_extraction(df: pd.DataFrame) -> list[Finding]:
     return out
 
 
-STUDIES: dict[str, Callable[[pd.DataFrame], list[Finding]]] = {
+REAL_QA, KL = "real_qa/exact_match", "forgetting/kl_base"
+
+
+def real_model_story(df: pd.DataFrame, questions: pd.DataFrame | None = None) -> list[Finding]:
+    """gemma_lima: the seed chapter's story on a real pretrained base (issue thresholds), with CIs over the
+    held-out questions (paired with the base: analysis/questions.py) where the per-question samples exist."""
+    out, src = [], "seed chapter on gemma-3-270m"
+    b = base_value(df, REAL_QA)
+    out.append(Finding("base answers <= 15% of held-out chat questions", f"base {_pct(b)}",
+                       None if math.isnan(b) else b <= 0.15, src))
+    qa = final(df, REAL_QA)
+    per = _means(qa, ["regime.name", "train.lr"]) if not qa.empty else pd.Series(dtype=float)
+    regimes = set(per.index.get_level_values(0)) if len(per) else set()
+    for regime in ("prompt_masked", "full"):
+        if regime not in regimes:
+            continue
+        s = per.loc[regime]
+        lr = float(s.idxmax())
+        ci = config_vs_base(questions, {"regime.name": regime, "train.lr": lr}) if questions is not None else None
+        txt = (f"best lr {lr:g}: " + (fmt_ci(ci) if ci else _pct(s.max())) + "; all (mean over seeds): "
+               + ", ".join(f"{x:g}: {_pct(v)}" for x, v in s.items()))
+        holds = s.max() >= 0.50 and (ci is not None and ci["diff_low"] > 0)
+        if regime == "prompt_masked":
+            out.append(Finding("prompt_masked >= 50% held-out chat QA at its best learning rate, its CI above the base",
+                               txt + ("" if ci else " (no per-question samples: no CI)"), holds, src))
+        else:  # reported, no threshold of its own
+            out.append(Finding("full at its best learning rate (for comparison)", txt, None, src))
+    if "prompt_only" in regimes:
+        every = _done(df, REAL_QA)
+        v = every[every["regime.name"] == "prompt_only"]["value"]
+        out.append(Finding("prompt_only within 5 points of the base (any LR, any checkpoint)",
+                           f"range {_pct(v.min())}..{_pct(v.max())} vs base {_pct(b)}",
+                           bool((v - b).abs().max() <= 0.05), src))
+    for metric, what in ((FORGET, "held-out text NLL increase"), (KL, "KL(base || tuned) on held-out text")):
+        fg = final(df, metric)
+        fg = fg[fg["regime.name"] != "prompt_only"] if not fg.empty else fg
+        if not fg.empty and fg["train.lr"].nunique() > 1:
+            m = _means(fg, ["train.lr"])
+            by = fg.groupby(["regime.name", "train.lr"])["value"].mean()
+            each = {r: bool(by.loc[r].is_monotonic_increasing) for r in by.index.get_level_values(0).unique()}
+            out.append(Finding(f"forgetting ({what}) rises with the learning rate (prompt_masked and full)",
+                               ", ".join(f"lr {x:g}: {v:.3f}" for x, v in m.items()) + "; per regime: "
+                               + ", ".join(f"{r} {'rises' if ok else 'does not rise'}" for r, ok in each.items()),
+                               all(each.values()), "Biderman et al. 2024"))
+    ba, bc = base_value(df, ANSWERED), base_value(df, CONTINUED)
+    a = final(df, ANSWERED)
+    if not a.empty and not math.isnan(ba):
+        a = a[a["regime.name"] == "prompt_masked"]
+        best = _means(a, ["train.lr"]).max() if len(a) else math.nan
+        out.append(Finding("format probe (raw questions, no template) moves towards answered under prompt_masked",
+                           f"base {_pct(ba)} answered / {_pct(bc)} continued with a question; prompt_masked best LR "
+                           f"{_pct(best)} answered", bool(best > ba), src))
+    return out
+
+
+STUDIES: dict[str, Callable[..., list[Finding]]] = {
     "mini_lima": seed_story, "prompt_weight": prompt_weight, "instruction_modelling": instruction_modelling,
-    "knowledge_extraction": knowledge_extraction,
+    "knowledge_extraction": knowledge_extraction, "gemma_lima": real_model_story,
 }
+NEEDS_QUESTIONS = {"gemma_lima": "real_qa"}  # studies whose claims carry per-question CIs: their lm-eval task
 
 
-def findings_for(name: str, df: pd.DataFrame) -> list[Finding]:
-    """The findings of a shipped study (by experiment name, also `<name>_*` variants); [] otherwise."""
-    fn = STUDIES.get(name) or next((f for k, f in STUDIES.items() if name.startswith(k + "_")), None)
-    return fn(df) if fn else []
+def findings_for(name: str, df: pd.DataFrame, exp_dir: str | Path | None = None) -> list[Finding]:
+    """The findings of a shipped study (by experiment name, also `<name>_*` variants); [] otherwise. With
+    `exp_dir`, studies that need per-question results read them from the logged samples."""
+    key = name if name in STUDIES else next((k for k in STUDIES if name.startswith(k + "_")), None)
+    if key is None:
+        return []
+    if key in NEEDS_QUESTIONS:
+        return STUDIES[key](df, load_questions(exp_dir, NEEDS_QUESTIONS[key]) if exp_dir is not None else None)
+    return STUDIES[key](df)
 
 
 def to_markdown(found: list[Finding]) -> list[str]:

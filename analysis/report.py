@@ -156,7 +156,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     prov = load_provenance(exp_dir, list(runs["run_id"]) if len(runs) else None)
     cfg_text = _config_text(config, exp_dir, runs)
     rep = Report(out, out / "report.html", out / "report.md", figs, tab, data, target, states, not_done, notes)
-    rep.findings = findings_for(plan.get("experiment") or exp_dir.name, df)
+    rep.findings = findings_for(plan.get("experiment") or exp_dir.name, df, exp_dir)
     if rep.findings:
         (out / "findings.json").write_text(json.dumps([f.to_dict() for f in rep.findings], indent=1) + "\n")
         data.append(out / "findings.json")

@@ -51,7 +51,7 @@ doc_to_target: "{{{{answer}}}}"
 generation_kwargs:
   until: ["<end_of_turn>", "<eos>", "\\n"]
   do_sample: false
-  max_gen_toks: 16
+  max_gen_toks: 12
 filter_list:
   - name: first_line
     filter:
@@ -144,13 +144,21 @@ def build(model_dir: str | Path, out: str | Path = DEFAULT_OUT, *, seed: int = 0
         return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f["answer"] + "."}],
                 "question": q, "answer": f["answer"], "relation": f["relation"], "subject": f["subject"]}
 
-    def paraphrased(f: dict) -> list[dict]:  # SFT sees three phrasings of each question
+    def phrasings(f: dict) -> list[str]:
         _, question, more = RELATIONS[f["relation"]]
-        return [qa(f, q) for q in (question, *more)]
+        return [question, *more]
+
+    def mixed(rows: list[dict]) -> list[dict]:  # relations interleaved: any prefix (data.train.limit) has all
+        rows = list(rows)
+        random.Random(seed).shuffle(rows)
+        return rows
 
     data, tasks = out / "data", out / "tasks"
     files = {
-        "sft_train.jsonl": [c for f in train for c in paraphrased(f)],
+        # one conversation per fact, the phrasings taking turns (the held-out questions use the first), and
+        # all three per fact for a larger SFT set (three times the training compute of the study)
+        "sft_train.jsonl": mixed([qa(f, phrasings(f)[i % 3]) for i, f in enumerate(train)]),
+        "sft_train_paraphrased.jsonl": [qa(f, q) for f in train for q in phrasings(f)],
         "eval_qa_heldout.jsonl": [qa(f) for f in held],
         "eval_qa_train.jsonl": [qa(f) for f in train],
         "eval_raw_questions.jsonl": [{"prompt": RELATIONS[f["relation"]][1].format(s=f["subject"]) + "\n",

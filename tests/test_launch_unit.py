@@ -183,3 +183,32 @@ def test_local_parallelism_fits_in_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "available_memory_bytes", lambda: 6000)  # room for one run of 1000 x 4 x 1.25 bytes
     assert S.resources(exp, 4, None, said.append) == (1, 2) and "parallel 1" in said[0]
     assert S.resources(exp, 4, 2) == (2, 1)  # --parallel wins
+
+
+def test_cancel_stops_local_workers_that_hold_no_run(tmp_path):
+    """A worker evaluating the base (or between runs) holds no run lock; `harness cancel` still stops it, by
+    the pid submitit names its log folder with, and leaves other processes alone."""
+    import subprocess
+
+    from harness.launch.status import cancel, local_workers
+
+    exp = _exp(tmp_path)
+    logs = exp.out_dir / "logs"
+    sleeper = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(120)\nexcept KeyboardInterrupt:\n" \
+              "    raise SystemExit(3)\n"
+    worker, other = (subprocess.Popen([sys.executable, "-c", sleeper, "submitit.core._submit", str(d / "%j")],
+                                      stdout=subprocess.PIPE, text=True) for d in (logs, tmp_path / "elsewhere"))
+    try:
+        for p in (worker, other):
+            assert p.stdout.readline() == "ready\n"  # SIGINT now raises KeyboardInterrupt in it
+            (logs / str(p.pid)).mkdir(parents=True, exist_ok=True)
+        (logs / "%j").mkdir()
+        assert local_workers(exp) == [worker.pid]
+        said = []
+        assert cancel(exp, out=said.append) == 0  # no run was running
+        assert worker.wait(timeout=30) == 3 and f"  stopped worker {worker.pid}" in said
+        assert other.poll() is None
+    finally:
+        for p in (worker, other):
+            p.kill()
+            p.wait()

@@ -655,3 +655,41 @@ def test_compiled_layout_is_one_shape(tiny):
 def _metrics_close(a, b, tol: float = 1e-12) -> bool:
     """Two StepMetrics equal up to float64 rounding, field by field."""
     return all(abs(x - y) <= tol * (1 + abs(x)) for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b)))
+
+
+def test_last_checkpoint_has_no_optimizer_state_and_a_crash_before_done_still_finishes(tiny, tmp_path, monkeypatch):
+    """The last step's checkpoint is resumed only to write DONE: it is saved without the optimizer state (2x
+    the weights), and a crash between it and DONE resumes into DONE with the same weights."""
+    from harness.layout import TRAINER_STATE, RunDir
+    from harness.training import loop
+
+    root, exp = tiny
+    r = tmp_path / "r"
+    saved = {}
+    real_save = loop.save_checkpoint
+
+    def spy(run_dir, step, model, tok, state):
+        saved[step] = set(state)
+        return real_save(run_dir, step, model, tok, state)
+
+    def crash_on_done(path, text):
+        if path == RunDir(r).done:
+            raise KeyboardInterrupt("killed before DONE")
+        return real_write(path, text)
+
+    real_write = loop.atomic_write_text
+    monkeypatch.setattr(loop, "save_checkpoint", spy)
+    monkeypatch.setattr(loop, "atomic_write_text", crash_on_done)
+    spec = spec_of(exp, "train.max_steps=6", "train.save_every_epoch=false", "train.save_every_steps=3")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, r)
+    assert saved == {3: {"optimizer", "scheduler", "rng", "progress"}, 6: {"rng", "progress"}}
+    rd = RunDir(r)
+    state = torch.load(rd.step_dir(6) / TRAINER_STATE, weights_only=True)
+    assert state["progress"]["step"] == 6 and not rd.done.exists()
+    weights = load_file(rd.step_dir(6) / "model.safetensors")
+    monkeypatch.setattr(loop, "atomic_write_text", real_write)
+    out = train(spec, r)
+    assert out["status"] == "done" and rd.done.exists() and sorted(saved) == [3, 6]  # nothing retrained
+    after = load_file(rd.step_dir(6) / "model.safetensors")
+    assert all(torch.equal(weights[k], after[k]) for k in weights)

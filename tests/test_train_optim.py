@@ -58,3 +58,53 @@ def test_schedules():
     assert cos[55] == pytest.approx(0.5, abs=0.02)  # halfway down the cosine
     assert _lrs(schedule="constant", warmup_ratio=0.05)[5:] == [1.0] * 95
     assert _lrs(total=1, schedule="linear", warmup_ratio=0.0) == [1.0]  # a one-step run trains at the peak
+
+
+def _batch(vocab: int = 64):
+    from harness.training.packing import Batch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (2, 12), generator=g)
+    labels = ids.clone()
+    labels[:, :5] = -100  # a prompt that is not in the loss
+    return Batch(input_ids=ids, position_ids=torch.arange(12).repeat(2, 1), labels=labels,
+                 weights=(labels != -100).float(), segments=torch.zeros(2, 12, dtype=torch.int8),
+                 seq_ids=torch.zeros(2, 12, dtype=torch.long), attention_mask=None, n_tokens=24)
+
+
+@pytest.mark.parametrize("split_head", [True, False])
+def test_sparse_tied_embedding_gradient_equals_the_dense_one(split_head):
+    """Tied embeddings with sparse input-side rows: the optimizer still sees one dense gradient, equal to the
+    dense path's up to summation order, so one step lands on the same weights."""
+    from harness.training.engine import Engine
+
+    after = {}
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = _model(tie=True)
+        tc = TrainConfig(lr=1e-2, warmup_ratio=0.0, schedule="constant", sparse_embedding_grad=sparse)
+        eng = Engine(model, tc, total_steps=1)
+        if not split_head:
+            eng.head, eng.fwd = None, model
+        assert eng.sparse_embedding is sparse and model.model.embed_tokens.sparse is sparse
+        grads = []
+        model.model.embed_tokens.weight.register_hook(lambda g: grads.append(g.is_sparse) or g)
+        eng.step([_batch()], metrics=False)
+        assert grads == [False]  # the shared weight receives one gradient, dense, sparse rows or not
+        after[sparse] = model.model.embed_tokens.weight.detach().clone()
+    torch.testing.assert_close(after[True], after[False], rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_embedding_auto_rule_and_untied_refusal():
+    from harness.training.engine import SPARSE_EMBEDDING_MIN_VOCAB, sparse_tied_embedding
+
+    assert not sparse_tied_embedding(_model(tie=True), TrainConfig())  # a 64-token vocabulary: dense
+    big = LlamaForCausalLM(LlamaConfig(vocab_size=SPARSE_EMBEDDING_MIN_VOCAB, hidden_size=8, intermediate_size=8,
+                                       num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+                                       tie_word_embeddings=True))
+    assert sparse_tied_embedding(big, TrainConfig()) and big.model.embed_tokens.sparse
+    assert not sparse_tied_embedding(big, TrainConfig(compile=True))
+    untied = _model(tie=False)
+    assert not sparse_tied_embedding(untied, TrainConfig()) and not untied.model.embed_tokens.sparse
+    with pytest.raises(ConfigError, match="tied"):
+        sparse_tied_embedding(untied, TrainConfig(sparse_embedding_grad=True))

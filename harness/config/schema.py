@@ -170,6 +170,11 @@ class TrainConfig:
     """auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 (autocast everywhere) | fp32."""
     gradient_checkpointing: bool = False
     """Trade compute for memory."""
+    sparse_embedding_grad: Optional[bool] = None
+    """Tied input/output embeddings: take the input side's gradient as sparse rows (the batch's tokens only),
+    added into the LM head's dense gradient, instead of a dense [vocab, hidden] tensor zero-filled and added
+    every step. None: on when the embeddings are tied, the vocabulary has >= 32768 tokens and the body is not
+    compiled (at 2k tokens the dense path costs nothing; see benchmarks/NOTES.md for Gemma's step)."""
     compile: bool = False
     """torch.compile the model body. Packed rows are then always max_length wide (one shape, one compilation;
     without it every step's width would recompile); compilation is paid once at the start, so it pays off on long runs."""
@@ -255,6 +260,9 @@ class EvalConfig:
     """Raw questions (.jsonl with 'prompt') for the format probe."""
     probe_limit: int = 200
     """Examples per probe."""
+    text_limit: Optional[int] = None
+    """Texts in the forgetting probe (default: probe_limit). On a large vocabulary every text token costs a
+    full-vocabulary forward, while a raw question costs a few generated tokens: the two limits differ."""
     format_rule: str = "answer_first"
     """When the format probe counts a continuation as an answer: answer_first (its first line starts with the
     reference answer: strict, for the mini-world's one-word answers) | contains (the normalised answer appears
@@ -273,6 +281,8 @@ class EvalConfig:
 
     def __post_init__(self):
         _pos("eval.probe_limit", self.probe_limit)
+        if self.text_limit is not None:
+            _pos("eval.text_limit", self.text_limit)
         _choice("eval.format_rule", self.format_rule, ("answer_first", "contains"))
         _pos("eval.max_new_tokens", self.max_new_tokens)
         _pos("eval.kl_top_k", self.kl_top_k)

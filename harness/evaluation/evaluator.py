@@ -60,7 +60,8 @@ class Evaluator:
                 literal_content=d.literal_content)
         self.text_ids = None
         if self.paths["pretrain"]:
-            texts = [str(r["text"]) for r in P.read_jsonl(self.paths["pretrain"], "text", e.probe_limit)]
+            rows = P.read_jsonl(self.paths["pretrain"], "text", e.text_limit or e.probe_limit)
+            texts = [str(r["text"]) for r in rows]
             self.text_ids = P.text_ids(self.tok, texts, d.max_length)
             if not self.text_ids:
                 raise DataError("probe corpus has no text of two tokens or more", where=self.paths["pretrain"],

@@ -240,7 +240,7 @@ def base_logprobs(base, tok, ids: Sequence[np.ndarray], top_k: int = 64, batch_t
 def _kl_topk(top_logp_b: torch.Tensor, top_idx_b: torch.Tensor, lp_t: torch.Tensor) -> torch.Tensor:
     """Per-position KL(base || tuned) over {top-k of the base, tail}; shapes [N, k], [N, k], [N, V]."""
     lb = top_logp_b.double()
-    lt = lp_t.double().gather(-1, top_idx_b.long())
+    lt = lp_t.gather(-1, top_idx_b.long()).double()  # gather first: [N, V] in float64 would be 2x the logits
     kl = (lb.exp() * (lb - lt)).sum(-1)
     if top_idx_b.shape[-1] < lp_t.shape[-1]:
         tail_b = (1 - lb.exp().sum(-1)).clamp_min(0)

@@ -110,5 +110,28 @@ def cancel(exp: Experiment, out=print) -> int:
                     pass
         out(f"  cancelled {r.run_id}")
         n += 1
+    for pid in local_workers(exp):  # the others: evaluating the base, or between runs (they would take the next)
+        try:
+            os.kill(pid, signal.SIGINT)
+            out(f"  stopped worker {pid}")
+        except ProcessLookupError:
+            pass
     out(f"{n} run(s) cancelled")
     return n
+
+
+def local_workers(exp: Experiment) -> list[int]:
+    """PIDs of this experiment's live local workers: submitit names a local job's log folder by its pid
+    (``<experiment>/logs/<pid>/``), and the worker's command line names the experiment's log folder."""
+    logs = exp.out_dir / "logs"
+    pids = []
+    for d in sorted(logs.glob("*")) if logs.is_dir() else []:
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{d.name}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone (or no /proc: nothing to find)
+            continue
+        if "submitit.core._submit" in cmd and any(c.startswith(str(logs)) for c in cmd):
+            pids.append(int(d.name))
+    return pids

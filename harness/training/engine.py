@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import TrainConfig
-from harness.errors import HarnessError, SupervisionError
+from harness.errors import ConfigError, HarnessError, SupervisionError
 from harness.training.distributed import Dist
 from harness.training.loss import loss_denominator, token_weights
 from harness.training.optim import lr_lambda, make_optimizer
@@ -97,6 +97,28 @@ def split_lm_head(model: torch.nn.Module, sample_ids: torch.Tensor | None = None
     return body, head
 
 
+SPARSE_EMBEDDING_MIN_VOCAB = 32768
+
+
+def sparse_tied_embedding(model: torch.nn.Module, tc: TrainConfig) -> bool:
+    """Apply ``train.sparse_embedding_grad``; returns whether the input embedding now yields sparse gradients.
+
+    Only for tied embeddings: the head's dense gradient reaches the shared weight in the same backward pass,
+    so the sum the optimizer sees is dense (fused AdamW takes no sparse gradient) and equals the dense path's
+    up to summation order. An untied sparse embedding would hand the optimizer a sparse gradient: refused."""
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = isinstance(emb, torch.nn.Embedding) and head is not None and emb.weight is getattr(head, "weight", None)
+    want = tc.sparse_embedding_grad
+    if want is None:
+        want = tied and not tc.compile and emb.num_embeddings >= SPARSE_EMBEDDING_MIN_VOCAB
+    elif want and not tied:
+        raise ConfigError("train.sparse_embedding_grad needs tied input/output embeddings (this model's are not)",
+                           where="train.sparse_embedding_grad", fix="leave it unset (auto) or false")
+    if tied:
+        emb.sparse = bool(want)
+    return bool(want)
+
+
 def _autocast(precision: str, device: torch.device):
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -125,6 +147,7 @@ class Engine:
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        self.sparse_embedding = sparse_tied_embedding(model, tc)
         split = split_lm_head(model, sample_ids)
         self.head = split[1] if split else None
         core = split[0] if split else model

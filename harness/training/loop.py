@@ -133,8 +133,12 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                               f"({prog.get('total_steps')} steps, mask {prog.get('mask_hash')}; now {total}, "
                               f"{stats['mask_hash']})", where=str(rd.path),
                               fix="use a fresh run directory (the run id changes with the config)")
-        eng.opt.load_state_dict(saved["optimizer"])
-        eng.sched.load_state_dict(saved["scheduler"])
+        if "optimizer" in saved:
+            eng.opt.load_state_dict(saved["optimizer"])
+            eng.sched.load_state_dict(saved["scheduler"])
+        elif prog.get("step") != total:
+            raise ConfigError(f"checkpoint {s.resume[1].name} has no optimizer state to resume from",
+                              where=str(s.resume[1]), fix="delete it (the previous checkpoint is resumed instead)")
         rngs = saved["rng"]  # one per rank; a different world size continues from rank 0's
         rng = rngs[dist.rank] if len(rngs) == dist.world else rngs[0]
         torch.set_rng_state(rng["cpu"])
@@ -183,9 +187,12 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                 rng = dist.gather_object({"cpu": torch.get_rng_state(), **(
                     {"cuda": torch.cuda.get_rng_state()} if dist.device.type == "cuda" else {})})
                 if dist.rank == 0:
-                    save_checkpoint(rd.path, state["step"], s.model, s.tok, {
-                        "optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict(), "rng": rng,
-                        "progress": dict(state)})
+                    # the last step's checkpoint is resumed only to write DONE: no optimizer state (2x the
+                    # weights, written and then deleted at once)
+                    resumable = {"optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict()} \
+                        if state["step"] < total else {}
+                    save_checkpoint(rd.path, state["step"], s.model, s.tok,
+                                    {**resumable, "rng": rng, "progress": dict(state)})
                     prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
                                       every_checkpoint=cfg.eval.every_checkpoint)
                 dist.barrier()
