@@ -51,7 +51,7 @@ def disk_forecast(exp, model_bytes: int) -> tuple[int, int]:
 
     A checkpoint is the weights (plus tokenizer) W and, in the newest one of a running run only, AdamW's two
     fp32 moments (2 x 4 bytes per parameter, ~2 W for fp32 weights). A run keeps: all its checkpoints (keep: all),
-    one (last) or two (best); while it runs it briefly holds one checkpoint more and two optimizer states (the
+    one (last), two (best) or none; while it runs it briefly holds one checkpoint more and two optimizer states (the
     new one is COMPLETED before the old one is pruned). Runs that run at once (launcher.parallel or the local
     default) add that transient on top of what every run keeps."""
     W = model_bytes
@@ -59,7 +59,7 @@ def disk_forecast(exp, model_bytes: int) -> tuple[int, int]:
     for run in exp.runs:
         tc = run.config.train
         n = max(1, math.ceil(tc.epochs)) if tc.save_every_epoch else 1
-        k = {"all": n, "last": 1, "best": min(2, n)}[tc.keep]
+        k = {"all": n, "last": 1, "best": min(2, n), "none": 0}[tc.keep]
         kept.append(k * W)
         peaks.append(W + 2 * 2 * W)
     par = max(1, min(len(exp.runs), exp.config.launcher.parallel or os.cpu_count() or 1))

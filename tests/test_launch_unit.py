@@ -181,7 +181,10 @@ def test_local_parallelism_fits_in_memory(tmp_path, monkeypatch):
     assert S.resources(exp, 4, None) == (2, 1)  # plenty of memory: one run per core
     said = []
     monkeypatch.setattr(S, "available_memory_bytes", lambda: 6000)  # room for one run of 1000 x 4 x 1.25 bytes
-    assert S.resources(exp, 4, None, said.append) == (1, 2) and "parallel 1" in said[0]
+    assert S.resources(exp, 4, None, said.append) == (1, 2) and "parallel 1" in said[0] and "memory-bound" in said[0]
+    said.clear()
+    monkeypatch.setattr(S, "available_memory_bytes", lambda: 10**9)
+    assert S.resources(exp, 4, None, said.append) == (2, 1) and said[0].startswith("parallel 2 (2 cores, 4 runs;")
     assert S.resources(exp, 4, 2) == (2, 1)  # --parallel wins
 
 

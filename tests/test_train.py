@@ -377,6 +377,13 @@ def test_checkpoint_schedule_and_keep_policies(tiny, tmp_path):
     # with every_checkpoint off only the newest is ever evaluated: the others are not waiting for anything
     prune_checkpoints(r, "last", every_checkpoint=False)
     assert [s for s, _ in rd.completed_checkpoints()] == [16]
+    # none: results only. The newest stays while the run could still resume; once finished and evaluated it
+    # goes too, and the run is done with its results and no weights
+    assert prune_checkpoints(r, "none") == [] and [s for s, _ in rd.completed_checkpoints()] == [16]
+    assert prune_checkpoints(r, "none", finished=True) == []  # step 16 is not evaluated yet: kept
+    evaluated(16, 3.0)
+    assert prune_checkpoints(r, "none", finished=True) == [rd.step_dir(16)]
+    assert rd.completed_checkpoints() == [] and rd.state(True).state == "done" and rd.eval_json(16).exists()
 
 
 def test_optimizer_state_only_in_the_newest_checkpoint_of_a_running_run(tiny, tmp_path):

@@ -184,8 +184,10 @@ class TrainConfig:
     """Also checkpoint every N optimizer steps."""
     keep: str = "all"
     """Which checkpoints keep their weights once evaluated: all | last (the newest) | best (the newest and the
-    best by keep_metric). A checkpoint that still needs its evaluation is never deleted; optimizer state is kept
-    only where a resume needs it (the newest checkpoint of an unfinished run), whatever this says."""
+    best by keep_metric) | none (results only: a finished run keeps no weights, so it cannot be re-evaluated
+    under a new eval config; for grids of real models, where every checkpoint is GBs). A checkpoint that still
+    needs its evaluation is never deleted, nor the newest of an unfinished run; optimizer state is kept only where
+    a resume needs it (the newest checkpoint of an unfinished run), whatever this says."""
     keep_metric: str = "nll/response"
     """The eval metric that `keep: best` ranks checkpoints by (a key of eval/step-N.json's metrics)."""
     keep_mode: str = "min"
@@ -216,7 +218,7 @@ class TrainConfig:
         if self.budget == "supervised_tokens" and not self.supervised_tokens:
             raise ConfigError("budget is supervised_tokens but train.supervised_tokens is not set",
                               where="train.supervised_tokens", fix="set the number of supervised tokens per run")
-        _choice("train.keep", self.keep, ("all", "last", "best"))
+        _choice("train.keep", self.keep, ("all", "last", "best", "none"))
         _choice("train.keep_mode", self.keep_mode, ("min", "max"))
         for key in ("micro_batch_tokens", "max_steps", "save_every_steps", "threads",
                     "supervised_tokens", "max_grad_norm"):

@@ -69,11 +69,15 @@ def resources(exp: Experiment, n_runs: int, parallel: int | None, out=None) -> t
     if not par:
         par = max(1, min(n_runs, _cores()))
         need, avail = run_memory_bytes(exp), available_memory_bytes()
-        if need and avail is not None and avail // need < par:
-            par = max(1, avail // need)
-            if out is not None:
-                out(f"parallel {par}: {avail / 2**30:.1f} GiB available, ~{need / 2**30:.1f} GiB per run "
-                    "(weights, gradients, AdamW state); --parallel N overrides")
+        why = f"{_cores()} cores, {n_runs} runs"
+        if need and avail is not None:
+            why += (f"; {avail / 2**30:.1f} GiB available, ~{need / 2**30:.1f} GiB per run "
+                    "(weights, gradients, AdamW state)")
+            if avail // need < par:
+                par = max(1, avail // need)
+                why += ": memory-bound"
+        if out is not None:
+            out(f"parallel {par} ({why}); --parallel N overrides")
     threads = exp.config.train.threads or max(1, _cores() // par)
     return par, threads
 

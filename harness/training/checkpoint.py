@@ -56,7 +56,7 @@ def prune_checkpoints(run_dir: Path, keep: str = "all", *, metric: str = "nll/re
     is written: before, a crash would leave a run to resume without its state). Weights: `keep` all | last
     (the newest) | best (the newest and the best evaluated one by `metric`). A checkpoint that still needs its
     evaluation is never deleted; a deleted one is first un-COMPLETED, so a crash mid-delete leaves nothing that
-    looks complete."""
+    looks complete. `none`: every evaluated checkpoint goes, except the newest of an unfinished run."""
     rd = RunDir(run_dir)
     cks = rd.completed_checkpoints()
     for step, path in cks[:-1] if not finished else cks:
@@ -64,7 +64,7 @@ def prune_checkpoints(run_dir: Path, keep: str = "all", *, metric: str = "nll/re
     if keep == "all" or not cks:
         return []
     pending = {s for s, _ in rd.missing_evals(every_checkpoint)}
-    keep_steps = {cks[-1][0]} | pending
+    keep_steps = pending | ({cks[-1][0]} if keep != "none" or not finished else set())
     if keep == "best":
         scored = []
         for step, _ in cks:
