@@ -105,3 +105,60 @@ def test_forgetting_vs_epochs_is_judged_per_configuration():
     assert "epoch 2: +0.500" in f.observed  # mean over all runs: not monotonic, and shown
     f = claim({k: v[::-1] for k, v in rising.items()})
     assert f.holds is False and "rises in 1 of 3" in f.observed
+
+
+def _questions(per_run: dict, base: list[float]) -> pd.DataFrame:
+    recs = [{"run_id": "base", "state": "done", "step": 0, "doc_id": str(i), "value": v} for i, v in enumerate(base)]
+    for (reg, lr, seed), values in per_run.items():
+        for step, vals in ((4, [0.0] * len(values)), (8, values)):  # the final checkpoint is what counts
+            recs += [{"run_id": f"{reg}-{lr}-{seed}", "state": "done", "step": step, "doc_id": str(i), "value": v,
+                      "regime.name": reg, "train.lr": lr, "train.seed": seed} for i, v in enumerate(vals)]
+    return pd.DataFrame.from_records(recs)
+
+
+def test_paired_bootstrap_over_questions():
+    from analysis.questions import config_vs_base, paired_bootstrap
+
+    base = [0.0] * 40
+    r = paired_bootstrap([[1.0] * 30 + [0.0] * 10, [1.0] * 28 + [0.0] * 12], base)
+    assert r["mean"] == 0.725 and r["diff"] == 0.725 and r["questions"] == 40 and r["seeds"] == 2
+    assert 0.55 < r["low"] < r["mean"] < r["high"] < 0.9 and r["diff_low"] > 0
+    same = paired_bootstrap([base], base)
+    assert same["diff_low"] == same["diff_high"] == 0.0
+    q = _questions({("prompt_masked", 1e-5, 1): [1.0] * 20 + [0.0] * 20, ("prompt_masked", 1e-5, 2): [1.0] * 40}, base)
+    r = config_vs_base(q, {"regime.name": "prompt_masked", "train.lr": 1e-5})
+    assert r["mean"] == 0.75 and r["seeds"] == 2 and r["base"] == 0.0  # final step of each seed, averaged
+    assert config_vs_base(q, {"regime.name": "full"}) is None
+
+
+def test_real_model_story_reports_ci_and_every_shape():
+    recs, qs = [], {}
+    qa = {("prompt_masked", 1e-5): 0.6, ("prompt_masked", 5e-5): 0.5, ("full", 1e-5): 0.55, ("full", 5e-5): 0.45,
+          ("prompt_only", 1e-5): 0.0, ("prompt_only", 5e-5): 0.02}
+    for (reg, lr), v in qa.items():
+        for seed in (1, 2):
+            run, ax = f"{reg}-{lr}-{seed}", {"regime.name": reg, "train.lr": lr, "train.seed": seed}
+            for m, b in (("real_qa/exact_match", 0.0), ("format/answered", 0.65), ("format/continued_question", 0.05),
+                         ("forgetting/pretrain_nll_delta", 0.0), ("forgetting/kl_base", 0.0)):
+                recs.append(_rows(run, 0, 0.0, m, b, **ax))
+            recs.append(_rows(run, 8, 2.0, "real_qa/exact_match", v, **ax))
+            recs.append(_rows(run, 8, 2.0, "format/answered", 0.5, **ax))
+            recs.append(_rows(run, 8, 2.0, "forgetting/pretrain_nll_delta", lr * 1e4, **ax))
+            recs.append(_rows(run, 8, 2.0, "forgetting/kl_base", lr * 5e3, **ax))
+            qs[(reg, lr, seed)] = [1.0] * int(v * 40) + [0.0] * (40 - int(v * 40))
+    by = {f.claim: f for f in findings_for("gemma_lima", _frame(recs), None)}
+    masked = by["prompt_masked >= 50% held-out chat QA at its best learning rate, its CI above the base"]
+    assert masked.holds is False and "no CI" in masked.observed  # without per-question samples: not decided yes
+    from analysis import findings as F
+
+    found = F.real_model_story(_frame(recs), _questions(qs, [0.0] * 40))
+    by = {f.claim: f for f in found}
+    masked = by["prompt_masked >= 50% held-out chat QA at its best learning rate, its CI above the base"]
+    assert masked.holds is True and "best lr 1e-05: 60.0% [95% CI" in masked.observed and "40 questions x 2 seeds" \
+        in masked.observed
+    assert by["full at its best learning rate (for comparison)"].holds is None
+    assert by["base answers <= 15% of held-out chat questions"].holds is True
+    assert by["prompt_only within 5 points of the base (any LR, any checkpoint)"].holds is True
+    assert all(f.holds for c, f in by.items() if c.startswith("forgetting"))
+    fmt = by["format probe (raw questions, no template) moves towards answered under prompt_masked"]
+    assert fmt.holds is False and "base 65.0% answered" in fmt.observed  # the real base already answers: said so
