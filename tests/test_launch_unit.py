@@ -197,8 +197,10 @@ def test_cancel_stops_local_workers_that_hold_no_run(tmp_path):
 
     exp = _exp(tmp_path)
     logs = exp.out_dir / "logs"
-    sleeper = "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(120)\nexcept KeyboardInterrupt:\n" \
-              "    raise SystemExit(3)\n"
+    # a stand-in worker: like LocalWorker it makes SIGINT interruptible first (a background job of a shell without
+    # job control, e.g. this suite run as `... &` in a script, starts with SIGINT ignored)
+    sleeper = ("import signal, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\ntry:\n"
+               "    print('ready', flush=True)\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)\n")
     worker, other = (subprocess.Popen([sys.executable, "-c", sleeper, "submitit.core._submit", str(d / "%j")],
                                       stdout=subprocess.PIPE, text=True) for d in (logs, tmp_path / "elsewhere"))
     try:
@@ -215,3 +217,21 @@ def test_cancel_stops_local_workers_that_hold_no_run(tmp_path):
         for p in (worker, other):
             p.kill()
             p.wait()
+
+
+def test_workers_are_interruptible_even_when_started_with_sigint_ignored():
+    import signal
+
+    from harness.launch.jobs import interruptible
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a background job of a non-interactive shell inherits
+        interruptible()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        custom = lambda *a: None  # noqa: E731 - a handler somebody installed on purpose stays
+        signal.signal(signal.SIGINT, custom)
+        interruptible()
+        assert signal.getsignal(signal.SIGINT) is custom
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -124,3 +124,38 @@ def _lineplot(ax, d, x, palette, order, style: str | None = None, marker: str = 
                             capsize=2)
             elif (a["n"] > 1).any():
                 ax.fill_between(a[x], a["lo"], a["hi"], color=col, alpha=0.15, lw=0)
+
+
+def shared_x(d: pd.DataFrame, by: list[str], x: str = "step") -> str:
+    """`x` when every run of a group (`by`, e.g. variant and LR) has its points at the same `x` values as the
+    group's other runs, else ``"epoch"``. Seeds whose data packs into different step counts (216 vs 219) have
+    their per-epoch checkpoints at different steps: a mean over seeds at each raw step would join points of
+    different runs into a zig-zag, while at each epoch it averages like with like."""
+    if "epoch" not in d.columns or d["epoch"].isna().any():  # logs without epochs: nothing better to align on
+        return x
+    d = d.dropna(subset=[x])
+    keys = [c for c in by if c in d.columns]
+    per_run = d.groupby(keys + ["run_id"], dropna=False)[x].agg(lambda s: tuple(sorted(set(s.astype(float)))))
+    if not keys:
+        return x if per_run.nunique() <= 1 else "epoch"
+    same = per_run.groupby(level=list(range(len(keys))), dropna=False).nunique() <= 1
+    return x if bool(same.all()) else "epoch"
+
+
+def on_common_grid(d: pd.DataFrame, by: list[str], x: str = "epoch", points: int | None = None) -> pd.DataFrame:
+    """Each run's curve linearly interpolated onto one grid of `x` per group (`by` + metric), spanning the
+    range all of the group's runs cover, with about as many points as a run has: runs logged at different
+    steps can then be averaged point by point."""
+    out = []
+    keys = [c for c in by if c in d.columns] + ["metric"]
+    for _, g in d.dropna(subset=[x, "value"]).groupby(keys, dropna=False):
+        runs = [r.sort_values(x) for _, r in g.groupby("run_id")]
+        lo, hi = max(r[x].min() for r in runs), min(r[x].max() for r in runs)
+        n = points or int(np.median([len(r) for r in runs]))
+        grid = np.linspace(lo, hi, max(2, n)) if hi > lo else np.asarray([lo])
+        for r in runs:
+            row = r.iloc[0]
+            vals = np.interp(grid, r[x].astype(float), r["value"].astype(float))
+            out.append(pd.DataFrame({**{c: row[c] for c in r.columns if c not in (x, "value", "step")},
+                                     x: grid, "value": vals}))
+    return pd.concat(out, ignore_index=True) if out else d.iloc[0:0]

@@ -105,6 +105,17 @@ def stop_on_usr2() -> Iterator[Callable[[], bool]]:
         previous(flag["signal"], None)
 
 
+def interruptible() -> None:
+    """Let SIGINT (`harness cancel` for a local run) raise KeyboardInterrupt in this process. A shell without
+    job control starts background jobs (`harness run ... &` in a script) with SIGINT ignored, the workers
+    inherit that, and Python then installs no KeyboardInterrupt handler: cancel would do nothing."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (debug executor): the caller's own handling applies
+        pass
+
+
 class RunJob(Checkpointable):
     """A submitit job for one run. Checkpointable: on preemption/timeout it is requeued as itself and the
     run resumes from its newest COMPLETED checkpoint."""
@@ -115,6 +126,7 @@ class RunJob(Checkpointable):
         self.threads = threads
 
     def __call__(self) -> dict:
+        interruptible()
         with stop_on_usr2() as should_stop:
             return execute_run(self.spec, Path(self.rdir), self.threads, should_stop)
 
@@ -146,6 +158,7 @@ class LocalWorker(Checkpointable):
 
     def __call__(self) -> list[dict]:
         results: list[dict] = []
+        interruptible()
         with stop_on_usr2() as should_stop:
             _set_threads(self.threads)
             if self.base is not None:
