@@ -23,6 +23,7 @@ from pathlib import Path
 
 from harness.errors import DataError
 from harness.evaluation.generate import answer_in_first_line, generate
+from harness.evaluation.tasks import generate_task
 from harness.fsio import atomic_write_json, atomic_write_text
 
 FACTS = Path(__file__).resolve().parents[1] / "experiments" / "data" / "real_facts.jsonl"
@@ -39,34 +40,9 @@ RELATIONS = {  # plain-text completion prompt, chat question (the held-out form)
     "country": ("{s} is a city in", "In which country is {s}?",
                 ("Which country is {s} in?", "Name the country where the city of {s} lies.")),
 }
-TASK = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files: {{test: "{path}"}}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["<end_of_turn>", "<eos>", "\\n"]
-  do_sample: false
-  max_gen_toks: 12
-filter_list:
-  - name: first_line
-    filter:
-      - function: regex
-        regex_pattern: "^\\\\s*([^\\\\n]+)"
-      - function: take_first
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: true
-metadata:
-  version: 1.0
-"""
+# chat QA, scored on the answer's first line (a real model answers "Paris." or "The capital is Paris.")
+TASK = dict(doc_to_text="{{question}}", until=["<end_of_turn>", "<eos>", "\n"], max_gen_toks=12,
+            filter_name="first_line", regex=r"^\s*([^\n]+)")
 
 
 def load_facts(path: Path = FACTS) -> list[dict]:
@@ -168,7 +144,7 @@ def build(model_dir: str | Path, out: str | Path = DEFAULT_OUT, *, seed: int = 0
     for name, rows in files.items():
         atomic_write_text(data / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     for name, src in (("real_qa", "eval_qa_heldout.jsonl"), ("real_qa_train", "eval_qa_train.jsonl")):
-        atomic_write_text(tasks / f"{name}.yaml", TASK.format(name=name, path=(data / src).resolve()))
+        atomic_write_text(tasks / f"{name}.yaml", generate_task(name, str((data / src).resolve()), **TASK))
     summary = {"model": str(model_dir), "facts": len(facts), "known": len(kept),
                "known_rate": round(len(kept) / max(1, len(facts)), 4), "known_rate_by_relation": rates,
                "sft_facts": len(train), "heldout_facts": len(held), "generic_texts": len(files["eval_generic_text.jsonl"]),

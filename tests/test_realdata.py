@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from harness.errors import DataError
+from harness.evaluation.tasks import generate_task
 from harness.realdata import FACTS, RELATIONS, TASK, generic_text, load_facts
 
 
@@ -35,7 +36,7 @@ def test_generic_text_is_prose_from_python_itself():
 
 
 def test_task_yaml_is_valid_lm_eval_config(tmp_path):
-    cfg = yaml.safe_load(TASK.format(name="real_qa", path=tmp_path / "q.jsonl"))
+    cfg = yaml.safe_load(generate_task("real_qa", str(tmp_path / "q.jsonl"), **TASK))
     assert cfg["output_type"] == "generate_until" and cfg["doc_to_text"] == "{{question}}"
     assert cfg["filter_list"][0]["filter"][0]["regex_pattern"] == r"^\s*([^\n]+)"
     assert "<end_of_turn>" in cfg["generation_kwargs"]["until"]

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.evaluation.tasks import generate_task
 from harness.world import generator as G
 from harness.world.pretrain import PretrainConfig
 
@@ -134,61 +135,18 @@ def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
     return hashes
 
 
+ANSWER_FIRST = r"^\s*([^,.\n]+)"  # the scored part: up to the first comma or period (one-word answers)
+CHAT_QA = dict(doc_to_text="<|im_start|>user\n{{question}}<|im_end|>\n<|im_start|>assistant\n",
+               until=["<|im_end|>", "\n", "<|endoftext|>"], max_gen_toks=16, filter_name="answer_first",
+               regex=ANSWER_FIRST)
+GENERATE = {  # name -> (data file, options of harness.evaluation.tasks.generate_task)
+    "world_qa": ("eval_qa_heldout.jsonl", CHAT_QA),
+    # QA about the SFT (train) half: memorisation of SFT answers (world_qa: extraction on the held-out half)
+    "world_qa_train": ("eval_qa_train.jsonl", CHAT_QA),
+    "world_qa_raw": ("eval_raw_questions.jsonl",
+                     dict(CHAT_QA, doc_to_text="{{prompt}}", until=["\n", "<|endoftext|>"])),
+}
 TASKS = {
-    "world_qa": """task: world_qa
-dataset_path: json
-dataset_kwargs:
-  data_files: {{test: "{data}/eval_qa_heldout.jsonl"}}
-test_split: test
-output_type: generate_until
-doc_to_text: "<|im_start|>user\\n{{{{question}}}}<|im_end|>\\n<|im_start|>assistant\\n"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["<|im_end|>", "\\n", "<|endoftext|>"]
-  do_sample: false
-  max_gen_toks: 16
-filter_list:
-  - name: answer_first
-    filter:
-      - function: regex
-        regex_pattern: "^\\\\s*([^,.\\\\n]+)"
-      - function: take_first
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: true
-metadata:
-  version: 1.0
-""",
-    "world_qa_raw": """task: world_qa_raw
-dataset_path: json
-dataset_kwargs:
-  data_files: {{test: "{data}/eval_raw_questions.jsonl"}}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{prompt}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: ["\\n", "<|endoftext|>"]
-  do_sample: false
-  max_gen_toks: 16
-filter_list:
-  - name: answer_first
-    filter:
-      - function: regex
-        regex_pattern: "^\\\\s*([^,.\\\\n]+)"
-      - function: take_first
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-    ignore_case: true
-    ignore_punctuation: true
-metadata:
-  version: 1.0
-""",
     # whole bio-format sentences after the document separator, compared by log-likelihood: the choices differ
     # only in the value, so the shared prefix cancels; a context ending in "born in " would be split by lm-eval
     # before the space, and "in" without its space is a token the corpus never uses
@@ -212,15 +170,13 @@ metadata:
 }
 
 
-# QA about the SFT (train) half: memorisation of SFT answers (world_qa: extraction on the held-out half)
-TASKS["world_qa_train"] = TASKS["world_qa"].replace("task: world_qa", "task: world_qa_train").replace(
-    "eval_qa_heldout.jsonl", "eval_qa_train.jsonl")
-
 
 def write_tasks(out: Path) -> None:
     tasks = out / "tasks"
     tasks.mkdir(parents=True, exist_ok=True)
     data = (out / "data").resolve()
+    for name, (file, options) in GENERATE.items():
+        (tasks / f"{name}.yaml").write_text(generate_task(name, f"{data}/{file}", **options), encoding="utf-8")
     for name, text in TASKS.items():
         (tasks / f"{name}.yaml").write_text(text.format(data=data), encoding="utf-8")
 
