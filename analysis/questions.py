@@ -19,11 +19,7 @@ import pandas as pd
 
 from analysis.load import discover_runs
 from analysis.stats import BOOT_SEED, N_BOOT
-from harness.layout import ExperimentDir
-
-
-def _samples_of(eval_json: Path) -> Path:
-    return eval_json.with_name(eval_json.name[: -len(".json")] + ".samples.jsonl.gz")
+from harness.layout import ExperimentDir, base_eval_json, eval_side_file
 
 
 def _rows(path: Path, task: str, metric: str) -> dict[str, float]:
@@ -45,15 +41,15 @@ def load_questions(exp_dir: str | Path, task: str, metric: str = "exact_match") 
     the base model is ``run_id == "base"``, step 0. Empty when no samples were logged."""
     exp_dir = Path(exp_dir)
     recs: list[dict] = []
-    base = ExperimentDir(exp_dir).base() / "eval" / "step-000000.json"
-    for doc, v in _rows(_samples_of(base), task, metric).items():
+    base = base_eval_json(ExperimentDir(exp_dir).base())
+    for doc, v in _rows(eval_side_file(base, "samples"), task, metric).items():
         recs.append({"run_id": "base", "state": "done", "step": 0, "doc_id": doc, "value": v})
     runs, _ = discover_runs(exp_dir)
     for r in runs:
         for step, path in r.evals:
             if step == 0:
                 continue
-            for doc, v in _rows(_samples_of(path), task, metric).items():
+            for doc, v in _rows(eval_side_file(path, "samples"), task, metric).items():
                 recs.append({"run_id": r.run_id, "state": r.state, "step": step, "doc_id": doc, "value": v,
                              **r.axes})
     return pd.DataFrame.from_records(recs)

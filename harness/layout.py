@@ -145,6 +145,17 @@ def base_eval_json(base_dir: str | Path) -> Path:
     return Path(base_dir) / EVAL / "step-000000.json"
 
 
+EVAL_SIDE_FILES = {"samples": ".samples.jsonl.gz", "tokens": ".tokens.parquet"}
+
+
+def eval_side_file(eval_json: str | Path, kind: str) -> Path:
+    """A side file of an evaluation, next to its JSON: ``samples`` (lm-eval and probe samples) or ``tokens``
+    (per-token losses); ``step-000400.json`` -> ``step-000400.samples.jsonl.gz``."""
+    p = Path(eval_json)
+    stem = p.name[: -len(".json")] if p.name.endswith(".json") else p.name
+    return p.with_name(stem + EVAL_SIDE_FILES[kind])
+
+
 @dataclass(frozen=True)
 class RunState:
     state: str  # one of STATES

@@ -11,6 +11,7 @@ import pandas as pd
 
 from harness.evaluation.lm_eval import jsonable
 from harness.fsio import atomic_write_text, atomic_write_with, fault_point
+from harness.layout import eval_side_file
 from harness.versions import EVAL_SCHEMA
 
 
@@ -18,7 +19,6 @@ def write_eval(out_json: Path, payload: dict, samples: list, token_rows: list) -
     """samples.jsonl.gz and tokens.parquet first, the JSON last (its presence means the rest is there)."""
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    stem = out_json.name[: -len(".json")] if out_json.name.endswith(".json") else out_json.name
 
     def _samples(tmp: Path) -> None:
         with gzip.open(tmp, "wt", encoding="utf-8") as fh:
@@ -31,9 +31,9 @@ def write_eval(out_json: Path, payload: dict, samples: list, token_rows: list) -
                         "nll": "float64", "token": "string", "segment": "string"})
         df.to_parquet(tmp, index=False)
 
-    atomic_write_with(out_json.parent / f"{stem}.samples.jsonl.gz", _samples)
+    atomic_write_with(eval_side_file(out_json, "samples"), _samples)
     if token_rows:
-        atomic_write_with(out_json.parent / f"{stem}.tokens.parquet", _tokens)
+        atomic_write_with(eval_side_file(out_json, "tokens"), _tokens)
     fault_point("eval_write")  # reliability suite: killed with the side files written, the JSON not yet
     atomic_write_text(out_json, json.dumps(jsonable(payload), indent=1, allow_nan=False) + "\n")
 
