@@ -1,67 +1,33 @@
 """Findings: does the published shape appear in this experiment's results? One checker per shipped study,
-chosen by experiment name, each returning claims with the observed numbers and whether they hold.
+chosen by experiment name (also ``<name>_*`` variants), each returning claims as statistics (analysis/claims.py):
+an effect with a bootstrap CI over seeds and items, tested against a decision boundary, verdict yes / no /
+inconclusive.
 
-A finding is computed from :func:`analysis.load.load_runs` only (done runs, final checkpoint of each run unless
-a claim says otherwise, means over seeds). ``holds`` is True/False, or None when the data needed is missing;
-the report prints every claim with its numbers, whatever the outcome.
+Cells are done runs at their last evaluated checkpoint unless a claim says otherwise. Per-item values come from
+the logged samples (analysis/items.py); a metric without them (results written before items were logged) falls
+back to the run means, a bootstrap over seeds only, and the observed text says so.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from analysis.questions import config_vs_base, fmt_ci, load_questions
+from analysis.claims import (Evidence, Finding, above, all_of, below, best, diff, extreme, judge, mean_of, slope,
+                             within)
+from analysis.items import load_items
 
 QA, QA_TRAIN, FACTS = "world_qa/exact_match", "world_qa_train/exact_match", "world_facts/acc"
-FORGET, ANSWERED, CONTINUED = "forgetting/pretrain_nll_delta", "format/answered", "format/continued_question"
+FORGET, KL = "forgetting/pretrain_nll_delta", "forgetting/kl_base"
+ANSWERED, CONTINUED = "format/answered", "format/continued_question"
 NLL = "nll/response"  # fixed-mask response NLL on held-out conversations in the training data's own format
-
-
-@dataclass
-class Finding:
-    claim: str
-    observed: str
-    holds: bool | None
-    source: str = ""  # the paper or story the claim comes from
-
-    def __post_init__(self):
-        if self.holds is not None:
-            self.holds = bool(self.holds)  # numpy bools would not survive json / `is True`
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _pct(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
-
-
-def _done(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    d = df[(df["state"] == "done") & (df["metric"] == metric) & (df["step"] > 0)].copy()
-    return d
-
-
-def final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per done run: its last evaluated checkpoint."""
-    d = _done(df, metric)
-    if d.empty:
-        return d
-    return d.loc[d.groupby("run_id")["step"].idxmax()]
-
-
-def base_value(df: pd.DataFrame, metric: str) -> float:
-    b = df[(df["metric"] == metric) & (df["step"] == 0)]["value"]
-    return float(b.iloc[0]) if len(b) else math.nan
-
-
-def _means(d: pd.DataFrame, by: list[str]) -> pd.Series:
-    by = [c for c in by if c in d.columns]
-    return d.groupby(by, dropna=False)["value"].mean() if by else pd.Series([d["value"].mean()])
+OWN = {"long-prompt/short-answer": "world_longprompt/exact_match", "short-prompt/long-answer": "world_longanswer/facts"}
+REAL_QA = "real_qa/exact_match"
+REG, LR, W, SEED = "regime.name", "train.lr", "regime.prompt_weight", "train.seed"
 
 
 def _data_label(path) -> str:
@@ -70,248 +36,240 @@ def _data_label(path) -> str:
         else s.rsplit("/", 1)[-1]
 
 
+def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    d = df[(df["state"] == "done") & (df["metric"] == metric) & (df["step"] > 0)]
+    return d.loc[d.groupby("run_id")["step"].idxmax()] if len(d) else d
+
+
+def _values(df: pd.DataFrame, key: str, where: dict | None = None) -> list:
+    d = df[(df["state"] == "done") & (df["step"] > 0)]
+    for k, v in (where or {}).items():
+        d = d[d[k] == v] if k in d else d.iloc[0:0]
+    return sorted(d[key].dropna().unique()) if key in d else []
+
+
+def _means(df: pd.DataFrame, metric: str, by: str, where: dict | None = None, unit: str = "pct") -> str:
+    """'1e-4: 54.3%, 3e-4: 65.0%' (final checkpoint, mean over seeds): context beside a claim's CI."""
+    d = _final(df, metric)
+    for k, v in (where or {}).items():
+        d = d[d[k] == v] if k in d else d.iloc[0:0]
+    if d.empty or by not in d:
+        return ""
+    s = d.groupby(by)["value"].mean()
+    f = (lambda v: f"{100 * v:.1f}%") if unit == "pct" else (lambda v: f"{v:+.3f}")
+    return ", ".join(f"{k:g}: {f(v)}" if isinstance(k, float) else f"{k}: {f(v)}" for k, v in s.items())
+
+
+def _conditions(df: pd.DataFrame, free: tuple[str, ...]) -> list[dict]:
+    """The grid's conditions: each combination of the axes other than `free` and the seed (data path as
+    its label), for the studies whose claims are made per condition (the phase diagrams)."""
+    d = df[(df["state"] == "done") & (df["step"] > 0) & (df["metric"] != "state")]
+    axes = [c for c in d.columns if c.startswith(("data.", "train.", "regime.", "model."))
+            and c not in free and c != SEED and d[c].nunique(dropna=True) > 1]
+    if not axes:
+        return [{}]
+    return [dict(zip(axes, k if isinstance(k, tuple) else (k,))) for k in
+            d[axes].drop_duplicates().sort_values(axes).itertuples(index=False, name=None)]
+
+
+def _label(cond: dict) -> str:
+    short = {"data.train.limit": "n", "train.epochs": "epochs", "train.lr": "lr"}
+    parts = []
+    for k, v in cond.items():
+        if k == "data.train.path":
+            parts.insert(0, _data_label(v))
+        elif k.startswith("data.eval"):
+            continue
+        else:
+            parts.append(f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}")
+    return ", ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------------ studies
 
 
-def seed_story(df: pd.DataFrame) -> list[Finding]:
-    """mini_lima: the seed chapter's story, with the issue's thresholds."""
-    out = []
+def seed_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
+    """mini_lima: the seed chapter's story, each claim a comparison with a CI."""
     src = "seed chapter / mini-world"
-    b = base_value(df, QA)
-    out.append(Finding("base model answers <= 10% of held-out questions (chat format)", f"base {_pct(b)}",
-                       None if math.isnan(b) else b <= 0.10, src))
-    qa = final(df, QA)
-    per = _means(qa, ["regime.name", "train.lr"]) if not qa.empty else pd.Series(dtype=float)
-    for regime in ("prompt_masked", "full"):
-        if regime in per.index.get_level_values(0):
-            s = per.loc[regime]
-            out.append(Finding(f"{regime} >= 60% held-out QA at its best learning rate",
-                               f"best lr {s.idxmax():g}: {_pct(s.max())}; all: "
-                               + ", ".join(f"{lr:g}: {_pct(v)}" for lr, v in s.items()), s.max() >= 0.60, src))
-    if "prompt_only" in per.index.get_level_values(0):
-        every = _done(df, QA)
-        v = every[every["regime.name"] == "prompt_only"]["value"].max()
-        out.append(Finding("prompt_only <= base + 5 points (any LR, any checkpoint)",
-                           f"max {_pct(v)} vs base {_pct(b)}", bool(v <= b + 0.05), src))
-    fg = final(df, FORGET)
-    fg = fg[fg["regime.name"] != "prompt_only"] if not fg.empty else fg
-    if not fg.empty and fg["train.lr"].nunique() > 1:
-        s = _means(fg, ["train.lr"])
-        out.append(Finding("forgetting (held-out pretraining NLL increase) rises with the learning rate",
-                           ", ".join(f"lr {lr:g}: {v:+.3f}" for lr, v in s.items()), bool(s.is_monotonic_increasing),
-                           "Biderman et al. 2024"))
-    every = _done(df, FORGET)
-    every = every[every["regime.name"] != "prompt_only"] if not every.empty else every
-    if not every.empty and every["epoch"].round().nunique() > 1:
-        # Per configuration (regime x LR, mean over seeds), last epoch vs first: a mean over all LRs would mix
-        # scales (at a too-high LR forgetting overshoots at epoch 1 and partly recovers) and say little.
-        every = every.assign(ep=every["epoch"].round())
-        s = every.groupby("ep")["value"].mean()
-        keys = [c for c in ("regime.name", "train.lr") if c in every.columns]
-        per = every.groupby(keys + ["ep"])["value"].mean() if keys else s
-        trend = per.groupby(level=list(range(len(keys)))).agg(lambda v: v.iloc[-1] - v.iloc[0]) if keys \
-            else pd.Series([s.iloc[-1] - s.iloc[0]])
-        falls = [k if isinstance(k, tuple) else (k,) for k, d in trend.items() if d <= 0]
-        out.append(Finding("forgetting rises with epochs (last epoch vs first, per regime x LR, most configurations)",
-                           f"rises in {int((trend > 0).sum())} of {len(trend)}"
-                           + (" (not: " + "; ".join(" ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in k)
-                                                    for k in falls) + ")" if falls else "")
-                           + "; mean over all runs by epoch: "
-                           + ", ".join(f"epoch {int(e)}: {v:+.3f}" for e, v in s.items()),
-                           bool((trend > 0).sum() > len(trend) / 2), "Biderman et al. 2024"))
-    ba, bc = base_value(df, ANSWERED), base_value(df, CONTINUED)
-    a, c = final(df, ANSWERED), final(df, CONTINUED)
-    if not a.empty and not math.isnan(bc):
-        a = a[a["regime.name"] == "prompt_masked"]
-        c = c[c["regime.name"] == "prompt_masked"]
-        best = a["value"].max() if len(a) else math.nan
-        cont = c["value"].min() if len(c) else math.nan
-        out.append(Finding("format probe flips: base continues a raw question with another question, prompt_masked "
-                           "answers it", f"base: {_pct(bc)} continued / {_pct(ba)} answered; prompt_masked (best run): "
-                           f"{_pct(best)} answered / {_pct(cont)} continued",
-                           bool(bc >= 0.5 and best > cont and best > ba), src))
+    lrs = _values(df, LR)
+    cell = lambda m, reg, lr, at="final": ev.cell(m, {REG: reg, LR: lr}, at)
+    masked = [cell(QA, "prompt_masked", lr) for lr in lrs]
+    full = [cell(QA, "full", lr) for lr in lrs]
+    only = [cell(QA, "prompt_only", lr) for lr in lrs]
+    b = ev.base(QA)
+    out = [judge("base answers < 10% of held-out questions (chat format)", lambda v: v(b), [b], below(0.10), "pct",
+                 src),
+           judge("prompt_masked - base > 0 (held-out QA, best LR)", lambda v: best(masked)(v) - v(b), [b, *masked],
+                 above(0), "pts", src, "prompt_masked by LR: " + _means(df, QA, LR, {REG: "prompt_masked"})),
+           judge("prompt_masked - full > 0 at the best LR of each (paired by seed and question)",
+                 lambda v: best(masked)(v) - best(full)(v), [*masked, *full], above(0), "pts", src,
+                 "full by LR: " + _means(df, QA, LR, {REG: "full"})),
+           judge("prompt_only - base within +-5 points (the LR where it moves most)",
+                 extreme([diff(c, b) for c in only]), [b, *only], within(0.05), "pts", src)]
+    learners = ("prompt_masked", "full")
+    groups = [[cell(FORGET, r, lr) for r in learners] for lr in lrs]
+    out.append(judge("forgetting (held-out pretraining NLL increase) rises with the LR (slope over log10 LR, "
+                     "prompt_masked and full)", slope(np.log10(lrs), groups), [c for g in groups for c in g],
+                     above(0), "nats/decade", "Biderman et al. 2024", "by LR: " + _means(df, FORGET, LR, unit="nats")))
+    eps = sorted({round(e) for e in _values(df, "epoch")})
+    if len(eps) > 1:
+        pairs = [(cell(FORGET, r, lr, eps[-1]), cell(FORGET, r, lr, eps[0])) for r in learners for lr in lrs]
+        out.append(judge(f"forgetting rises with epochs (epoch {eps[-1]} - epoch {eps[0]}, mean over regime x LR)",
+                         mean_of([diff(a, c) for a, c in pairs]), [x for p in pairs for x in p], above(0), "nats",
+                         "Biderman et al. 2024"))
+    ba, bc = ev.base(ANSWERED), ev.base(CONTINUED)
+    ans = [cell(ANSWERED, "prompt_masked", lr) for lr in lrs]
+    cont = [cell(CONTINUED, "prompt_masked", lr) for lr in lrs]
+    out.append(all_of("format probe flips: the base continues a raw question with another question, prompt_masked "
+                      "answers it", [
+                          judge("base continued > 50%", lambda v: v(bc), [bc], above(0.5), "pct"),
+                          judge("prompt_masked answered - base answered (best LR)", lambda v: best(ans)(v) - v(ba),
+                                [ba, *ans], above(0), "pts"),
+                          judge("prompt_masked answered - continued (best LR)",
+                                best([diff(a, c) for a, c in zip(ans, cont)]), [*ans, *cont], above(0), "pts")], src))
     return out
 
 
-def prompt_weight(df: pd.DataFrame) -> list[Finding]:
-    out, src = [], "Huerta-Enochian & Ko 2024"
-    qa = final(df, QA)
-    if qa.empty or "regime.prompt_weight" not in qa:
-        return [Finding("prompt-loss weight sweep", "no finished runs", None, src)]
-    qa = qa.assign(data=qa["data.train.path"].map(_data_label) if "data.train.path" in qa else "data")
-    for data, d in qa.groupby("data"):
-        s = d.groupby("regime.prompt_weight")["value"].mean().sort_index()
-        sd = d.groupby("regime.prompt_weight")["value"].std().fillna(0.0)
-        if len(s) < 3:
-            continue
-        text = ", ".join(f"{w:g}: {_pct(v)}" for w, v in s.items())
-        if "long-prompt" in data:
-            lam = s.idxmax()
-            inside = 0 < lam < 1 and s.max() > s.iloc[0] and s.max() > s.iloc[-1]
-            out.append(Finding(f"{data}: held-out QA is an inverted U in lambda with its optimum inside (0, 1)",
-                               f"{text}; best lambda {lam:g} (+{100 * (s.max() - s.iloc[0]):.1f} pts over 0, "
-                               f"+{100 * (s.max() - s.iloc[-1]):.1f} over 1; seed sd up to {100 * sd.max():.1f} pts)",
-                               bool(inside), src))
-        else:
-            spread = s.max() - s.min()
-            out.append(Finding(f"{data}: lambda barely matters (range <= 5 points)", f"{text}; range "
-                               f"{100 * spread:.1f} pts", bool(spread <= 0.05), src))
-    # QA above is in the short chat-question format; the same shape in the training data's own format, where
-    # held-out answers are scored by their NLL (lower is better)
-    nll = final(df, NLL)
-    if not nll.empty and "regime.prompt_weight" in nll:
-        nll = nll.assign(data=nll["data.train.path"].map(_data_label) if "data.train.path" in nll else "data")
-        for data, d in nll.groupby("data"):
-            s = d.groupby("regime.prompt_weight")["value"].mean().sort_index()
-            if len(s) < 3 or "long-prompt" not in data:
-                continue
-            lam = s.idxmin()
-            out.append(Finding(f"{data}: held-out response NLL (training format) is lowest at a lambda inside (0, 1)",
-                               ", ".join(f"{w:g}: {v:.3f}" for w, v in s.items()) + f" nats; best lambda {lam:g}",
-                               bool(0 < lam < 1 and s.min() < s.iloc[0] and s.min() < s.iloc[-1]), src))
-    return out
+def _shape_metrics(df: pd.DataFrame, data: str) -> list[tuple[str, bool]]:
+    """(metric, lower is better) to judge a data variant on: its own-format task where evaluated, the
+    training format's response NLL, and chat QA (which neither variant teaches) last."""
+    seen = set(df["metric"])
+    return [(m, low) for m, low in ((OWN.get(data, ""), False), (NLL, True), (QA, False)) if m in seen]
 
 
-def instruction_modelling(df: pd.DataFrame) -> list[Finding]:
-    out, src = [], "Shi et al. 2024"
-    qa = final(df, QA)
-    if qa.empty:
-        return [Finding("instruction modelling", "no finished runs", None, src)]
-    qa = qa.assign(data=qa["data.train.path"].map(_data_label) if "data.train.path" in qa else "data")
-    n_col = "data.train.limit" if "data.train.limit" in qa else None
-    s = _means(qa, ["data", n_col, "regime.name"] if n_col else ["data", "regime.name"])
-    rows = []
-    for key in sorted({k[:-1] for k in s.index}):
-        try:
-            diff = s.loc[(*key, "full")] - s.loc[(*key, "prompt_masked")]
-        except KeyError:
+def prompt_weight(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
+    """Huerta-Enochian & Ko 2024: an inverted U in lambda (optimum inside (0, 1)) on short completions, flat
+    on long ones; judged per condition of the grid (data x size x epochs x LR: the phase diagram)."""
+    src, out = "Huerta-Enochian & Ko 2024", []
+    for cond in _conditions(df, (W,)):
+        ws = _values(df, W, cond)
+        if len(ws) < 3:
             continue
-        rows.append((key, diff))
-    for key, diff in rows:
-        data = key[0]
-        n = f", n={int(key[1])}" if n_col else ""
-        if "long-prompt" in data:
-            out.append(Finding(f"{data}{n}: loss on instructions (full) beats prompt_masked", f"full - masked = "
-                               f"{100 * diff:+.1f} pts held-out QA", bool(diff > 0), src))
-        else:
-            out.append(Finding(f"{data}{n}: no real difference (|full - masked| <= 5 points)", f"full - masked = "
-                               f"{100 * diff:+.1f} pts held-out QA", bool(abs(diff) <= 0.05), src))
-    nll = final(df, NLL)  # the same comparison in the training data's own format (lower NLL is better)
-    if not nll.empty:
-        nll = nll.assign(data=nll["data.train.path"].map(_data_label) if "data.train.path" in nll else "data")
-        s = _means(nll, ["data", n_col, "regime.name"] if n_col else ["data", "regime.name"])
-        for key in sorted({k[:-1] for k in s.index}):
-            try:
-                f, m = s.loc[(*key, "full")], s.loc[(*key, "prompt_masked")]
-            except KeyError:
-                continue
-            data, n = key[0], (f", n={int(key[1])}" if n_col else "")
-            obs = f"response NLL full {f:.3f} vs masked {m:.3f} nats ({f - m:+.3f})"
-            if "long-prompt" in data:
-                out.append(Finding(f"{data}{n}: full has the lower held-out response NLL", obs, bool(f < m), src))
+        data = _data_label(cond.get("data.train.path", df.get("data.train.path", pd.Series([""])).iloc[0]))
+        for m, low in _shape_metrics(df, data):
+            cells = {w: ev.cell(m, {**cond, W: w}) for w in ws}
+            ends = [cells[w] for w in ws if w in (0.0, 1.0)]
+            inside = [cells[w] for w in ws if 0 < w < 1]
+            ctx = "by lambda: " + _means(df, m, W, cond, "pct" if not low else "nats")
+            name = f"{_label(cond)} [{m}]"
+            if "long-prompt" in data or "longprompt" in name:
+                gap = (lambda v, i=inside, e=ends, lo=low: best(i, lo)(v) - best(e, lo)(v))
+                out.append(judge(f"{name}: inverted U, best lambda inside (0, 1) beats both ends",
+                                 gap, [*ends, *inside], below(0) if low else above(0), "nats" if low else "pts", src,
+                                 ctx))
             else:
-                out.append(Finding(f"{data}{n}: response NLL about equal (|full - masked| <= 0.05 nats)", obs,
-                                   bool(abs(f - m) <= 0.05), src))
-    return out
+                rng = (lambda v, c=list(cells.values()): best(c)(v) - best(c, True)(v))
+                out.append(judge(f"{name}: lambda barely matters (range within 5 points)" if not low else
+                                 f"{name}: lambda barely matters (range within 0.05 nats)", rng, list(cells.values()),
+                                 within(0.05), "nats" if low else "pts", src, ctx))
+    return out or [Finding("prompt-loss weight sweep", "no condition with 3 or more weights", "n/a", src)]
 
 
-def knowledge_extraction(df: pd.DataFrame) -> list[Finding]:
-    out, src = [], "Allen-Zhu & Li 2023 (Physics of LMs 3.1)"
-    qa = final(df, QA)
-    if qa.empty or "model.name_or_path" not in qa:
-        return [Finding("knowledge extraction", "no finished runs with a model axis", None, src)]
-    best = qa.groupby(["model.name_or_path", "train.lr"])["value"].mean().groupby(level=0).max()
-    tr = final(df, QA_TRAIN)
-    mem = tr.groupby(["model.name_or_path", "train.lr"])["value"].mean().groupby(level=0).max() if len(tr) else {}
-    aug = {m: v for m, v in best.items() if "noaug" not in str(m)}
-    plain = {m: v for m, v in best.items() if "noaug" in str(m)}
-    if aug and plain:
-        a, p = max(aug.values()), max(plain.values())
-        mem_txt = "; train-half QA (memorised): " + ", ".join(
-            f"{'plain' if 'noaug' in str(m) else 'augmented'} {_pct(v)}" for m, v in dict(mem).items()) if len(mem) \
-            else ""
-        out.append(Finding("held-out QA after SFT: augmented pretraining >> plain (extraction needs augmentation)",
-                           f"augmented {_pct(a)} vs plain {_pct(p)} (best LR){mem_txt}", bool(a >= p + 0.3), src))
-    return out
+def instruction_modelling(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
+    """Shi et al. 2024: loss on instructions (full) beats prompt_masked when prompts are long relative to the
+    answers and data is small; no difference otherwise. Per condition of the grid."""
+    src, out = "Shi et al. 2024", []
+    for cond in _conditions(df, (REG,)):
+        data = _data_label(cond.get("data.train.path", df.get("data.train.path", pd.Series([""])).iloc[0]))
+        for m, low in _shape_metrics(df, data):
+            f, k = ev.cell(m, {**cond, REG: "full"}), ev.cell(m, {**cond, REG: "prompt_masked"})
+            if f is None and k is None:
+                continue
+            name = f"{_label(cond)} [{m}]"
+            ctx = "by regime: " + _means(df, m, REG, cond, "pct" if not low else "nats")
+            if "long-prompt" in data:
+                out.append(judge(f"{name}: full beats prompt_masked", diff(f, k), [f, k],
+                                 below(0) if low else above(0), "nats" if low else "pts", src, ctx))
+            else:
+                out.append(judge(f"{name}: no real difference (|full - masked| within 5 points / 0.05 nats)",
+                                 diff(f, k), [f, k], within(0.05), "nats" if low else "pts", src, ctx))
+    return out or [Finding("instruction modelling", "no finished runs", "n/a", src)]
 
 
-REAL_QA, KL = "real_qa/exact_match", "forgetting/kl_base"
+def knowledge_extraction(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
+    src = "Allen-Zhu & Li 2023 (Physics of LMs 3.1)"
+    models = _values(df, "model.name_or_path")
+    aug = [m for m in models if "noaug" not in str(m)]
+    plain = [m for m in models if "noaug" in str(m)]
+    if not aug or not plain:
+        return [Finding("knowledge extraction", "no finished runs with an augmented and a plain base", "n/a", src)]
+    cells = {m: [ev.cell(QA, {"model.name_or_path": m, LR: lr}) for lr in _values(df, LR, {"model.name_or_path": m})]
+             for m in models}
+    a = [c for m in aug for c in cells[m]]
+    p = [c for m in plain for c in cells[m]]
+    mem = ", ".join(f"{'plain' if 'noaug' in str(m) else 'augmented'} {_means(df, QA_TRAIN, LR, {'model.name_or_path': m})}"
+                    for m in models)
+    return [judge("held-out QA after SFT: augmented - plain pretraining > 0 (best LR of each)",
+                  lambda v: best(a)(v) - best(p)(v), [*a, *p], above(0), "pts", src,
+                  f"train-half QA (memorised) by LR: {mem}")]
 
 
-def real_model_story(df: pd.DataFrame, questions: pd.DataFrame | None = None) -> list[Finding]:
-    """gemma_lima: the seed chapter's story on a real pretrained base (issue thresholds), with CIs over the
-    held-out questions (paired with the base: analysis/questions.py) where the per-question samples exist."""
-    out, src = [], "seed chapter on gemma-3-270m"
-    b = base_value(df, REAL_QA)
-    out.append(Finding("base answers <= 15% of held-out chat questions", f"base {_pct(b)}",
-                       None if math.isnan(b) else b <= 0.15, src))
-    qa = final(df, REAL_QA)
-    per = _means(qa, ["regime.name", "train.lr"]) if not qa.empty else pd.Series(dtype=float)
-    regimes = set(per.index.get_level_values(0)) if len(per) else set()
-    for regime in ("prompt_masked", "full"):
-        if regime not in regimes:
-            continue
-        s = per.loc[regime]
-        lr = float(s.idxmax())
-        ci = config_vs_base(questions, {"regime.name": regime, "train.lr": lr}) if questions is not None else None
-        txt = (f"best lr {lr:g}: " + (fmt_ci(ci) if ci else _pct(s.max())) + "; all (mean over seeds): "
-               + ", ".join(f"{x:g}: {_pct(v)}" for x, v in s.items()))
-        holds = s.max() >= 0.50 and (ci is not None and ci["diff_low"] > 0)
-        if regime == "prompt_masked":
-            out.append(Finding("prompt_masked >= 50% held-out chat QA at its best learning rate, its CI above the base",
-                               txt + ("" if ci else " (no per-question samples: no CI)"), holds, src))
-        else:  # reported, no threshold of its own
-            out.append(Finding("full at its best learning rate (for comparison)", txt, None, src))
-    if "prompt_only" in regimes:
-        every = _done(df, REAL_QA)
-        v = every[every["regime.name"] == "prompt_only"]["value"]
-        out.append(Finding("prompt_only within 5 points of the base (any LR, any checkpoint)",
-                           f"range {_pct(v.min())}..{_pct(v.max())} vs base {_pct(b)}",
-                           bool((v - b).abs().max() <= 0.05), src))
+def real_model_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
+    """gemma_lima: the seed chapter's story on a real pretrained base."""
+    src = "seed chapter on gemma-3-270m"
+    lrs = _values(df, LR)
+    cell = lambda m, reg, lr: ev.cell(m, {REG: reg, LR: lr})
+    b = ev.base(REAL_QA)
+    masked = [cell(REAL_QA, "prompt_masked", lr) for lr in lrs]
+    full = [cell(REAL_QA, "full", lr) for lr in lrs]
+    only = [cell(REAL_QA, "prompt_only", lr) for lr in lrs]
+    out = [judge("base answers < 15% of held-out chat questions", lambda v: v(b), [b], below(0.15), "pct", src),
+           judge("prompt_masked - base > 0 (held-out chat QA, best LR)", lambda v: best(masked)(v) - v(b),
+                 [b, *masked], above(0), "pts", src, "by LR: " + _means(df, REAL_QA, LR, {REG: "prompt_masked"})),
+           judge("prompt_masked - full > 0 at the best LR of each", lambda v: best(masked)(v) - best(full)(v),
+                 [*masked, *full], above(0), "pts", src, "full by LR: " + _means(df, REAL_QA, LR, {REG: "full"})),
+           judge("prompt_only - base within +-5 points (the LR where it moves most)",
+                 extreme([diff(c, b) for c in only]), [b, *only], within(0.05), "pts", src)]
     for metric, what in ((FORGET, "held-out text NLL increase"), (KL, "KL(base || tuned) on held-out text")):
-        fg = final(df, metric)
-        fg = fg[fg["regime.name"] != "prompt_only"] if not fg.empty else fg
-        if not fg.empty and fg["train.lr"].nunique() > 1:
-            m = _means(fg, ["train.lr"])
-            by = fg.groupby(["regime.name", "train.lr"])["value"].mean()
-            each = {r: bool(by.loc[r].is_monotonic_increasing) for r in by.index.get_level_values(0).unique()}
-            out.append(Finding(f"forgetting ({what}) rises with the learning rate (prompt_masked and full)",
-                               ", ".join(f"lr {x:g}: {v:.3f}" for x, v in m.items()) + "; per regime: "
-                               + ", ".join(f"{r} {'rises' if ok else 'does not rise'}" for r, ok in each.items()),
-                               all(each.values()), "Biderman et al. 2024"))
-    ba, bc = base_value(df, ANSWERED), base_value(df, CONTINUED)
-    a = final(df, ANSWERED)
-    if not a.empty and not math.isnan(ba):
-        a = a[a["regime.name"] == "prompt_masked"]
-        best = _means(a, ["train.lr"]).max() if len(a) else math.nan
-        out.append(Finding("format probe (raw questions, no template) moves towards answered under prompt_masked",
-                           f"base {_pct(ba)} answered / {_pct(bc)} continued with a question; prompt_masked best LR "
-                           f"{_pct(best)} answered", bool(best > ba), src))
+        groups = [[cell(metric, r, lr) for r in ("prompt_masked", "full")] for lr in lrs]
+        out.append(judge(f"forgetting ({what}) rises with the LR (slope over log10 LR, prompt_masked and full)",
+                         slope(np.log10(lrs), groups), [c for g in groups for c in g], above(0), "nats/decade",
+                         "Biderman et al. 2024", "by LR: " + _means(df, metric, LR, unit="nats")))
+    ba = ev.base(ANSWERED)
+    ans = [cell(ANSWERED, "prompt_masked", lr) for lr in lrs]
+    out.append(judge("format probe (raw questions, no template): prompt_masked answered - base answered > 0 (best LR)",
+                     lambda v: best(ans)(v) - v(ba), [ba, *ans], above(0), "pts", src))
     return out
 
 
-STUDIES: dict[str, Callable[..., list[Finding]]] = {
-    "mini_lima": seed_story, "prompt_weight": prompt_weight, "instruction_modelling": instruction_modelling,
-    "knowledge_extraction": knowledge_extraction, "gemma_lima": real_model_story,
+STUDIES: dict[str, tuple[Callable[[pd.DataFrame, Evidence], list[Finding]], tuple[str, ...]]] = {
+    "mini_lima": (seed_story, (QA, FORGET, ANSWERED, CONTINUED)),
+    "prompt_weight": (prompt_weight, (QA, NLL, *OWN.values())),
+    "instruction_modelling": (instruction_modelling, (QA, NLL, *OWN.values())),
+    "knowledge_extraction": (knowledge_extraction, (QA,)),
+    "gemma_lima": (real_model_story, (REAL_QA, FORGET, KL, ANSWERED)),
 }
-NEEDS_QUESTIONS = {"gemma_lima": "real_qa"}  # studies whose claims carry per-question CIs: their lm-eval task
 
 
-def findings_for(name: str, df: pd.DataFrame, exp_dir: str | Path | None = None) -> list[Finding]:
-    """The findings of a shipped study (by experiment name, also `<name>_*` variants); [] otherwise. With
-    `exp_dir`, studies that need per-question results read them from the logged samples."""
+def evidence(df: pd.DataFrame, exp_dir: str | Path | None, metrics) -> Evidence:
+    """Per-item evidence of `metrics`; a metric without logged items falls back to the run means (one 'item'
+    per run: the bootstrap then resamples seeds only)."""
+    items = load_items(exp_dir, metrics) if exp_dir is not None else pd.DataFrame()
+    have = set(items["metric"]) if len(items) else set()
+    fallback = df[df["metric"].isin([m for m in metrics if m not in have]) & (df["metric"] != "state")]
+    if len(fallback):
+        fb = fallback.assign(doc_id="run mean", num=fallback["value"].astype(float), den=1.0)
+        fb.loc[fb["step"] == 0, ["run_id", "state"]] = ["base", "done"]
+        fb = fb.drop_duplicates(["run_id", "step", "metric"])
+        items = pd.concat([items, fb.drop(columns=["value"])], ignore_index=True)
+    return Evidence(items, df)
+
+
+def findings_for(name: str, df: pd.DataFrame, exp_dir: str | Path | None = None,
+                 ev: Evidence | None = None) -> list[Finding]:
+    """The findings of a shipped study (by experiment name, also `<name>_*` variants); [] otherwise."""
     key = name if name in STUDIES else next((k for k in STUDIES if name.startswith(k + "_")), None)
     if key is None:
         return []
-    if key in NEEDS_QUESTIONS:
-        return STUDIES[key](df, load_questions(exp_dir, NEEDS_QUESTIONS[key]) if exp_dir is not None else None)
-    return STUDIES[key](df)
+    check, metrics = STUDIES[key]
+    return check(df, ev if ev is not None else evidence(df, exp_dir, metrics))
 
 
 def to_markdown(found: list[Finding]) -> list[str]:
     if not found:
         return []
-    mark = {True: "yes", False: "**no**", None: "n/a"}
-    L = ["| claim | observed | holds | source |", "|---|---|---|---|"]
-    L += [f"| {f.claim} | {f.observed} | {mark[f.holds]} | {f.source} |" for f in found]
+    mark = {"yes": "yes", "no": "**no**", "inconclusive": "*inconclusive*", "n/a": "n/a"}
+    L = ["| claim | observed (effect [95% CI]) | verdict | source |", "|---|---|---|---|"]
+    L += [f"| {f.claim} | {f.observed} | {mark[f.verdict]}{' (' + f.decide + ')' if f.decide else ''} | {f.source} |"
+          for f in found]
     return L

@@ -169,6 +169,12 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
 # ------------------------------------------------------------------------------------------------ content
 
 
+FINDINGS_NOTE = ("Each claim is an effect with a 95% percentile-bootstrap CI that resamples seeds and evaluation "
+                 "items together (paired across runs that share them; a best LR is chosen again in every draw). "
+                 "yes / no: the CI lies on one side of the decision boundary; inconclusive: it spans the boundary, "
+                 "and the verdict says what would decide it (analysis/claims.py).")
+
+
 def _config_text(experiment: Any, exp_dir: Path, runs: pd.DataFrame) -> str:
     if experiment is not None and hasattr(experiment, "to_dict"):
         return yaml.safe_dump(experiment.to_dict(), sort_keys=False)
@@ -268,7 +274,8 @@ def _markdown(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_tex
     for n in rep.notes:
         L += [f"> note: {n}", ""]
     if rep.findings:
-        L += ["## Findings: does the published shape appear?", ""] + findings_markdown(rep.findings) + [""]
+        L += ["## Findings: does the published shape appear?", "", FINDINGS_NOTE, ""] \
+            + findings_markdown(rep.findings) + [""]
     L += ["## Methods", ""] + [f"- {m}" for m in _methods(rep.target, retention, axes)] + [""]
     L += ["## Figures", ""]
     for f in rep.figures:
@@ -351,10 +358,12 @@ def _html(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, n
     for n in rep.notes:
         H.append(f"<p class='warn'>note: {e(n)}</p>")
     if rep.findings:
-        mark = {True: "yes", False: "<strong>no</strong>", None: "n/a"}
-        H.append("<h2>Findings: does the published shape appear?</h2><table><tr><th>claim</th><th>observed</th>"
-                 "<th>holds</th><th>source</th></tr>" + "".join(
-                     f"<tr><td>{e(f.claim)}</td><td>{e(f.observed)}</td><td>{mark[f.holds]}</td><td>{e(f.source)}</td>"
+        mark = {"yes": "yes", "no": "<strong>no</strong>", "inconclusive": "<em>inconclusive</em>", "n/a": "n/a"}
+        H.append("<h2>Findings: does the published shape appear?</h2>"
+                 f"<p>{e(FINDINGS_NOTE)}</p><table><tr><th>claim</th><th>observed (effect [95% CI])</th>"
+                 "<th>verdict</th><th>source</th></tr>" + "".join(
+                     f"<tr><td>{e(f.claim)}</td><td>{e(f.observed)}</td><td>{mark[f.verdict]}"
+                     + (f"<br><small>{e(f.decide)}</small>" if f.decide else "") + f"</td><td>{e(f.source)}</td>"
                      "</tr>" for f in rep.findings) + "</table>")
     H.append("<h2>Methods</h2><ul>" + "".join(f"<li>{e(m).replace('`', '')}</li>"
                                                for m in _methods(rep.target, retention, axes)) + "</ul>")

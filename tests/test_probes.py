@@ -51,7 +51,7 @@ def test_fixed_mask_nll_is_the_segment_mean_of_per_token_nll(chatml_tok, conv_fi
 
     model = tiny_model(chatml_tok)
     ex = P.tokenize_eval_conversations(str(conv_file), chatml_tok, max_length=64)
-    metrics, rows = P.fixed_mask_nll(model, chatml_tok, ex, token_examples=2, batch_tokens=60)
+    metrics, rows, items = P.fixed_mask_nll(model, chatml_tok, ex, token_examples=2, batch_tokens=60)
     # reference: one unpadded forward per example, harness.loss.per_token_nll, segment masks
     sums = {g: [0.0, 0] for g in P.GROUPS}
     for t in ex:
@@ -65,6 +65,10 @@ def test_fixed_mask_nll_is_the_segment_mean_of_per_token_nll(chatml_tok, conv_fi
             sums[g][1] += m.sum()
     for g in P.GROUPS:
         assert metrics[f"nll/{g}"] == pytest.approx(sums[g][0] / sums[g][1], rel=1e-5)
+        # the per-example items (what the findings' bootstrap resamples) add up to the same mean
+        assert sum(i[f"{g}_sum"] for i in items) / sum(i[f"{g}_tokens"] for i in items) == \
+            pytest.approx(metrics[f"nll/{g}"], rel=1e-9)
+    assert [i["doc_id"] for i in items] == list(range(len(ex))) and {i["task"] for i in items} == {"probe/nll"}
     # response = assistant + end-of-turn; the per-token rows of the first two examples
     assert {r["example"] for r in rows} == {0, 1}
     assert len(rows) == len(ex[0]) + len(ex[1])
@@ -78,8 +82,8 @@ def test_fixed_mask_nll_is_the_segment_mean_of_per_token_nll(chatml_tok, conv_fi
 def test_fixed_mask_nll_does_not_depend_on_batching(chatml_tok, conv_file):
     model = tiny_model(chatml_tok)
     ex = P.tokenize_eval_conversations(str(conv_file), chatml_tok, max_length=64)
-    a, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, batch_tokens=1)
-    b, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, batch_tokens=10**5)  # right padding must not change a number
+    a, _, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, batch_tokens=1)
+    b, _, _ = P.fixed_mask_nll(model, chatml_tok, ex, 0, batch_tokens=10**5)  # right padding must not change a number
     for k in a:
         assert a[k] == pytest.approx(b[k], rel=1e-5)
 
@@ -107,15 +111,20 @@ def test_kl_from_cached_base_logprobs(chatml_tok, tmp_path):
     loaded = P.BaseLogprobs.load(tmp_path / "b.npz")
     assert all(np.array_equal(a, b) for a, b in zip(loaded.ids, ids)) and loaded.pretrain_nll == full.pretrain_nll
     exact = _exact_kl(base, tuned, ids)
-    m = P.pretrain_probe(tuned, chatml_tok, ids, loaded, batch_tokens=10**5)
+    m, items = P.pretrain_probe(tuned, chatml_tok, ids, loaded, batch_tokens=10**5)
     assert m["forgetting/kl_base"] == pytest.approx(exact, rel=1e-4)
+    assert [i["doc_id"] for i in items] == [0, 1, 2]  # one item per text, summing to the means
+    assert sum(i["nll_sum"] for i in items) / sum(i["nll_tokens"] for i in items) == \
+        pytest.approx(m["forgetting/pretrain_nll"], rel=1e-9)
+    assert sum(i["kl_sum"] for i in items) / sum(i["kl_tokens"] for i in items) == \
+        pytest.approx(m["forgetting/kl_base"], rel=1e-9)
     assert m["forgetting/pretrain_nll_delta"] == pytest.approx(m["forgetting/pretrain_nll"] - full.pretrain_nll)
     # top-k + tail: a lower bound of the exact KL, and close to it
     small = P.base_logprobs(base, chatml_tok, ids, top_k=16)
-    approx = P.pretrain_probe(tuned, chatml_tok, ids, small)["forgetting/kl_base"]
+    approx = P.pretrain_probe(tuned, chatml_tok, ids, small)[0]["forgetting/kl_base"]
     assert 0 < approx <= exact * (1 + 1e-6)
     # the base against its own cache: zero; NLL agrees with the cached one
-    self_m = P.pretrain_probe(base, chatml_tok, ids, small)
+    self_m, _ = P.pretrain_probe(base, chatml_tok, ids, small)
     assert self_m["forgetting/kl_base"] == pytest.approx(0, abs=1e-6)
     assert self_m["forgetting/pretrain_nll"] == pytest.approx(small.pretrain_nll, rel=1e-6)
     with pytest.raises(DataError, match="other probe tokens"):

@@ -244,6 +244,9 @@ class TaskConfig:
     """Wrap prompts in the chat template (instruction-tuned evaluation)."""
     batch_size: int = 16
     """lm-eval batch size."""
+    final_only: bool = False
+    """Run this task on the base and a run's final checkpoint only (a whole held-out set is worth its time
+    where the findings are judged, not at every intermediate checkpoint)."""
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,15 @@ def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool =
     if in_exp:
         evaluate_base(config, exp_dir)
     ev = evaluator_for(config, base_dir)
+    # tasks marked final_only run on the final checkpoint only: the newest one once training is DONE
+    every = [t for t in config.eval.tasks if not t.final_only]
+    ev_mid = ev if len(every) == len(config.eval.tasks) else evaluator_for(config, base_dir, every)
+    cks = rd.completed_checkpoints()
+    final = cks[-1][0] if cks and rd.done.exists() else None
     epochs = rd.epochs_by_step()
     out = []
     for step, ckpt in todo:
-        out.append(evaluate_checkpoint(ckpt, config, rd.eval_json(step), base_dir=base_dir,
-                                       run_id=rd.name, step=step, epoch=epochs.get(step), evaluator=ev))
+        out.append(evaluate_checkpoint(ckpt, config, rd.eval_json(step), base_dir=base_dir, run_id=rd.name,
+                                       step=step, epoch=epochs.get(step), evaluator=ev if step == final else ev_mid))
     return out
 

@@ -118,14 +118,16 @@ class Evaluator:
         probes: dict[str, Any] = {"eval_hash": self.hash}
         if self.conversations is not None:
             t = time.perf_counter()
-            m, token_rows = P.fixed_mask_nll(model, self.tok, self.conversations, e.token_examples)
+            m, token_rows, items = P.fixed_mask_nll(model, self.tok, self.conversations, e.token_examples)
             metrics.update(m)
+            samples += items
             probes["nll"] = {"path": self.paths["nll"], "examples": len(self.conversations)}
             seconds["nll"] = time.perf_counter() - t
         if self.text_ids is not None:
             t = time.perf_counter()
             base = self.base_logprobs(base_model=model if is_base else None)
-            m = P.pretrain_probe(model, self.tok, self.text_ids, base)
+            m, items = P.pretrain_probe(model, self.tok, self.text_ids, base)
+            samples += items
             if is_base:  # the base against itself: zero by definition (not a noisy ~1e-9)
                 m["forgetting/pretrain_nll_delta"], m["forgetting/kl_base"] = 0.0, 0.0
             metrics.update(m)

@@ -111,8 +111,8 @@ def format_probe(model, tok, rows: Sequence[dict], max_new_tokens: int = 32, sto
     stop = list(stop) if stop is not None else stop_strings(tok)
     gens, finished = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch_size, stop=stop)
     samples = []
-    for r, g, f in zip(rows, gens, finished):
-        samples.append({"task": "probe/format", "prompt": r["prompt"], "answer": r.get("answer", ""),
+    for i, (r, g, f) in enumerate(zip(rows, gens, finished)):
+        samples.append({"task": "probe/format", "doc_id": i, "prompt": r["prompt"], "answer": r.get("answer", ""),
                         "generation": g, "class": classify_format(g, str(r.get("answer", "")), rule), "finished": f})
     n = max(1, len(rows))
     rates = {f"format/{c}": sum(s["class"] == c for s in samples) / n

@@ -44,6 +44,8 @@ def eval_hash(cfg: ExperimentConfig) -> str:
     ev = _changed(d["eval"], default["eval"])
     for key in ("every_checkpoint", "threads"):  # which checkpoints, and how fast: not what is measured
         ev.pop(key, None)
+    if "tasks" in ev:  # a task's final_only says which checkpoints run it, not what it measures
+        ev["tasks"] = [{k: v for k, v in t.items() if k != "final_only"} for t in ev["tasks"]]
     data_keys = ("eval", "max_length", "boundary", "eot", "system_prompt", "literal_content")
     paths = probe_paths(cfg)
     payload = {"version": EVAL_VERSION, "model": _changed(d["model"], default["model"]),

@@ -139,18 +139,23 @@ def tokenize_eval_conversations(path: str, tok, *, max_length: int | None = None
 
 
 def fixed_mask_nll(model, tok, examples: Sequence[Tokenized], token_examples: int = 8,
-                   batch_tokens: int | None = None) -> tuple[dict, list[dict]]:
-    """Mean NLL over response / prompt / template tokens of all `examples` (token-weighted), and per-token
-    rows (docs/results-schema.md, tokens.parquet) for the first `token_examples` of them."""
+                   batch_tokens: int | None = None) -> tuple[dict, list[dict], list[dict]]:
+    """Mean NLL over response / prompt / template tokens of all `examples` (token-weighted), per-token rows
+    (docs/results-schema.md, tokens.parquet) for the first `token_examples` of them, and one item row per
+    example (its NLL sum and token count per group: the unit the findings' bootstrap resamples)."""
     nlls = token_nll(model, [t.input_ids for t in examples], tok.pad_token_id, batch_tokens)
     sums = {g: [0.0, 0] for g in GROUPS}
     rows: list[dict] = []
+    items: list[dict] = []
     for k, (t, nll) in enumerate(zip(examples, nlls)):
         valid = ~np.isnan(nll)
+        item = {"task": "probe/nll", "doc_id": k}
         for g, segs in GROUPS.items():
             m = np.isin(t.segments, segs) & valid
-            sums[g][0] += float(nll[m].sum())
-            sums[g][1] += int(m.sum())
+            item[f"{g}_sum"], item[f"{g}_tokens"] = float(nll[m].sum()), int(m.sum())
+            sums[g][0] += item[f"{g}_sum"]
+            sums[g][1] += item[f"{g}_tokens"]
+        items.append(item)
         if k < token_examples:
             for j in range(len(t)):
                 s, e = t.offsets[j]
@@ -158,7 +163,7 @@ def fixed_mask_nll(model, tok, examples: Sequence[Tokenized], token_examples: in
                              "segment": SEG_NAME[int(t.segments[j])], "turn": int(t.turns[j]),
                              "nll": float(nll[j])})
     metrics = {f"nll/{g}": (v[0] / v[1] if v[1] else None) for g, v in sums.items()}
-    return metrics, rows
+    return metrics, rows, items
 
 
 # ------------------------------------------------------------------------------------------ forgetting
@@ -252,31 +257,36 @@ def _kl_topk(top_logp_b: torch.Tensor, top_idx_b: torch.Tensor, lp_t: torch.Tens
 
 @torch.no_grad()
 def pretrain_probe(model, tok, ids: Sequence[np.ndarray], base: BaseLogprobs | None = None,
-                   batch_tokens: int | None = None) -> dict:
+                   batch_tokens: int | None = None) -> tuple[dict, list[dict]]:
     """Mean NLL of `model` on the probe texts and, given the base's cached log-probs, the mean over all
-    positions of KL(base || model) of the next-token distribution (one forward pass for both)."""
+    positions of KL(base || model) of the next-token distribution (one forward pass for both); and one item
+    row per text (its NLL and KL sums and token counts: what the findings' bootstrap resamples)."""
     if base is not None:
         if len(base.ids) != len(ids) or any(not np.array_equal(a, b) for a, b in zip(base.ids, ids)):
             raise DataError("the cached base log-probs were computed on other probe tokens", where="base cache",
                             fix="delete <experiment>/base/eval/base_logprobs-*.npz (it is recomputed)")
     starts = np.concatenate([[0], np.cumsum([len(x) for x in ids])])
     nll_sum, nll_cnt, kl_sum, kl_cnt = 0.0, 0, 0.0, 0
+    items: dict[int, dict] = {}
     for idx, x, att in _batches(ids, tok.pad_token_id, batch_tokens or batch_tokens_for(model)):
         lp = F.log_softmax(_logits(model, x, att), -1)
         tgt = x[:, 1:].to(lp.device)
         nll = -lp[:, :-1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
         for r, j in enumerate(idx):
             n = len(ids[j])
-            nll_sum += float(nll[r, : n - 1].double().sum())
+            item = items[j] = {"task": "probe/pretrain", "doc_id": int(j),
+                               "nll_sum": float(nll[r, : n - 1].double().sum()), "nll_tokens": n - 1}
+            nll_sum += item["nll_sum"]
             nll_cnt += n - 1
             if base is not None:
                 sl = slice(int(starts[j]), int(starts[j]) + n)
                 kl = _kl_topk(torch.from_numpy(base.top_logp[sl]).to(lp.device),
                               torch.from_numpy(base.top_idx[sl]).to(lp.device), lp[r, :n])
-                kl_sum += float(kl.sum())
+                item["kl_sum"], item["kl_tokens"] = float(kl.sum()), n
+                kl_sum += item["kl_sum"]
                 kl_cnt += n
     out = {"forgetting/pretrain_nll": nll_sum / max(1, nll_cnt)}
     if base is not None:
         out["forgetting/pretrain_nll_delta"] = out["forgetting/pretrain_nll"] - base.pretrain_nll
         out["forgetting/kl_base"] = max(0.0, kl_sum / max(1, kl_cnt))
-    return out
+    return out, [items[j] for j in sorted(items)]

@@ -108,6 +108,7 @@ def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
         data / "eval_longprompt_heldout.jsonl", [G.long_prompt_conversation(p, train, r) for p in held])
     hashes["eval_longanswer_heldout.jsonl"] = _write_jsonl(
         data / "eval_longanswer_heldout.jsonl", [G.long_answer_conversation(p, r) for p in held])
+    _phase_data(world, stream("phase"), data, hashes)
     hashes["eval_qa_heldout.jsonl"] = _write_jsonl(data / "eval_qa_heldout.jsonl", qa_rows(held))
     hashes["eval_qa_train.jsonl"] = _write_jsonl(data / "eval_qa_train.jsonl", qa_rows(train))
     raw = []
@@ -135,6 +136,35 @@ def make_data(world: G.World, spec: dict, seed: int, out: Path) -> dict:
     return hashes
 
 
+PHASE_PER_PERSON = 7  # long-prompt / long-answer conversations per SFT person in the *_large files (1,050 at demo size)
+
+
+def _phase_data(world: G.World, rng: random.Random, data: Path, hashes: dict) -> None:
+    """The phase-diagram studies' data (issue #18): larger SFT sets in the two variant formats (shuffled, so a
+    `data.train.limit` prefix is a fair sample of any size up to 1,050) and held-out test sets in each format's
+    own shape for lm-eval: every attribute of every held-out person behind a long prompt (exact match), and
+    "Tell me about X" for every held-out person (the share of the person's attributes the biography states).
+    Their own random stream: every other file of a world stays byte-identical."""
+    train, held = world.train_people, world.heldout_people
+    lp = [G.long_prompt_conversation(p, train, rng) for p in train for _ in range(PHASE_PER_PERSON)]
+    la = [G.long_answer_conversation(p, rng) for p in train for _ in range(PHASE_PER_PERSON)]
+    rng.shuffle(lp)
+    rng.shuffle(la)
+    hashes["sft_train_longprompt_large.jsonl"] = _write_jsonl(data / "sft_train_longprompt_large.jsonl", lp)
+    hashes["sft_train_longanswer_large.jsonl"] = _write_jsonl(data / "sft_train_longanswer_large.jsonl", la)
+    lp_test = []
+    for p in held:
+        for a in G.ATTRIBUTES:
+            conv = G.long_prompt_conversation(p, train, rng, attribute=a)
+            lp_test.append({"prompt": conv["messages"][0]["content"], "answer": p.attrs[a], "attribute": a,
+                            "person": p.name})
+    rng.shuffle(lp_test)
+    hashes["eval_longprompt_task.jsonl"] = _write_jsonl(data / "eval_longprompt_task.jsonl", lp_test)
+    la_test = [{"prompt": f"Tell me about {p.name}.", "values": [p.attrs[a] for a in G.ATTRIBUTES],
+                "person": p.name} for p in held]
+    hashes["eval_longanswer_task.jsonl"] = _write_jsonl(data / "eval_longanswer_task.jsonl", la_test)
+
+
 ANSWER_FIRST = r"^\s*([^,.\n]+)"  # the scored part: up to the first comma or period (one-word answers)
 CHAT_QA = dict(doc_to_text="<|im_start|>user\n{{question}}<|im_end|>\n<|im_start|>assistant\n",
                until=["<|im_end|>", "\n", "<|endoftext|>"], max_gen_toks=16, filter_name="answer_first",
@@ -145,8 +175,45 @@ GENERATE = {  # name -> (data file, options of harness.evaluation.tasks.generate
     "world_qa_train": ("eval_qa_train.jsonl", CHAT_QA),
     "world_qa_raw": ("eval_raw_questions.jsonl",
                      dict(CHAT_QA, doc_to_text="{{prompt}}", until=["\n", "<|endoftext|>"])),
+    # the variant formats' own test sets (phase-diagram studies): a long prompt with a one-line answer
+    "world_longprompt": ("eval_longprompt_task.jsonl",
+                         dict(CHAT_QA, doc_to_text="<|im_start|>user\n{{prompt}}<|im_end|>\n<|im_start|>assistant\n")),
 }
+# "Tell me about X" scored by how many of X's attributes the generated biography states (a partial credit the
+# exact-match template cannot express: its own metric function, written next to the YAML)
+BIO_FACTS_PY = '''"""lm-eval metric of world_longanswer (written by harness world build)."""
+import re
+
+
+def _norm(s):
+    return re.sub(r"[^a-z0-9 ]+", " ", s.lower()).split()
+
+
+def process_results(doc, results):
+    words = " " + " ".join(_norm(results[0])) + " "
+    return {"facts": sum((" " + " ".join(_norm(v)) + " ") in words for v in doc["values"]) / len(doc["values"])}
+'''
 TASKS = {
+    "world_longanswer": """task: world_longanswer
+dataset_path: json
+dataset_kwargs:
+  data_files: {{test: "{data}/eval_longanswer_task.jsonl"}}
+test_split: test
+output_type: generate_until
+doc_to_text: "<|im_start|>user\\n{{{{prompt}}}}<|im_end|>\\n<|im_start|>assistant\\n"
+doc_to_target: "{{{{person}}}}"
+generation_kwargs:
+  until: ["<|im_end|>", "<|endoftext|>", "\\n"]
+  do_sample: false
+  max_gen_toks: 112
+process_results: !function bio_facts.process_results
+metric_list:
+  - metric: facts
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+""",
     # whole bio-format sentences after the document separator, compared by log-likelihood: the choices differ
     # only in the value, so the shared prefix cancels; a context ending in "born in " would be split by lm-eval
     # before the space, and "in" without its space is a token the corpus never uses
@@ -179,6 +246,7 @@ def write_tasks(out: Path) -> None:
         (tasks / f"{name}.yaml").write_text(generate_task(name, f"{data}/{file}", **options), encoding="utf-8")
     for name, text in TASKS.items():
         (tasks / f"{name}.yaml").write_text(text.format(data=data), encoding="utf-8")
+    (tasks / "bio_facts.py").write_text(BIO_FACTS_PY, encoding="utf-8")
 
 
 def _hash(obj) -> str:

@@ -232,12 +232,13 @@ def qa_conversation(p: Person, rng: random.Random, *, system: bool, multi: bool,
     return {"messages": msgs}
 
 
-def long_prompt_conversation(p: Person, others: list[Person], rng: random.Random) -> dict:
+def long_prompt_conversation(p: Person, others: list[Person], rng: random.Random,
+                             attribute: str | None = None) -> dict:
     """Context-heavy prompt (notes about other people + the question), short answer. `others` should be SFT
     (train-half) people: the context never mentions a held-out person, nor the person asked about, so the
     answer still has to come from pretraining knowledge."""
     ctx = " ".join(biography(o, rng, True)[0] for o in rng.sample([o for o in others if o.name != p.name], 3))
-    a = rng.choice(ATTRIBUTES)
+    a = attribute or rng.choice(ATTRIBUTES)
     q = rng.choice(QUESTIONS[a]).format(name=p.name)
     return {"messages": [{"role": "user", "content": f"Here are some notes. {ctx}\nQuestion: {q}"},
                          {"role": "assistant", "content": f"{p.attrs[a]}."}]}
