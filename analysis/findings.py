@@ -107,13 +107,14 @@ def seed_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
            judge("prompt_only - base within +-5 points (the LR where it moves most)",
                  extreme([diff(c, b) for c in only]), [b, *only], within(0.05), "pts", src)]
     learners = ("prompt_masked", "full")
-    groups = [[cell(FORGET, r, lr) for r in learners] for lr in lrs]
+    groups = _present([[cell(FORGET, r, lr) for r in learners] for lr in lrs])
     out.append(judge("forgetting (held-out pretraining NLL increase) rises with the LR (slope over log10 LR, "
                      "prompt_masked and full)", slope(np.log10(lrs), groups), [c for g in groups for c in g],
                      above(0), "nats/decade", "Biderman et al. 2024", "by LR: " + _means(df, FORGET, LR, unit="nats")))
     eps = sorted({round(e) for e in _values(df, "epoch")})
     if len(eps) > 1:
         pairs = [(cell(FORGET, r, lr, eps[-1]), cell(FORGET, r, lr, eps[0])) for r in learners for lr in lrs]
+        pairs = [p for p in pairs if None not in p] or [(None, None)]  # the configurations the grid has
         out.append(judge(f"forgetting rises with epochs (epoch {eps[-1]} - epoch {eps[0]}, mean over regime x LR)",
                          mean_of([diff(a, c) for a, c in pairs]), [x for p in pairs for x in p], above(0), "nats",
                          "Biderman et al. 2024"))
@@ -128,6 +129,11 @@ def seed_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
                           judge("prompt_masked answered - continued (best LR)",
                                 best([diff(a, c) for a, c in zip(ans, cont)]), [*ans, *cont], above(0), "pts")], src))
     return out
+
+
+def _present(groups: list[list]) -> list[list]:
+    """Each LR's cells without the regimes the grid lacks; a group left empty stays [None] (claim n/a)."""
+    return [[c for c in g if c is not None] or [None] for g in groups]
 
 
 def _shape_metrics(df: pd.DataFrame, data: str) -> list[tuple[str, bool]]:
@@ -221,7 +227,7 @@ def real_model_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
            judge("prompt_only - base within +-5 points (the LR where it moves most)",
                  extreme([diff(c, b) for c in only]), [b, *only], within(0.05), "pts", src)]
     for metric, what in ((FORGET, "held-out text NLL increase"), (KL, "KL(base || tuned) on held-out text")):
-        groups = [[cell(metric, r, lr) for r in ("prompt_masked", "full")] for lr in lrs]
+        groups = _present([[cell(metric, r, lr) for r in ("prompt_masked", "full")] for lr in lrs])
         out.append(judge(f"forgetting ({what}) rises with the LR (slope over log10 LR, prompt_masked and full)",
                          slope(np.log10(lrs), groups), [c for g in groups for c in g], above(0), "nats/decade",
                          "Biderman et al. 2024", "by LR: " + _means(df, metric, LR, unit="nats")))
@@ -263,6 +269,12 @@ def findings_for(name: str, df: pd.DataFrame, exp_dir: str | Path | None = None,
         return []
     check, metrics = STUDIES[key]
     return check(df, ev if ev is not None else evidence(df, exp_dir, metrics))
+
+
+FINDINGS_NOTE = ("Each claim is an effect with a 95% percentile-bootstrap CI that resamples seeds and evaluation "
+                 "items together (paired across runs that share them; a best LR is chosen again in every draw). "
+                 "yes / no: the CI lies on one side of the decision boundary; inconclusive: it spans the boundary, "
+                 "and the verdict says what would decide it (analysis/claims.py).")
 
 
 def to_markdown(found: list[Finding]) -> list[str]:

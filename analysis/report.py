@@ -27,7 +27,7 @@ import yaml
 
 from analysis import stats, tables
 from analysis.figures import Context, FigureResult, render_all
-from analysis.findings import findings_for
+from analysis.findings import FINDINGS_NOTE, findings_for
 from analysis.findings import to_markdown as findings_markdown
 from analysis.load import (
     default_target_metric,
@@ -167,12 +167,6 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
 
 
 # ------------------------------------------------------------------------------------------------ content
-
-
-FINDINGS_NOTE = ("Each claim is an effect with a 95% percentile-bootstrap CI that resamples seeds and evaluation "
-                 "items together (paired across runs that share them; a best LR is chosen again in every draw). "
-                 "yes / no: the CI lies on one side of the decision boundary; inconclusive: it spans the boundary, "
-                 "and the verdict says what would decide it (analysis/claims.py).")
 
 
 def _config_text(experiment: Any, exp_dir: Path, runs: pd.DataFrame) -> str:
