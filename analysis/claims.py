@@ -293,6 +293,9 @@ class Finding:
     low: float | None = None
     high: float | None = None
     decide: str = ""  # for an inconclusive verdict: what would decide it
+    unit: str = ""  # pct | pts | nats | nats/decade (how estimate, low, high and bound read)
+    kind: str = ""  # the test: above | below | within
+    bound: float | None = None  # its decision boundary (the margin for within)
 
     @property
     def holds(self) -> bool | None:
@@ -301,7 +304,7 @@ class Finding:
     def to_dict(self) -> dict:
         return {"claim": self.claim, "observed": self.observed, "verdict": self.verdict, "holds": self.holds,
                 "source": self.source, "estimate": self.estimate, "low": self.low, "high": self.high,
-                "decide": self.decide}
+                "decide": self.decide, "unit": self.unit, "test": self.kind, "bound": self.bound}
 
 
 def fmt(v: float, unit: str) -> str:
@@ -324,7 +327,7 @@ def judge(claim: str, stat, cells: Sequence[Cell | None], test: Test, unit: str,
     observed = (f"{fmt(est.value, unit)} [95% CI {fmt(est.low, unit)}, {fmt(est.high, unit)}] "
                 f"({est.seeds} seeds x {est.items} items)" + (f"; {context}" if context else ""))
     return Finding(claim, observed, verdict, source, est.value, est.low, est.high,
-                   advice(est, test) if verdict == "inconclusive" else "")
+                   advice(est, test) if verdict == "inconclusive" else "", unit, test.kind, test.bound)
 
 
 def all_of(claim: str, parts: Sequence[Finding], source: str = "") -> Finding:

@@ -65,7 +65,7 @@ def _conditions(df: pd.DataFrame, free: tuple[str, ...]) -> list[dict]:
     its label), for the studies whose claims are made per condition (the phase diagrams)."""
     d = df[(df["state"] == "done") & (df["step"] > 0) & (df["metric"] != "state")]
     axes = [c for c in d.columns if c.startswith(("data.", "train.", "regime.", "model."))
-            and c not in free and c != SEED and d[c].nunique(dropna=True) > 1]
+            and c not in free and c != SEED and (d[c].nunique(dropna=True) > 1 or c == "data.train.path")]
     if not axes:
         return [{}]
     return [dict(zip(axes, k if isinstance(k, tuple) else (k,))) for k in

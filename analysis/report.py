@@ -142,8 +142,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     raws = {"summary": summ, "best_per_regime": best, "paired": pairs}
     tab = {k: tables.write_table(frames[k], raws[k], tdir, k, captions[k]) for k in frames}
 
+    plan = load_plan(exp_dir) or {}
+    findings = findings_for(plan.get("experiment") or exp_dir.name, df, exp_dir)
     ctx = Context(df=df, training=training, axes=axes, exp_dir=exp_dir, target=target, retention=retention,
-                  summary=summ)
+                  summary=summ, findings=findings)
     figs = render_all(ctx, out, formats, only)
     for f in figs:
         if f.skipped:
@@ -152,11 +154,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     states = {s: int((runs["state"] == s).sum()) for s in STATES} if len(runs) \
         else {}
     not_done = runs[runs["state"] != "done"] if len(runs) else runs
-    plan = load_plan(exp_dir) or {}
     prov = load_provenance(exp_dir, list(runs["run_id"]) if len(runs) else None)
     cfg_text = _config_text(config, exp_dir, runs)
     rep = Report(out, out / "report.html", out / "report.md", figs, tab, data, target, states, not_done, notes)
-    rep.findings = findings_for(plan.get("experiment") or exp_dir.name, df, exp_dir)
+    rep.findings = findings
     if rep.findings:
         (out / "findings.json").write_text(json.dumps([f.to_dict() for f in rep.findings], indent=1) + "\n")
         data.append(out / "findings.json")

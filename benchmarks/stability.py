@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -52,6 +54,19 @@ def _run(exp: str, results_dir: str | None, overrides: list[str], only: str | No
     return time.perf_counter() - t0
 
 
+def with_seeds(experiment: str, seeds: list[int], out_dir: Path) -> str:
+    """A copy of the experiment file whose every (sub)grid has `seeds` as its train.seed axis (`-o grid.*`
+    cannot override an axis of a list of grids)."""
+    cfg = yaml.safe_load(Path(experiment).read_text(encoding="utf-8"))
+    grids = cfg.get("grid") if isinstance(cfg.get("grid"), list) else [cfg.setdefault("grid", {})]
+    for g in grids:
+        g["train.seed"] = list(seeds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / Path(experiment).name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
 def verdicts(exp_dir: Path, name: str) -> dict[str, dict]:
     df = load_runs(exp_dir)
     return {f.claim: {"verdict": f.verdict, "observed": f.observed, "estimate": f.estimate, "low": f.low,
@@ -61,7 +76,9 @@ def verdicts(exp_dir: Path, name: str) -> dict[str, dict]:
 def compare(ref: dict, other: dict) -> dict:
     flips, moves = [], []
     for claim, r in ref.items():
-        o = other.get(claim, {}).get("verdict", "missing")
+        o = other.get(claim, {}).get("verdict", "n/a")
+        if o == "n/a" and r["verdict"] != "n/a":
+            continue  # not rerun (--only) or not computable there: nothing to compare
         if {r["verdict"], o} == {"yes", "no"}:
             flips.append(claim)
         elif r["verdict"] != o:
@@ -85,20 +102,23 @@ def main() -> int:
     seconds = {}
     if args.run_reference:
         seconds["reference"] = _run(args.experiment, None, [], args.only)
-    plans = {"seeds": [f"grid.train.seed=[{args.seeds}]"],
-             "threads": [f"train.threads={args.threads}", f"eval.threads={args.threads}", "launcher.parallel=1"]}
+    seeds = [int(x) for x in args.seeds.split(",")]
+    plans = {"seeds": [], "threads": [f"train.threads={args.threads}", f"eval.threads={args.threads}",
+                                      "launcher.parallel=1"]}
     results = {"reference": verdicts(ref_dir, name)}
     dirs = {"reference": str(ref_dir)}
     for what in [p for p in args.perturbations.split(",") if p]:
         out = root / what
-        seconds[what] = _run(args.experiment, str(out), plans[what], args.only)
+        file = with_seeds(args.experiment, seeds, out) if what == "seeds" else args.experiment
+        seconds[what] = _run(file, str(out), plans[what], args.only)
         results[what] = verdicts(out / name, name)
         dirs[what] = str(out / name)
     cmp = {k: compare(results["reference"], v) for k, v in results.items() if k != "reference"}
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     report = {"experiment": args.experiment, "name": name, "machine": {"cpu": cpu, "cores": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%d"), "perturbations": plans, "dirs": dirs, "seconds": seconds,
+              "date": time.strftime("%Y-%m-%d"),
+              "perturbations": {**plans, "seeds": f"train.seed: {seeds} in every grid"}, "dirs": dirs, "seconds": seconds,
               "verdicts": results, "compare": cmp,
               "yes_no_flips": sum(len(c["flips"]) for c in cmp.values())}
     out = Path(args.out or ROOT / "benchmarks" / "out" / f"stability_{name}.json")
@@ -107,7 +127,7 @@ def main() -> int:
     cols = list(results)
     print(f"\n| claim | {' | '.join(cols)} |\n|---|{'---|' * len(cols)}")
     for claim in results["reference"]:
-        row = [results[c].get(claim, {}).get("verdict", "missing") for c in cols]
+        row = [results[c].get(claim, {}).get("verdict", "not rerun") for c in cols]
         flag = " **flip**" if any(claim in c["flips"] for c in cmp.values()) else ""
         print(f"| {claim}{flag} | {' | '.join(row)} |")
     print(f"\nyes/no flips: {report['yes_no_flips']}; moves to/from inconclusive: "

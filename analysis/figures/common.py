@@ -35,6 +35,7 @@ class Context:
     retention: str | None = None
     summary: pd.DataFrame | None = None  # stats.summary over the report metrics
     notes: dict = field(default_factory=dict)  # figure name -> extra text for the report (fits, truncation)
+    findings: list = field(default_factory=list)  # analysis.claims.Finding of a shipped study
     done: pd.DataFrame = field(init=False)
     palette: dict = field(init=False)
     order: list = field(init=False)

@@ -12,6 +12,7 @@ from typing import Callable
 import matplotlib.pyplot as plt
 
 from analysis.figures.common import Context, Skip
+from analysis.figures.findings import fig_findings
 from analysis.figures.probes import fig_format_probe, fig_prompt_weight_fit
 from analysis.figures.sweeps import (
     fig_forgetting_vs_epochs,
@@ -30,6 +31,7 @@ PNG_DPI = 150
 
 #: (file stem, function) in report order
 FIGURES: list[tuple[str, Callable[[Context], object]]] = [
+    ("findings", fig_findings),
     ("nll_vs_step", fig_nll_vs_step),
     ("training_curves", fig_training_curves),
     ("target_vs_lr", fig_target_vs_lr),
