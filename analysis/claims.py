@@ -73,12 +73,12 @@ class Cell:
 
     def __init__(self, ev: "Evidence", metric: str, seeds: list, num: np.ndarray, den: np.ndarray, label: str):
         self.ev, self.metric, self.seeds, self.num, self.den, self.label = ev, metric, seeds, num, den, label
+        self._draws: dict[str, np.ndarray] = {}
 
     def draws(self, mode: str) -> np.ndarray:
         """The cell's value per bootstrap draw ([N_BOOT]), or its point value ([1]) for mode 'point'."""
-        key = (id(self), mode)
-        if key in self.ev._cache:
-            return self.ev._cache[key]
+        if mode in self._draws:
+            return self._draws[mode]
         if mode == "point":
             out = np.array([np.mean(self.num.sum(1) / self.den.sum(1))])
         else:
@@ -86,7 +86,7 @@ class Cell:
             ratio = (self.num @ counts.T) / (self.den @ counts.T)  # [S, B]
             idx = self.ev.seed_index(len(self.seeds), mode)  # [B, S]
             out = np.take_along_axis(ratio.T, idx, axis=1).mean(axis=1)
-        self.ev._cache[key] = out
+        self._draws[mode] = out  # on the cell itself: a cache keyed by id() would outlive a collected cell
         return out
 
     @property
@@ -108,7 +108,6 @@ class Evidence:
         self._seed_u = rng.random((n_boot, MAX_SEEDS))
         self._docs: dict[str, list[str]] = {}
         self._counts: dict[str, np.ndarray] = {}
-        self._cache: dict = {}
 
     # ---- shared draws
 
@@ -178,6 +177,30 @@ class Evidence:
 
     def base(self, metric: str) -> Cell | None:
         return self.cell(metric, {"run_id": "base"})
+
+    def runs_ci(self, metric: str, run_ids: Sequence[str], level: float = 0.95) -> tuple[float, float, int] | None:
+        """(low, high, items) of the mean over `run_ids` (seeds of one configuration, final checkpoints),
+        resampling seeds and items; None without per-item results for all of them."""
+        if not self.docs(metric) or self.items.empty:
+            return None
+        d = self.items[(self.items["metric"] == metric) & self.items["run_id"].isin(list(run_ids))]
+        if d.empty or d["run_id"].nunique() != len(set(run_ids)) or (d["doc_id"] == "run mean").all():
+            return None
+        c = self.cell(metric, {"run_id": run_ids[0]}) if len(run_ids) == 1 else None
+        if c is None:
+            d = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
+            runs = sorted(d["run_id"].unique())
+            num = d.pivot_table(index="run_id", columns="doc_id", values="num", aggfunc="first").reindex(
+                index=runs, columns=self.docs(metric))
+            den = d.pivot_table(index="run_id", columns="doc_id", values="den", aggfunc="first").reindex(
+                index=runs, columns=self.docs(metric))
+            if num.isna().any().any() or den.isna().any().any():
+                return None
+            c = Cell(self, metric, runs, num.to_numpy(float), den.to_numpy(float), ",".join(runs))
+        x = c.draws("both")
+        a = (1 - level) / 2
+        lo, hi = np.quantile(x, [a, 1 - a])
+        return float(lo), float(hi), int(c.num.shape[1])
 
 
 def _seed_of(d: pd.DataFrame, run: str):

@@ -261,6 +261,23 @@ def evidence(df: pd.DataFrame, exp_dir: str | Path | None, metrics) -> Evidence:
     return Evidence(items, df)
 
 
+def study_metrics(name: str) -> tuple[str, ...]:
+    key = name if name in STUDIES else next((k for k in STUDIES if name.startswith(k + "_")), None)
+    return STUDIES[key][1] if key else ()
+
+
+def with_item_cis(summ: pd.DataFrame, ev: Evidence) -> pd.DataFrame:
+    """The summary table's CIs over seeds and items (Evidence.runs_ci) where per-item results exist; the
+    seeds-only bootstrap stays where they do not. Adds ``items`` (0: seeds only)."""
+    summ = summ.copy()
+    summ["items"] = 0
+    for i, r in summ.iterrows():
+        got = ev.runs_ci(r["metric"], str(r["runs"]).split(",")) if r.get("runs") else None
+        if got:
+            summ.loc[i, ["ci_low", "ci_high", "items"]] = got
+    return summ
+
+
 def findings_for(name: str, df: pd.DataFrame, exp_dir: str | Path | None = None,
                  ev: Evidence | None = None) -> list[Finding]:
     """The findings of a shipped study (by experiment name, also `<name>_*` variants); [] otherwise."""

@@ -27,7 +27,7 @@ import yaml
 
 from analysis import stats, tables
 from analysis.figures import Context, FigureResult, render_all
-from analysis.findings import FINDINGS_NOTE, findings_for
+from analysis.findings import FINDINGS_NOTE, evidence, findings_for, study_metrics, with_item_cis
 from analysis.findings import to_markdown as findings_markdown
 from analysis.load import (
     default_target_metric,
@@ -127,6 +127,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     metrics = [m for m in dict.fromkeys([target, retention, *KEY_METRICS]) if m and m in metrics_seen]
 
     summ = stats.summary(df, metrics, axes)
+    plan = load_plan(exp_dir) or {}
+    name = plan.get("experiment") or exp_dir.name
+    ev = evidence(df, exp_dir, list(dict.fromkeys([*metrics, *study_metrics(name)])))
+    summ = with_item_cis(summ, ev)
     base = stats.base_summary(df, metrics)
     tdir = out / "tables"
     best = stats.best_per_regime(summ, target) if target else summ.iloc[0:0]
@@ -135,15 +139,15 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     frames = {"summary": tables.summary_table(summ, metrics, base),
               "best_per_regime": tables.best_table(best, metrics, target or "", axes),
               "paired": tables.paired_table(pairs)}
-    captions = {"summary": "Final-checkpoint metrics per configuration: mean over seeds [95% bootstrap CI].",
+    captions = {"summary": "Final-checkpoint metrics per configuration: mean over seeds [95% bootstrap CI over "
+                           "seeds and evaluation items where per-item results exist (column items), else over seeds].",
                 "best_per_regime": f"Best configuration per regime by mean {target}.",
                 "paired": "Paired differences between regimes (same learning rate, epochs, seed and other axes): "
                           "mean A - B [95% bootstrap CI]."}
     raws = {"summary": summ, "best_per_regime": best, "paired": pairs}
     tab = {k: tables.write_table(frames[k], raws[k], tdir, k, captions[k]) for k in frames}
 
-    plan = load_plan(exp_dir) or {}
-    findings = findings_for(plan.get("experiment") or exp_dir.name, df, exp_dir)
+    findings = findings_for(name, df, exp_dir, ev=ev)
     ctx = Context(df=df, training=training, axes=axes, exp_dir=exp_dir, target=target, retention=retention,
                   summary=summ, findings=findings)
     figs = render_all(ctx, out, formats, only)

@@ -132,3 +132,22 @@ def test_real_model_story_verdicts():
     # the real base already answers 65% of raw questions; the tuned 50%: the claim fails, and says so
     fmt = by["format probe"]
     assert fmt.verdict == "no" and abs(fmt.estimate + 0.15) < 1e-9
+
+
+def test_findings_figure_draws_every_verdict(tmp_path):
+    from analysis.figures.common import Context
+    from analysis.figures.findings import fig_findings
+
+    cells = {((("data.train.path", LP), ("data.train.limit", n), ("regime.name", "prompt_weight"),
+               ("regime.prompt_weight", w)), OWN_LP): v
+             for n, curve in ((25, {0.0: 0.3, 0.1: 0.5, 1.0: 0.25}), (400, {0.0: 0.6, 0.1: 0.4, 1.0: 0.3}),
+                              (100, {0.0: 0.40, 0.1: 0.41, 1.0: 0.39}))
+             for w, v in curve.items()}
+    found = _found("prompt_weight_phase", cells)
+    assert {f.verdict for f in found} >= {"yes", "no"}
+    ctx = Context(df=pd.DataFrame(columns=["state", "metric", "step"]), training=pd.DataFrame(), axes=[],
+                  exp_dir=tmp_path, target=None, findings=found)
+    fig = fig_findings(ctx)
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 5000
+    assert len(fig.axes[0].get_yticklabels()) == len(found)

@@ -25,6 +25,11 @@ class Skip(Exception):
     """A figure that cannot be drawn from these results; the message says why."""
 
 
+class NotApplicable(Skip):
+    """A figure that does not belong to this kind of experiment (e.g. findings of a study that is not shipped):
+    left out of the report, not listed as skipped."""
+
+
 @dataclass
 class Context:
     df: pd.DataFrame  # load_runs()

@@ -9,7 +9,7 @@ import textwrap
 
 import matplotlib.pyplot as plt
 
-from analysis.figures.common import Context, Skip
+from analysis.figures.common import Context, NotApplicable
 
 VERDICT_COLOURS = {"yes": "#1b7837", "no": "#b2182b", "inconclusive": "#878787"}
 SCALE = {"pct": 100.0, "pts": 100.0, "nats": 1.0, "nats/decade": 1.0}
@@ -21,7 +21,7 @@ def fig_findings(ctx: Context):
     boundary (dashed; a band for 'within' claims); green: the claim holds, red: it does not, grey: inconclusive."""
     found = [f for f in ctx.findings if f.verdict in VERDICT_COLOURS and f.estimate is not None and f.unit]
     if not found:
-        raise Skip("no findings with an estimate (not a shipped study, or no per-item results)")
+        raise NotApplicable("no findings with an estimate (not a shipped study)")
     units = list(dict.fromkeys(f.unit for f in found))
     rows = [[f for f in found if f.unit == u] for u in units]
     fig, axes = plt.subplots(len(units), 1, figsize=(9.5, 0.9 + 0.42 * len(found) + 0.6 * len(units)), squeeze=False,

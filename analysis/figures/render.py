@@ -11,7 +11,7 @@ from typing import Callable
 
 import matplotlib.pyplot as plt
 
-from analysis.figures.common import Context, Skip
+from analysis.figures.common import Context, NotApplicable, Skip
 from analysis.figures.findings import fig_findings
 from analysis.figures.probes import fig_format_probe, fig_prompt_weight_fit
 from analysis.figures.sweeps import (
@@ -68,6 +68,8 @@ def render_all(ctx: Context, out_dir: Path, formats: tuple[str, ...] = ("pdf", "
         with paper_style():
             try:
                 fig = fn(ctx)
+            except NotApplicable:
+                continue
             except Skip as exc:
                 res.skipped = str(exc)
                 log.info("figure %s skipped: %s", name, exc)
