@@ -334,7 +334,7 @@ def fmt(v: float, unit: str) -> str:
     if v is None or not math.isfinite(v):
         return "n/a"
     return {"pct": f"{100 * v:.1f}%", "pts": f"{100 * v:+.1f} pts", "nats": f"{v:+.3f} nats",
-            "nats/decade": f"{v:+.3f} nats per decade of LR"}.get(unit, f"{v:.4g}")
+            "nats/decade": f"{v:+.3f} nats/decade of LR"}.get(unit, f"{v:.4g}")
 
 
 def judge(claim: str, stat, cells: Sequence[Cell | None], test: Test, unit: str, source: str = "",
@@ -345,10 +345,13 @@ def judge(claim: str, stat, cells: Sequence[Cell | None], test: Test, unit: str,
                        "n/a", source)
     est = estimate(stat, cells)
     if est is None:
-        return Finding(claim, "no finite bootstrap draws", "n/a", source)
+        return Finding(claim, "no finite bootstrap draws (e.g. a slope over fewer than two learning rates)", "n/a",
+                       source)
     verdict = test.verdict(est.low, est.high)
-    observed = (f"{fmt(est.value, unit)} [95% CI {fmt(est.low, unit)}, {fmt(est.high, unit)}] "
-                f"({est.seeds} seeds x {est.items} items)" + (f"; {context}" if context else ""))
+    bare = "pts" if unit == "pts" else "nats" if unit.startswith("nats") else unit  # the bounds without the unit
+    lo, hi = (fmt(x, bare).replace(" pts", "").replace(" nats", "").replace("%", "") for x in (est.low, est.high))
+    observed = (f"{fmt(est.value, unit)} [95% CI {lo}, {hi}] ({est.seeds} seed{'s' * (est.seeds != 1)} x "
+                f"{est.items} items)" + (f"; {context}" if context else ""))
     return Finding(claim, observed, verdict, source, est.value, est.low, est.high,
                    advice(est, test) if verdict == "inconclusive" else "", unit, test.kind, test.bound)
 

@@ -57,7 +57,12 @@ def _means(df: pd.DataFrame, metric: str, by: str, where: dict | None = None, un
         return ""
     s = d.groupby(by)["value"].mean()
     f = (lambda v: f"{100 * v:.1f}%") if unit == "pct" else (lambda v: f"{v:+.3f}")
-    return ", ".join(f"{k:g}: {f(v)}" if isinstance(k, float) else f"{k}: {f(v)}" for k, v in s.items())
+    return ", ".join(f"{_num(k)}: {f(v)}" if isinstance(k, float) else f"{k}: {f(v)}" for k, v in s.items())
+
+
+def _num(x: float) -> str:
+    """1e-4, 3e-4, 0.01, 0.1, 1: learning rates as people write them."""
+    return f"{x:.0e}".replace("e-0", "e-") if 0 < abs(x) < 0.01 else f"{x:g}"
 
 
 def _conditions(df: pd.DataFrame, free: tuple[str, ...]) -> list[dict]:

@@ -51,10 +51,14 @@ def read_items(path: Path, metrics: Iterable[str]) -> list[dict]:
         task, get = _source(m)
         want.setdefault(task, []).append((m, get))
     out: list[dict] = []
+    seen: dict[str, int] = {}  # rows per task: the item index of rows written before they carried a doc_id
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             for line in fh:
                 r = json.loads(line)
+                k = seen[r.get("task")] = seen.get(r.get("task"), -1) + 1
+                if "doc_id" not in r:
+                    r["doc_id"] = k
                 for metric, get in want.get(r.get("task"), ()):
                     try:
                         num, den = get(r)
@@ -93,6 +97,8 @@ def load_items(exp_dir: str | Path, metrics: Iterable[str]) -> pd.DataFrame:
         d = df[df["metric"] == of].copy()
         base = d[d["run_id"] == "base"].set_index("doc_id")["num"]
         d = d[d["doc_id"].isin(base.index)]
+        if d.empty:  # no per-item rows of it (results written before items were logged)
+            continue
         d["num"] = d["num"] - d["doc_id"].map(base)
         parts.append(d.assign(metric=delta))
     return pd.concat(parts, ignore_index=True)
