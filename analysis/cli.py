@@ -49,6 +49,12 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"runs not done: {s.get('failed', 0)} failed, {s.get('running', 0)} running, "
               f"{s.get('partial', 0)} partial, "
               f"{s.get('pending', 0)} pending (listed in the report)", file=sys.stderr)
+    if rep.findings:
+        n = {v: sum(f.verdict == v for f in rep.findings) for v in ("yes", "no", "inconclusive", "n/a")}
+        print(f"findings: {n['yes']} yes, {n['no']} no, {n['inconclusive']} inconclusive"
+              + (f", {n['n/a']} n/a" if n["n/a"] else "") + f" ({rep.out_dir / 'findings.json'})", file=sys.stderr)
+        for f in rep.findings:
+            print(f"  {f.verdict:12s} {f.claim}", file=sys.stderr)
     print(rep.markdown, file=sys.stderr)
     print(rep.html)  # stdout: the path, for scripts
     return 0

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.config.schema import ATTN_IMPLEMENTATIONS
 from harness.errors import SupervisionError
 from harness.grid import load_experiment
 from harness.training.engine import TrainingError
@@ -77,26 +78,57 @@ def _tiny_data(exp, *overrides):
     return spec, tok, data
 
 
-def test_packed_logits_equal_each_example_alone(tiny):
-    """Rows built by the engine (collate: per-example position_ids, no attention mask) isolate examples."""
+def _kernel_available(attn: str) -> str | None:
+    """Why `attn` cannot run here (None: it can)."""
+    if attn != "flash_attention_2":
+        return None
+    if not torch.cuda.is_available():
+        return "flash_attention_2 is a CUDA kernel (the GPU suite, benchmarks/gpu_suite.sh, covers it)"
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "flash-attn is not installed"
+    return None
+
+
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+def test_packed_logits_equal_each_example_alone(tiny, attn):
+    """Micro-batches as the engine lays them out for `attn` (collate: per-example position_ids, no attention
+    mask; one row per micro-batch under flash_attention_2) isolate examples, for every kernel the config accepts."""
     root, exp = tiny
+    if (why := _kernel_available(attn)) is not None:
+        pytest.skip(why)
     from transformers import AutoModelForCausalLM
 
     from harness.training.packing import Row, collate
 
     _, tok, data = _tiny_data(exp)
-    model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float32, attn_implementation="sdpa").eval()
-    idx = [0, 5, 7, 11]
-    b = collate([Row(idx, sum(len(data.examples[i]) for i in idx))], data.examples, data.masks, tok.pad_token_id)
-    assert b.attention_mask is None and b.input_ids.shape[1] == sum(len(data.examples[i]) for i in idx)
-    with torch.no_grad():
-        packed = model(input_ids=b.input_ids, position_ids=b.position_ids, use_cache=False).logits[0]
-        alone = torch.cat([model(input_ids=torch.from_numpy(data.examples[i].input_ids)[None]).logits[0]
-                           for i in idx])
-        leaky = model(input_ids=b.input_ids, attention_mask=torch.ones_like(b.input_ids),
-                      position_ids=b.position_ids).logits[0]
-    assert (packed - alone).abs().max().item() < 1e-5
-    assert (leaky - alone).abs().max() > 1e-3  # an attention mask silently breaks isolation: keep it out
+    device = "cuda" if attn == "flash_attention_2" else "cpu"
+    dtype = torch.bfloat16 if attn == "flash_attention_2" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=dtype, attn_implementation=attn).eval()
+    model = model.to(device)
+    groups = [[0, 5, 7, 11], [2, 3, 9]]
+    rows = [Row(g, sum(len(data.examples[i]) for i in g)) for g in groups]
+    micro = [[r] for r in rows] if attn == "flash_attention_2" else [rows]  # packing.layout_step's one_row rule
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    for mb in micro:
+        b = collate(mb, data.examples, data.masks, tok.pad_token_id)
+        assert b.attention_mask is None and b.input_ids.shape[0] == len(mb)
+        with torch.no_grad():
+            out = model(input_ids=b.input_ids.to(device), position_ids=b.position_ids.to(device),
+                        use_cache=False).logits.float().cpu()
+            for k, r in enumerate(mb):
+                alone = torch.cat([model(input_ids=torch.from_numpy(data.examples[i].input_ids)[None].to(device))
+                                   .logits[0].float().cpu() for i in r.examples])
+                assert (out[k, :len(alone)] - alone).abs().max().item() < tol, (attn, k)
+    if attn == "sdpa":
+        b = collate(rows[:1], data.examples, data.masks, tok.pad_token_id)
+        with torch.no_grad():
+            alone = torch.cat([model(input_ids=torch.from_numpy(data.examples[i].input_ids)[None]).logits[0]
+                               for i in groups[0]])
+            leaky = model(input_ids=b.input_ids, attention_mask=torch.ones_like(b.input_ids),
+                          position_ids=b.position_ids).logits[0]
+        assert (leaky - alone).abs().max() > 1e-3  # an attention mask silently breaks isolation: keep it out
 
 
 def test_engine_loss_on_packed_rows_equals_examples_alone(tiny):
@@ -595,21 +627,25 @@ def test_bucketed_step_equals_packed(tiny, norm):
     lengths = [len(t) for t in data.examples]
     rows = pack_rows(lengths, 64, idx)
     res = []
-    for layout in ("packed", "bucketed"):
+    # packed one_row: one row per micro-batch (what flash_attention_2 needs to keep packed examples apart)
+    for layout, one_row in (("packed", False), ("bucketed", False), ("packed", True)):
         tc = dataclasses.replace(spec.config.train, layout=layout)
-        batches = layout_step(rows, data, tc, 64, tok.pad_token_id)
+        batches = layout_step(rows, data, tc, 64, tok.pad_token_id, one_row=one_row)
         if layout == "bucketed":
             assert len(batches) > 1 and all(b.attention_mask is None for b in batches)
             assert sum(b.input_ids.numel() for b in batches) > sum(b.n_tokens for b in batches)  # real padding
+        if one_row:
+            assert len(batches) == len(rows) > 1 and all(b.input_ids.shape[0] == 1 for b in batches)
         model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float64)
         eng = Engine(model, tc, 10, sample_ids=batches[0].input_ids[:1, :8])
         assert eng.head is not None
         m, gn = eng.step(batches, metrics=True, step=1)
         res.append((m, gn, [p.detach().clone() for p in model.parameters()]))
-    (m0, g0, p0), (m1, g1, p1) = res
-    assert m0.tokens == m1.tokens == sum(lengths[i] for i in idx) and m0.supervised == m1.supervised
-    assert _metrics_close(m0, m1) and abs(g0 - g1) < 1e-10
-    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(p0, p1))
+    (m0, g0, p0) = res[0]
+    for m1, g1, p1 in res[1:]:
+        assert m0.tokens == m1.tokens == sum(lengths[i] for i in idx) and m0.supervised == m1.supervised
+        assert _metrics_close(m0, m1) and abs(g0 - g1) < 1e-10
+        assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(p0, p1))
 
 
 def test_bucketed_train_equals_packed(tiny, tmp_path):

@@ -31,6 +31,10 @@ def _choice(where: str, value: Any, choices: tuple) -> None:
                           where=where, fix=f"use one of {list(choices)}")
 
 
+#: the attention kernels the config accepts (tests/test_train.py checks packed isolation for each)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "results/world/test-seed0/model"
@@ -40,7 +44,9 @@ class ModelConfig:
     dtype: str = "float32"
     """Weights dtype when loading: float32 | bfloat16 | float16 | float64 (exactness tests) | auto."""
     attn_implementation: str = "sdpa"
-    """Attention kernel: sdpa | eager | flash_attention_2 (packing isolation is tested for sdpa and eager)."""
+    """Attention kernel: sdpa | eager | flash_attention_2 (packing isolation is tested for sdpa and eager; with
+    flash_attention_2 every packed micro-batch is one row, the only case where transformers isolates packed
+    examples for it: harness/training/packing.py)."""
     trust_remote_code: bool = False
     """Allow custom model code from the hub. Off unless you trust the repository."""
     chat_template: Optional[str] = None
@@ -50,7 +56,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16", "float64", "auto"))
-        _choice("model.attn_implementation", self.attn_implementation, ("sdpa", "eager", "flash_attention_2"))
+        _choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
 
 
 @dataclass(frozen=True)

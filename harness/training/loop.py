@@ -75,7 +75,8 @@ class Setup:
         mine = self.plan[step].rows[self.dist.rank::self.dist.world]  # rank r: every world-th row of the step
         L = cfg.data.max_length
         per_micro = max(1, (tc.micro_batch_tokens or tc.batch_tokens) // L)
-        batches = layout_step(mine, self.data, tc, L, self.pad, self._lengths, per_micro)
+        one_row = cfg.model.attn_implementation == "flash_attention_2"  # see packing.layout_step
+        batches = layout_step(mine, self.data, tc, L, self.pad, self._lengths, per_micro, one_row)
         return [b.to(self.dist.device) for b in batches]
 
     def __post_init__(self):

@@ -273,11 +273,15 @@ def plan_steps(data: MaskedData, cfg: ExperimentConfig) -> list[PlannedStep]:
 
 
 def layout_step(mine: list, data: MaskedData, tc: TrainConfig, max_length: int, pad: int,
-                lengths: list[int] | None = None, rows_per_micro: int | None = None) -> list[Batch]:
+                lengths: list[int] | None = None, rows_per_micro: int | None = None,
+                one_row: bool = False) -> list[Batch]:
     """This rank's rows of one step -> its micro-batches (CPU tensors), per ``train.layout``.
 
     A pure function of the step's rows: resumed runs see the same batches. Both layouts hold the same examples
-    and tokens (harness.packing explains the two)."""
+    and tokens (harness.packing explains the two). `one_row`: every packed micro-batch is a single row, for
+    attention kernels that isolate packed examples only then (transformers detects packed sequences from
+    position_ids for flash_attention_2 only in a batch of one row; with several rows examples would attend to
+    each other, silently). The step's gradient is the same: micro-batches are accumulated."""
     if lengths is None:
         lengths = [len(t) for t in data.examples]
     budget = tc.micro_batch_tokens or tc.batch_tokens
@@ -290,6 +294,8 @@ def layout_step(mine: list, data: MaskedData, tc: TrainConfig, max_length: int, 
         mine = short_rows(mine, lengths)    # (cheaper attention)
         longest = max(r.length for r in mine)
         per_micro = max(1, tc.micro_batch_tokens // longest) if tc.micro_batch_tokens else len(mine)
+    if packed and one_row:
+        per_micro = 1
     # compiled: every packed micro-batch max_length wide, so the graph sees one shape (a new width recompiles)
     width = max_length if (tc.compile and packed) else None
     return [collate(mine[i:i + per_micro], data.examples, data.masks, pad, packed, width=width)
