@@ -26,6 +26,7 @@ FORGET, KL = "forgetting/pretrain_nll_delta", "forgetting/kl_base"
 ANSWERED, CONTINUED = "format/answered", "format/continued_question"
 NLL = "nll/response"  # fixed-mask response NLL on held-out conversations in the training data's own format
 OWN = {"long-prompt/short-answer": "world_longprompt/exact_match", "short-prompt/long-answer": "world_longanswer/facts"}
+OWN_REAL = {"long-prompt/short-answer": "real_longprompt/exact_match"}  # the same format on real facts
 REAL_QA = "real_qa/exact_match"
 REG, LR, W, SEED = "regime.name", "train.lr", "regime.prompt_weight", "train.seed"
 
@@ -145,7 +146,8 @@ def _shape_metrics(df: pd.DataFrame, data: str) -> list[tuple[str, bool]]:
     """(metric, lower is better) to judge a data variant on: its own-format task where evaluated, the
     training format's response NLL, and chat QA (which neither variant teaches) last."""
     seen = set(df["metric"])
-    return [(m, low) for m, low in ((OWN.get(data, ""), False), (NLL, True), (QA, False)) if m in seen]
+    return [(m, low) for m, low in ((OWN.get(data, ""), False), (OWN_REAL.get(data, ""), False), (NLL, True),
+                                    (QA, False)) if m in seen]
 
 
 def prompt_weight(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
@@ -245,7 +247,7 @@ def real_model_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
 
 STUDIES: dict[str, tuple[Callable[[pd.DataFrame, Evidence], list[Finding]], tuple[str, ...]]] = {
     "mini_lima": (seed_story, (QA, FORGET, ANSWERED, CONTINUED)),
-    "prompt_weight": (prompt_weight, (QA, NLL, *OWN.values())),
+    "prompt_weight": (prompt_weight, (QA, NLL, *OWN.values(), *OWN_REAL.values())),
     "instruction_modelling": (instruction_modelling, (QA, NLL, *OWN.values())),
     "knowledge_extraction": (knowledge_extraction, (QA,)),
     "gemma_lima": (real_model_story, (REAL_QA, FORGET, KL, ANSWERED)),

@@ -157,6 +157,44 @@ def build(model_dir: str | Path, out: str | Path = DEFAULT_OUT, *, seed: int = 0
     return summary
 
 
+def build_longprompt(src: str | Path = DEFAULT_OUT, out: str | Path | None = None, *, seed: int = 0,
+                     notes: int = 6, log=print) -> dict:
+    """The long-prompt/short-answer variant of built real-knowledge data (the phase-diagram studies' decisive
+    cell on a real base, issue #18), from `src`'s files without running a model: each question follows notes
+    stating `notes` other SFT facts in plain sentences ("The capital of Peru is the city of Lima."), never the
+    fact asked about; the answer stays one line. Writes `out` (default `<src>-longprompt`): data/
+    sft_train_longprompt.jsonl, data/eval_longprompt_heldout.jsonl and the lm-eval task real_longprompt."""
+    src = Path(src)
+    out = Path(out) if out else src.with_name(src.name + "-longprompt")
+    read = lambda f: [json.loads(x) for x in (src / "data" / f).read_text(encoding="utf-8").splitlines() if x.strip()]
+    try:
+        sft, held = read("sft_train.jsonl"), read("eval_qa_heldout.jsonl")
+    except FileNotFoundError as exc:
+        raise DataError("real-knowledge data not built", where=str(exc.filename),
+                        fix="harness realdata build --model results/models/gemma-3-270m") from None
+    rng = random.Random(f"{seed}/longprompt")
+    sentence = lambda f: f"{RELATIONS[f['relation']][0].format(s=f['subject'])} {f['answer']}."
+
+    def long(f: dict) -> dict:
+        ctx = " ".join(sentence(o) for o in rng.sample([o for o in sft if o["subject"] != f["subject"]], notes))
+        q = f"Here are some notes. {ctx}\nQuestion: {f['question']}"
+        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f["answer"] + "."}],
+                "question": q, "answer": f["answer"], "relation": f["relation"], "subject": f["subject"]}
+
+    files = {"sft_train_longprompt.jsonl": [long(f) for f in sft],
+             "eval_longprompt_heldout.jsonl": [long(f) for f in held]}
+    for name, rows in files.items():
+        atomic_write_text(out / "data" / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / "tasks" / "real_longprompt.yaml", generate_task(
+        "real_longprompt", str((out / "data" / "eval_longprompt_heldout.jsonl").resolve()), **TASK))
+    summary = {"source": str(src), "sft": len(files["sft_train_longprompt.jsonl"]),
+               "heldout": len(files["eval_longprompt_heldout.jsonl"]), "notes_per_prompt": notes, "seed": seed}
+    atomic_write_json(out / "summary.json", summary)
+    log(f"long-prompt variant: {summary['sft']} SFT / {summary['heldout']} held-out questions, {notes} notes each "
+        f"-> {out}")
+    return summary
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("realdata", help="real-knowledge data for a real base model (facts it knows, split)")
     s = p.add_subparsers(dest="realdata_command", metavar="ACTION")
@@ -166,3 +204,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default=str(DEFAULT_OUT))
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=lambda a: build(a.model, a.out, seed=a.seed, log=lambda m: print(m, file=sys.stderr)) and 0)
+    lp = s.add_parser("longprompt", help="the long-prompt/short-answer variant of built data (no model needed)")
+    lp.add_argument("--src", default=str(DEFAULT_OUT))
+    lp.add_argument("--out", default=None, help="default: <src>-longprompt")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.set_defaults(func=lambda a: build_longprompt(a.src, a.out, seed=a.seed,
+                                                    log=lambda m: print(m, file=sys.stderr)) and 0)
