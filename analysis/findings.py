@@ -66,12 +66,18 @@ def _num(x: float) -> str:
     return f"{x:.0e}".replace("e-0", "e-") if 0 < abs(x) < 0.01 else f"{x:g}"
 
 
+PHASE_AXES = ("data.train.path", "data.train.limit", "train.epochs", "train.lr")
+
+
 def _conditions(df: pd.DataFrame, free: tuple[str, ...]) -> list[dict]:
     """The grid's conditions: each combination of the axes other than `free` and the seed (data path as
     its label), for the studies whose claims are made per condition (the phase diagrams)."""
     d = df[(df["state"] == "done") & (df["step"] > 0) & (df["metric"] != "state")]
-    axes = [c for c in d.columns if c.startswith(("data.", "train.", "regime.", "model."))
-            and c not in free and c != SEED and (d[c].nunique(dropna=True) > 1 or c == "data.train.path")]
+    # the phase axes always (a claim keeps its name when a rerun covers one cell: benchmarks/stability.py
+    # --only), any other axis when it varies
+    fixed = [c for c in PHASE_AXES if c in d.columns and c not in free and d[c].notna().any()]
+    axes = fixed + [c for c in d.columns if c.startswith(("data.", "train.", "regime.", "model."))
+                    and c not in free and c not in fixed and c != SEED and d[c].nunique(dropna=True) > 1]
     if not axes:
         return [{}]
     return [dict(zip(axes, k if isinstance(k, tuple) else (k,))) for k in
@@ -84,10 +90,10 @@ def _label(cond: dict) -> str:
     for k, v in cond.items():
         if k == "data.train.path":
             parts.insert(0, _data_label(v))
-        elif k.startswith("data.eval"):
+        elif k.startswith("data.eval") or v is None or (isinstance(v, float) and math.isnan(v)):
             continue
         else:
-            parts.append(f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}")
+            parts.append(f"{short.get(k, k)}={_num(v)}" if isinstance(v, float) else f"{short.get(k, k)}={v}")
     return ", ".join(parts)
 
 

@@ -4,6 +4,8 @@ Reruns an experiment under perturbations that change the randomness or the float
 compared, and prints every finding's verdict under each, flagging the ones that flip:
 
 * ``seeds``: a disjoint seed set (``--seeds``, default 3,4 for a study run with seeds 1,2);
+* ``pooled seeds``: the reference and the disjoint seed set together (twice the seeds; reported, not a
+  perturbation: it says what a larger study would conclude where the two disagree);
 * ``threads``: each run with a different number of torch threads (``--threads``, default 2, one run at a time,
   against the launcher's default of 1 thread per run with two runs at once on 2 cores): the matmul reductions
   split differently, so every number moves in the last bits and then further through training.
@@ -30,12 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.findings import findings_for  # noqa: E402
+from analysis.claims import Evidence  # noqa: E402
+from analysis.findings import evidence, findings_for, study_metrics  # noqa: E402
 from analysis.load import load_runs  # noqa: E402
 from harness.grid import load_experiment  # noqa: E402
 
@@ -67,10 +71,16 @@ def with_seeds(experiment: str, seeds: list[int], out_dir: Path) -> str:
     return str(path)
 
 
-def verdicts(exp_dir: Path, name: str) -> dict[str, dict]:
-    df = load_runs(exp_dir)
+def verdicts(exp_dirs: list[Path], name: str) -> dict[str, dict]:
+    """The findings of one results directory, or of several pooled (their runs together: the seeds of the
+    reference and of the disjoint set as one larger sample; the base rows are the same model's)."""
+    dfs = [load_runs(d) for d in exp_dirs]
+    df = pd.concat(dfs, ignore_index=True)
+    metrics = study_metrics(name)
+    items = pd.concat([evidence(x, d, metrics).items for x, d in zip(dfs, exp_dirs)], ignore_index=True)
+    items = items.drop_duplicates(["run_id", "step", "metric", "doc_id"])
     return {f.claim: {"verdict": f.verdict, "observed": f.observed, "estimate": f.estimate, "low": f.low,
-                      "high": f.high} for f in findings_for(name, df, exp_dir)}
+                      "high": f.high} for f in findings_for(name, df, ev=Evidence(items, df))}
 
 
 def compare(ref: dict, other: dict) -> dict:
@@ -105,15 +115,17 @@ def main() -> int:
     seeds = [int(x) for x in args.seeds.split(",")]
     plans = {"seeds": [], "threads": [f"train.threads={args.threads}", f"eval.threads={args.threads}",
                                       "launcher.parallel=1"]}
-    results = {"reference": verdicts(ref_dir, name)}
+    results = {"reference": verdicts([ref_dir], name)}
     dirs = {"reference": str(ref_dir)}
     for what in [p for p in args.perturbations.split(",") if p]:
         out = root / what
         file = with_seeds(args.experiment, seeds, out) if what == "seeds" else args.experiment
         seconds[what] = _run(file, str(out), plans[what], args.only)
-        results[what] = verdicts(out / name, name)
+        results[what] = verdicts([out / name], name)
         dirs[what] = str(out / name)
-    cmp = {k: compare(results["reference"], v) for k, v in results.items() if k != "reference"}
+        if what == "seeds":  # both seed sets as one sample: what the study says with twice the seeds
+            results["pooled seeds"] = verdicts([ref_dir, out / name], name)
+    cmp = {k: compare(results["reference"], v) for k, v in results.items() if k not in ("reference", "pooled seeds")}
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     report = {"experiment": args.experiment, "name": name, "machine": {"cpu": cpu, "cores": os.cpu_count()},
