@@ -126,11 +126,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
         retention = "world_facts/acc"
     metrics = [m for m in dict.fromkeys([target, retention, *KEY_METRICS]) if m and m in metrics_seen]
 
-    summ = stats.summary(df, metrics, axes)
     plan = load_plan(exp_dir) or {}
     name = plan.get("experiment") or exp_dir.name
-    ev = evidence(df, exp_dir, list(dict.fromkeys([*metrics, *study_metrics(name)])))
-    summ = with_item_cis(summ, ev)
+    ev = evidence(df, exp_dir, list(dict.fromkeys([*metrics, *study_metrics(name)])))  # per-item results
+    summ = with_item_cis(stats.summary(df, metrics, axes), ev)
     base = stats.base_summary(df, metrics)
     tdir = out / "tables"
     best = stats.best_per_regime(summ, target) if target else summ.iloc[0:0]
