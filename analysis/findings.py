@@ -281,13 +281,12 @@ def study_metrics(name: str) -> tuple[str, ...]:
 
 def with_item_cis(summ: pd.DataFrame, ev: Evidence) -> pd.DataFrame:
     """The summary table's CIs over seeds and items (Evidence.runs_ci) where per-item results exist; the
-    seeds-only bootstrap stays where they do not. Adds ``items`` (0: seeds only)."""
+    seeds-only bootstrap stays where they do not."""
     summ = summ.copy()
-    summ["items"] = 0
     for i, r in summ.iterrows():
         got = ev.runs_ci(r["metric"], str(r["runs"]).split(",")) if r.get("runs") else None
         if got:
-            summ.loc[i, ["ci_low", "ci_high", "items"]] = got
+            summ.loc[i, ["ci_low", "ci_high"]] = got[:2]
     return summ
 
 

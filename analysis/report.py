@@ -139,7 +139,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
               "best_per_regime": tables.best_table(best, metrics, target or "", axes),
               "paired": tables.paired_table(pairs)}
     captions = {"summary": "Final-checkpoint metrics per configuration: mean over seeds [95% bootstrap CI over "
-                           "seeds and evaluation items where per-item results exist (column items), else over seeds].",
+                           "seeds and evaluation items where per-item results exist, else over seeds].",
                 "best_per_regime": f"Best configuration per regime by mean {target}.",
                 "paired": "Paired differences between regimes (same learning rate, epochs, seed and other axes): "
                           "mean A - B [95% bootstrap CI]."}
