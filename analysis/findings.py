@@ -53,7 +53,7 @@ def _means(df: pd.DataFrame, metric: str, by: str, where: dict | None = None, un
     """'1e-4: 54.3%, 3e-4: 65.0%' (final checkpoint, mean over seeds): context beside a claim's CI."""
     d = _final(df, metric)
     for k, v in (where or {}).items():
-        d = d[d[k] == v] if k in d else d.iloc[0:0]
+        d = (d[d[k].isin(v)] if isinstance(v, (list, tuple)) else d[d[k] == v]) if k in d else d.iloc[0:0]
     if d.empty or by not in d:
         return ""
     s = d.groupby(by)["value"].mean()
@@ -122,7 +122,9 @@ def seed_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
     groups = _present([[cell(FORGET, r, lr) for r in learners] for lr in lrs])
     out.append(judge("forgetting (held-out pretraining NLL increase) rises with the LR (slope over log10 LR, "
                      "prompt_masked and full)", slope(np.log10(lrs), groups), [c for g in groups for c in g],
-                     above(0), "nats/decade", "Biderman et al. 2024", "by LR: " + _means(df, FORGET, LR, unit="nats")))
+                     above(0), "nats/decade", "Biderman et al. 2024",
+                     "by LR (mean of prompt_masked and full): "
+                     + _means(df, FORGET, LR, {REG: list(learners)}, "nats")))
     eps = sorted({round(e) for e in _values(df, "epoch")})
     if len(eps) > 1:
         pairs = [(cell(FORGET, r, lr, eps[-1]), cell(FORGET, r, lr, eps[0])) for r in learners for lr in lrs]
@@ -243,7 +245,8 @@ def real_model_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
         groups = _present([[cell(metric, r, lr) for r in ("prompt_masked", "full")] for lr in lrs])
         out.append(judge(f"forgetting ({what}) rises with the LR (slope over log10 LR, prompt_masked and full)",
                          slope(np.log10(lrs), groups), [c for g in groups for c in g], above(0), "nats/decade",
-                         "Biderman et al. 2024", "by LR: " + _means(df, metric, LR, unit="nats")))
+                         "Biderman et al. 2024", "by LR (mean of prompt_masked and full): "
+                         + _means(df, metric, LR, {REG: ["prompt_masked", "full"]}, "nats")))
     ba = ev.base(ANSWERED)
     ans = [cell(ANSWERED, "prompt_masked", lr) for lr in lrs]
     out.append(judge("format probe (raw questions, no template): prompt_masked answered - base answered > 0 (best LR)",
