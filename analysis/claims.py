@@ -166,14 +166,11 @@ class Evidence:
         runs = sorted(d["run_id"].unique(), key=lambda r: (_seed_of(d, r), r))
         if not runs or len(runs) > MAX_SEEDS:
             return None
-        num = d.pivot_table(index="run_id", columns="doc_id", values="num", aggfunc="first").reindex(
-            index=runs, columns=docs)
-        den = d.pivot_table(index="run_id", columns="doc_id", values="den", aggfunc="first").reindex(
-            index=runs, columns=docs)
-        if num.isna().any().any() or den.isna().any().any():
+        m = _matrices(d, runs, docs)
+        if m is None:
             return None
         label = ", ".join(f"{k}={v}" for k, v in (where or {}).items())
-        return Cell(self, metric, [_seed_of(d, r) for r in runs], num.to_numpy(float), den.to_numpy(float), label)
+        return Cell(self, metric, [_seed_of(d, r) for r in runs], *m, label)
 
     def base(self, metric: str) -> Cell | None:
         return self.cell(metric, {"run_id": "base"})
@@ -190,17 +187,23 @@ class Evidence:
         if c is None:
             d = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
             runs = sorted(d["run_id"].unique())
-            num = d.pivot_table(index="run_id", columns="doc_id", values="num", aggfunc="first").reindex(
-                index=runs, columns=self.docs(metric))
-            den = d.pivot_table(index="run_id", columns="doc_id", values="den", aggfunc="first").reindex(
-                index=runs, columns=self.docs(metric))
-            if num.isna().any().any() or den.isna().any().any():
+            m = _matrices(d, runs, self.docs(metric))
+            if m is None:
                 return None
-            c = Cell(self, metric, runs, num.to_numpy(float), den.to_numpy(float), ",".join(runs))
+            c = Cell(self, metric, runs, *m, ",".join(runs))
         x = c.draws("both")
         a = (1 - level) / 2
         lo, hi = np.quantile(x, [a, 1 - a])
         return float(lo), float(hi), int(c.num.shape[1])
+
+
+def _matrices(d: pd.DataFrame, runs: list, docs: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """(num, den) as [runs, items] arrays on the metric's item order; None if a run lacks an item."""
+    num, den = (d.pivot_table(index="run_id", columns="doc_id", values=v, aggfunc="first").reindex(
+        index=runs, columns=docs) for v in ("num", "den"))
+    if num.isna().any().any() or den.isna().any().any():
+        return None
+    return num.to_numpy(float), den.to_numpy(float)
 
 
 def _seed_of(d: pd.DataFrame, run: str):
