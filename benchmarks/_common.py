@@ -106,20 +106,22 @@ def param_counts(model_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(model_dir)
-    total = sum(p.numel() for p in m.parameters())
-    emb = m.get_input_embeddings().weight.numel()
-    head = m.get_output_embeddings().weight.numel()
-    cfg = m.config
-    return {"total": total, "embedding": emb, "head": head, "body": total - emb - head,
-            "hidden": cfg.hidden_size, "layers": cfg.num_hidden_layers}
+    total = sum(p.numel() for p in m.parameters())  # a tied weight is one parameter, counted once
+    emb_w, head_w = m.get_input_embeddings().weight, m.get_output_embeddings().weight
+    emb, head = emb_w.numel(), head_w.numel()
+    tied = emb_w is head_w
+    cfg = m.config.get_text_config()
+    return {"total": total, "embedding": emb, "head": head, "tied": tied,
+            "body": total - emb - (0 if tied else head), "hidden": cfg.hidden_size,
+            "layers": cfg.num_hidden_layers}
 
 
-def gemm_peak(threads: int, n: int = 2048, repeats: int = 7) -> float:
-    """fp32 matmul peak in FLOP/s on `threads` threads: best of `repeats` n x n x n GEMMs (this process)."""
+def gemm_peak(threads: int, n: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
+    """Matmul peak in FLOP/s on `threads` threads: best of `repeats` n x n x n GEMMs of `dtype` (this process)."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    c = torch.empty(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    c = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=c)  # warm-up
     best = float("inf")
     for _ in range(repeats):

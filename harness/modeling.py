@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from harness.attention import check_kernel, eval_implementation, register
 from harness.config import ExperimentConfig
 from harness.data.templates import resolve_template
 from harness.errors import ConfigError
@@ -94,7 +95,9 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device, *,
     """The base or a checkpoint with the config's dtype and attention kernel.
 
     training: KV cache off (useless in training, and it breaks packed attention isolation). Evaluation: KV
-    cache on, eval mode, and half precision upcast to fp32 on CPU (slow and inexact there; lossless upcast)."""
+    cache on, eval mode, half precision upcast to fp32 on CPU (slow and inexact there; lossless upcast), and
+    sdpa for varlen_attention (harness.attention.eval_implementation). A kernel that cannot run is a
+    ConfigError here, before the weights load."""
     from transformers import AutoModelForCausalLM
 
     quiet_hf_progress()
@@ -102,7 +105,11 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device, *,
     dtype = DTYPES[cfg.model.dtype]
     if not training and device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         dtype = torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
+    attn = cfg.model.attn_implementation if training else eval_implementation(cfg.model.attn_implementation)
+    # varlen_attention is CUDA-only, and there precision auto | bf16 trains under bf16 autocast (engine.py)
+    check_kernel(attn, device, dtype, autocast=cfg.train.precision != "fp32", dropout=cfg.train.dropout)
+    register()  # varlen_attention, before from_pretrained checks the name
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
                                                  trust_remote_code=cfg.model.trust_remote_code,
                                                  revision=_revision(cfg, path), use_safetensors=True)
     model.config.use_cache = not training

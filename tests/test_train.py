@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness.attention import kernel_unavailable, needs_one_row, register
 from harness.config.schema import ATTN_IMPLEMENTATIONS
 from harness.errors import SupervisionError
 from harness.grid import load_experiment
@@ -78,38 +79,29 @@ def _tiny_data(exp, *overrides):
     return spec, tok, data
 
 
-def _kernel_available(attn: str) -> str | None:
-    """Why `attn` cannot run here (None: it can)."""
-    if attn != "flash_attention_2":
-        return None
-    if not torch.cuda.is_available():
-        return "flash_attention_2 is a CUDA kernel (the GPU suite, benchmarks/gpu_suite.sh, covers it)"
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return "flash-attn is not installed"
-    return None
+def _kernel_available(attn: str, device: str) -> str | None:
+    """Why `attn` cannot run on `device` here (None: it can)."""
+    why = kernel_unavailable(attn, device)
+    if why and device == "cpu" and "CUDA" in why:
+        why += " (test_packed_logits_equal_each_example_alone_gpu covers it: pytest -m gpu)"
+    return why
 
 
-@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
-def test_packed_logits_equal_each_example_alone(tiny, attn):
-    """Micro-batches as the engine lays them out for `attn` (collate: per-example position_ids, no attention
-    mask; one row per micro-batch under flash_attention_2) isolate examples, for every kernel the config accepts."""
+def _check_packed_isolation(tiny, attn: str, device: str, dtype: torch.dtype) -> None:
     root, exp = tiny
-    if (why := _kernel_available(attn)) is not None:
+    if (why := _kernel_available(attn, device)) is not None:
         pytest.skip(why)
     from transformers import AutoModelForCausalLM
 
     from harness.training.packing import Row, collate
 
+    register()  # varlen_attention (load_model does this)
     _, tok, data = _tiny_data(exp)
-    device = "cuda" if attn == "flash_attention_2" else "cpu"
-    dtype = torch.bfloat16 if attn == "flash_attention_2" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=dtype, attn_implementation=attn).eval()
     model = model.to(device)
     groups = [[0, 5, 7, 11], [2, 3, 9]]
     rows = [Row(g, sum(len(data.examples[i]) for i in g)) for g in groups]
-    micro = [[r] for r in rows] if attn == "flash_attention_2" else [rows]  # packing.layout_step's one_row rule
+    micro = [[r] for r in rows] if needs_one_row(attn) else [rows]  # packing.layout_step's one_row rule
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     for mb in micro:
         b = collate(mb, data.examples, data.masks, tok.pad_token_id)
@@ -123,12 +115,33 @@ def test_packed_logits_equal_each_example_alone(tiny, attn):
                 assert (out[k, :len(alone)] - alone).abs().max().item() < tol, (attn, k)
     if attn == "sdpa":
         b = collate(rows[:1], data.examples, data.masks, tok.pad_token_id)
+        ids, pos = b.input_ids.to(device), b.position_ids.to(device)
         with torch.no_grad():
-            alone = torch.cat([model(input_ids=torch.from_numpy(data.examples[i].input_ids)[None]).logits[0]
-                               for i in groups[0]])
-            leaky = model(input_ids=b.input_ids, attention_mask=torch.ones_like(b.input_ids),
-                          position_ids=b.position_ids).logits[0]
+            alone = torch.cat([model(input_ids=torch.from_numpy(data.examples[i].input_ids)[None].to(device))
+                               .logits[0].float() for i in groups[0]])
+            leaky = model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=pos).logits[0].float()
         assert (leaky - alone).abs().max() > 1e-3  # an attention mask silently breaks isolation: keep it out
+
+
+# flex_attention compiles (inductor) on first use: ~40 s on 2 cores with a cold cache, ~10 s warm
+_CPU_ATTN = [pytest.param(a, marks=pytest.mark.slow) if a == "flex_attention" else a for a in ATTN_IMPLEMENTATIONS]
+
+
+@pytest.mark.parametrize("attn", _CPU_ATTN)
+def test_packed_logits_equal_each_example_alone(tiny, attn):
+    """Micro-batches as the engine lays them out for `attn` (collate: per-example position_ids, no attention
+    mask; one row per micro-batch where harness.attention.needs_one_row) isolate examples, for every kernel the
+    config accepts: on CPU where it runs (float32), the CUDA-only ones in the GPU variant below."""
+    _check_packed_isolation(tiny, attn, "cpu", torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+def test_packed_logits_equal_each_example_alone_gpu(tiny, attn):
+    """The same on CUDA in bfloat16, where every kernel the config accepts runs (flash_attention_2 with flash-attn
+    installed); varlen_attention here is torch's real varlen_attn."""
+    _check_packed_isolation(tiny, attn, "cuda", torch.bfloat16)
 
 
 def test_engine_loss_on_packed_rows_equals_examples_alone(tiny):
@@ -261,15 +274,15 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny, tmp_path, monk
     root, exp = tiny
     import harness.training.engine as T
 
-    real = T._nll
+    real = T.head_nll
     count = {"n": 0}
 
-    def poisoned(logits, targets):  # the loss of the third micro-batch (= optimizer step 3) becomes NaN
+    def poisoned(hidden, head, targets):  # the loss of the third micro-batch (= optimizer step 3) becomes NaN
         count["n"] += torch.is_grad_enabled()  # the metrics' extra no-grad calls do not count
-        out = real(logits, targets)
+        out = real(hidden, head, targets)
         return out * float("nan") if count["n"] >= 3 else out
 
-    monkeypatch.setattr(T, "_nll", poisoned)
+    monkeypatch.setattr(T, "head_nll", poisoned)
     rdir = tmp_path / "nan"
     with pytest.raises(TrainingError, match="non-finite loss .* at optimizer step 3"):
         train(spec_of(exp, "train.save_every_steps=1"), rdir)

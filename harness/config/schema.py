@@ -32,7 +32,7 @@ def _choice(where: str, value: Any, choices: tuple) -> None:
 
 
 #: the attention kernels the config accepts (tests/test_train.py checks packed isolation for each)
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention", "varlen_attention")
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ class ModelConfig:
     dtype: str = "float32"
     """Weights dtype when loading: float32 | bfloat16 | float16 | float64 (exactness tests) | auto."""
     attn_implementation: str = "sdpa"
-    """Attention kernel: sdpa | eager | flash_attention_2 (packing isolation is tested for sdpa and eager; with
-    flash_attention_2 every packed micro-batch is one row, the only case where transformers isolates packed
-    examples for it: harness/training/packing.py)."""
+    """Attention kernel: sdpa | eager | flex_attention (CPU too) | flash_attention_2 | varlen_attention (torch's
+    varlen_attn). The last two are CUDA-only; varlen_attention trains only (evaluation loads sdpa). All isolate
+    packed examples; flash_attention_2 only in one-row micro-batches, which the loop lays (harness/attention.py)."""
     trust_remote_code: bool = False
     """Allow custom model code from the hub. Off unless you trust the repository."""
     chat_template: Optional[str] = None

@@ -2,7 +2,8 @@
 
 Speed (CPU and GPU): the LM head is applied only where it is needed. The decoder body runs on every token,
 but logits are computed for the supervised positions (with gradient) and, on logging steps, for the other
-prompt/response positions of the fixed-mask metrics (without gradient). With a short response and a
+prompt/response positions of the fixed-mask metrics (without gradient), in vocabulary chunks (lm_head.py), so
+that no [positions, vocab] logits tensor is kept for backward. With a short response and a
 vocabulary that is large next to the hidden size, the head is most of the FLOPs, so this is the main win
 (a model whose logits are not a plain ``lm_head(hidden)``, e.g. with soft-capping, is detected at start and
 falls back to full logits).
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from harness.config import TrainConfig
 from harness.errors import ConfigError, HarnessError, SupervisionError
 from harness.training.distributed import Dist
+from harness.training.lm_head import head_nll
 from harness.training.loss import loss_denominator, token_weights
 from harness.training.optim import lr_lambda, make_optimizer
 from harness.training.packing import Batch, segment_masks
@@ -199,9 +201,8 @@ class Engine:
             out = self.fwd(**kw)
         if self.head is not None:
             hidden = out.last_hidden_state[:, :-1]  # position t predicts token t+1
-            with self.amp():
-                logits = self.head(hidden[sup])
-            nll_sup = _nll(logits, b.labels[:, 1:][sup])
+            with self.amp():  # chunked over the vocabulary: no [supervised, vocab] logits kept (lm_head.py)
+                nll_sup = head_nll(hidden[sup], self.head, b.labels[:, 1:][sup])
         else:
             hidden = None
             nll_all = _nll(out.logits[:, :-1].flatten(0, 1), b.input_ids[:, 1:].flatten()).view(sup.shape)
@@ -221,8 +222,7 @@ class Engine:
                     nll[rest] = nll_all.detach()[rest].double()
                 elif bool(rest.any()):
                     with self.amp():
-                        logits = self.head(hidden.detach()[rest])
-                    nll[rest] = _nll(logits, b.input_ids[:, 1:][rest]).double()
+                        nll[rest] = head_nll(hidden.detach()[rest], self.head, b.input_ids[:, 1:][rest]).double()
                 m[_RESP], m[_NRESP] = (nll * resp).sum(), resp.sum()
                 m[_PROMPT], m[_NPROMPT] = (nll * prompt).sum(), prompt.sum()
         return m

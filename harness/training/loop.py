@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from harness.attention import needs_one_row
 from harness.config import ExperimentConfig, save_yaml
 from harness.data import ConversationTokenizer, load_conversations, tokenize_all
 from harness.errors import ConfigError, SupervisionError
@@ -75,7 +76,7 @@ class Setup:
         mine = self.plan[step].rows[self.dist.rank::self.dist.world]  # rank r: every world-th row of the step
         L = cfg.data.max_length
         per_micro = max(1, (tc.micro_batch_tokens or tc.batch_tokens) // L)
-        one_row = cfg.model.attn_implementation == "flash_attention_2"  # see packing.layout_step
+        one_row = needs_one_row(cfg.model.attn_implementation)  # see packing.layout_step
         batches = layout_step(mine, self.data, tc, L, self.pad, self._lengths, per_micro, one_row)
         return [b.to(self.dist.device) for b in batches]
 
