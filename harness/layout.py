@@ -31,6 +31,7 @@ REPORT = "report"
 CONFIG = "config.yaml"
 PROVENANCE = "provenance.json"
 METRICS = "metrics.jsonl"
+TRACKING = "tracking"
 CHECKPOINTS = "checkpoints"
 COMPLETED = "COMPLETED"
 TRAINER_STATE = "trainer_state.pt"
@@ -59,6 +60,8 @@ FILES = (
     (f"{RUNS}/<run-id>/{PROVENANCE}", "training", "git commit/dirty, package versions, host, data sha256, "
                                                    "mask statistics and hash, engine, schema"),
     (f"{RUNS}/<run-id>/{METRICS}", "training", "training log, one JSON object per logging step"),
+    (f"{RUNS}/<run-id>/{TRACKING}/", "training, evaluation", "tracker files (train.report_to: TensorBoard events "
+                                                            "of the step and eval metrics)"),
     (f"{RUNS}/<run-id>/{CHECKPOINTS}/step-NNNNNN/", "training", f"HF-loadable model + tokenizer + "
                                                                   f"{TRAINER_STATE}; {COMPLETED} written last"),
     (f"{RUNS}/<run-id>/{EVAL}/step-NNNNNN.json", "evaluation", "evaluation of that checkpoint, written last "
@@ -176,6 +179,7 @@ class RunDir:
     config = property(lambda self: self.path / CONFIG)
     provenance = property(lambda self: self.path / PROVENANCE)
     metrics = property(lambda self: self.path / METRICS)
+    tracking = property(lambda self: self.path / TRACKING)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     eval_dir = property(lambda self: self.path / EVAL)
     done = property(lambda self: self.path / DONE)

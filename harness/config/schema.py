@@ -31,6 +31,9 @@ def _choice(where: str, value: Any, choices: tuple) -> None:
                           where=where, fix=f"use one of {list(choices)}")
 
 
+#: the experiment trackers train.report_to accepts (harness/tracking.py's registry)
+TRACKERS = ("tensorboard",)
+
 #: the attention kernels the config accepts (tests/test_train.py checks packed isolation for each)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention", "varlen_attention")
 
@@ -202,9 +205,14 @@ class TrainConfig:
     """Log metrics every N optimizer steps."""
     threads: Optional[int] = None
     """torch CPU threads per run (default: all cores / parallel runs)."""
+    report_to: tuple[str, ...] = ()
+    """Experiment trackers for step and eval metrics, any of: tensorboard (files in the run directory; extra
+    `track`). Not part of the run hash: tracking never changes a run (harness/tracking.py)."""
 
     def __post_init__(self):
         _pos("train.lr", self.lr)
+        for name in self.report_to:
+            _choice("train.report_to", name, TRACKERS)
         _pos("train.epochs", self.epochs)
         _pos("train.batch_tokens", self.batch_tokens)
         _pos("train.eps", self.eps)

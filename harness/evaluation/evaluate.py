@@ -16,6 +16,7 @@ from harness.evaluation.results import payload, write_eval
 from harness.fsio import file_lock
 from harness.layout import COMPLETED, RUNS, RunDir, base_eval_json, valid_eval
 from harness.modeling import load_model
+from harness.tracking import open_trackers
 
 
 def evaluate_base(cfg: ExperimentConfig, experiment_dir: str | Path, *, force: bool = False) -> dict:
@@ -105,8 +106,11 @@ def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool =
     final = cks[-1][0] if cks and rd.done.exists() else None
     epochs = rd.epochs_by_step()
     out = []
-    for step, ckpt in todo:
-        out.append(evaluate_checkpoint(ckpt, config, rd.eval_json(step), base_dir=base_dir, run_id=rd.name,
-                                       step=step, epoch=epochs.get(step), evaluator=ev if step == final else ev_mid))
+    with open_trackers(config.train.report_to, rd.tracking, rd.name, {}, {}, kind="eval") as track:
+        for step, ckpt in todo:
+            out.append(evaluate_checkpoint(ckpt, config, rd.eval_json(step), base_dir=base_dir, run_id=rd.name,
+                                           step=step, epoch=epochs.get(step),
+                                           evaluator=ev if step == final else ev_mid))
+            track.log(out[-1]["metrics"], step, prefix="eval/")  # beside the run's step metrics
     return out
 

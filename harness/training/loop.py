@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from harness.attention import needs_one_row
-from harness.config import ExperimentConfig, save_yaml
+from harness.config import ExperimentConfig, save_yaml, to_dict
 from harness.data import ConversationTokenizer, load_conversations, tokenize_all
 from harness.errors import ConfigError, SupervisionError
 from harness.fsio import atomic_write_json, atomic_write_text, fault_point, now_iso
@@ -34,6 +34,7 @@ from harness.training.checkpoint import load_state, prune_checkpoints, save_chec
 from harness.training.distributed import Dist
 from harness.training.engine import Engine
 from harness.training.packing import Batch, PlannedStep, layout_step, plan_steps
+from harness.tracking import open_trackers
 
 log = logging.getLogger("harness.train")
 
@@ -163,6 +164,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             log.warning("%s: dropped %s", spec.run_id, s.data.drops.describe())
 
     bar = _progress(total, state["step"]) if dist.rank == 0 else None
+    track = open_trackers(tc.report_to if dist.rank == 0 else (), rd.tracking, spec.run_id, spec.axes,
+                          to_dict(cfg), purge_step=state["step"] + 1 if s.resume else None)
     try:
         for step in range(state["step"], total):
             t0 = time.perf_counter()
@@ -183,6 +186,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                 with open(rd.metrics, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 _report(bar, row, total)
+                track.log(row, state["step"], prefix="train/")
             fault_point("train_step")  # reliability suite: killed (or held) after a logged step
             stop = dist.any(bool(should_stop()))
             if state["step"] in save_at or stop:
@@ -201,6 +205,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             if stop:
                 return {"status": "interrupted", "run_id": spec.run_id, "step": state["step"], "total_steps": total}
     finally:
+        track.close()
         if bar is not None:
             bar.close()
     summary = {"status": "done", "run_id": spec.run_id, "steps": total, "supervised_tokens":
