@@ -60,8 +60,8 @@ FILES = (
     (f"{RUNS}/<run-id>/{PROVENANCE}", "training", "git commit/dirty, package versions, host, data sha256, "
                                                    "mask statistics and hash, engine, schema"),
     (f"{RUNS}/<run-id>/{METRICS}", "training", "training log, one JSON object per logging step"),
-    (f"{RUNS}/<run-id>/{TRACKING}/", "training, evaluation", "tracker files (train.report_to: TensorBoard events "
-                                                            "of the step and eval metrics)"),
+    (f"{RUNS}/<run-id>/{TRACKING}/", "training, evaluation", "tracker files (train.report_to: TensorBoard events, "
+                                                            "train/ step metrics, eval/ per checkpoint)"),
     (f"{RUNS}/<run-id>/{CHECKPOINTS}/step-NNNNNN/", "training", f"HF-loadable model + tokenizer + "
                                                                   f"{TRAINER_STATE}; {COMPLETED} written last"),
     (f"{RUNS}/<run-id>/{EVAL}/step-NNNNNN.json", "evaluation", "evaluation of that checkpoint, written last "

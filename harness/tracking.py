@@ -2,9 +2,9 @@
 
 Why a registry of small writers rather than a trainer framework's callbacks: ``train()`` and ``evaluate_run()``
 already hold every number; a tracker only mirrors them, so it can never change what a run computes (its config
-key is not part of the run hash). Files live under the run directory (``RunDir.tracking``), so one
-``tensorboard --logdir results/<experiment>`` shows the experiment's runs as one group, each named by its run id,
-with the grid axes as its hyper-parameters. A resumed run writes to the same directory; TensorBoard's
+key is not part of the run hash). Files live under the run directory (``RunDir.tracking``: ``train/`` and
+``eval/``), so one ``tensorboard --logdir results/<experiment>`` shows the experiment's runs as one group, each
+named by its run id, with the grid axes and config as text. A resumed run writes to the same directory; TensorBoard's
 ``purge_step`` drops what a killed attempt had logged past the checkpoint it resumes from, so every step appears
 once.
 """
@@ -28,9 +28,12 @@ class TensorBoardTracker:
         except ImportError as exc:  # torch's writer imports the tensorboard package
             raise ConfigError(f"train.report_to has tensorboard but it cannot be imported ({exc})",
                               where="train.report_to", fix='pip install -e ".[track]" (or drop tensorboard)') from None
+        # one directory per kind (train / eval), as Keras's logs/train and logs/validation: TensorBoard drops
+        # events whose step goes back within one directory (its orphaned-data purge), and evaluation logs
+        # checkpoint steps after training has logged later ones
+        logdir = logdir / kind
         logdir.mkdir(parents=True, exist_ok=True)
-        # one writer per kind (train / eval): they run in different processes, each with its own event file
-        self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step, filename_suffix=f".{kind}")
+        self.w = SummaryWriter(log_dir=str(logdir), purge_step=purge_step)
         if kind == "train" and not purge_step:  # the run's identity once, on its first start
             self.w.add_text("run_id", run_id, 0)
             self.w.add_text("axes", json.dumps(axes, sort_keys=True, default=str), 0)

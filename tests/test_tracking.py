@@ -43,7 +43,7 @@ def test_tensorboard_holds_step_and_eval_metrics_once_across_a_kill(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     logged = [json.loads(x) for x in rd.metrics.read_text().splitlines()]
-    tb = _scalars(rd.tracking)
+    tb = _scalars(rd.tracking / "train")
     loss = tb["train/loss"]
     assert [s for s, _ in loss] == [r["step"] for r in logged] == list(range(1, len(logged) + 1))  # each once
     assert [v for _, v in loss] == pytest.approx([r["loss"] for r in logged], rel=1e-6)
@@ -52,8 +52,9 @@ def test_tensorboard_holds_step_and_eval_metrics_once_across_a_kill(tmp_path):
     from harness.evaluation.evaluate import evaluate_run
 
     results = evaluate_run(rdir, spec.config)
-    assert results
-    tb = _scalars(rd.tracking)
+    assert [r["step"] for r in results] == [s for s, _ in rd.completed_checkpoints()] and len(results) > 1
+    tb = _scalars(rd.tracking / "eval")
+    assert _scalars(rd.tracking / "train")["train/loss"] == loss  # evaluation leaves the step metrics alone
     for res in results:
         for k, v in res["metrics"].items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -279,9 +279,10 @@ def layout_step(mine: list, data: MaskedData, tc: TrainConfig, max_length: int, 
 
     A pure function of the step's rows: resumed runs see the same batches. Both layouts hold the same examples
     and tokens (harness.packing explains the two). `one_row`: every packed micro-batch is a single row, for
-    attention kernels that isolate packed examples only then (transformers detects packed sequences from
-    position_ids for flash_attention_2 only in a batch of one row; with several rows examples would attend to
-    each other, silently). The step's gradient is the same: micro-batches are accumulated."""
+    attention kernels that isolate packed examples only then (harness.attention.needs_one_row: transformers
+    detects packed sequences from position_ids for flash_attention_2 only in a batch of one row; with several
+    rows examples would attend to each other, silently). The step's gradient is the same: micro-batches are
+    accumulated."""
     if lengths is None:
         lengths = [len(t) for t in data.examples]
     budget = tc.micro_batch_tokens or tc.batch_tokens
