@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import math
 import os
 import platform
@@ -38,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from harness.attention import kernel_unavailable, register  # noqa: E402
 
 # dense bf16 peak TFLOP/s (no sparsity), by a substring of torch.cuda.get_device_name()
 PEAKS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
@@ -90,21 +91,6 @@ def engine_plan(n_steps: int, rows: int, seq: int, vocab: int, regime: str = "pr
     return data, plan
 
 
-def unavailable(name: str, device: torch.device) -> str | None:
-    """Why kernel `name` cannot run on `device` (None: it can): harness.attention.kernel_unavailable where that
-    exists, else the known requirements."""
-    try:
-        from harness.attention import kernel_unavailable
-    except ImportError:
-        cuda, spec = device.type == "cuda", importlib.util.find_spec
-        if name == "flash_attention_2" and not (cuda and spec("flash_attn")):
-            return "flash_attention_2 needs CUDA and the flash_attn package"
-        if name == "flex_attention" and spec("torch.nn.attention.flex_attention") is None:
-            return f"torch {torch.__version__} has no flex_attention"
-        return None
-    return kernel_unavailable(name, device)
-
-
 def machine(device: torch.device) -> dict:
     v = {"python": platform.python_version(), "cuda": torch.version.cuda}
     for p in ("torch", "transformers", "trl", "datasets", "accelerate", "huggingface-hub", "pyarrow", "tokenizers",
@@ -125,21 +111,11 @@ def machine(device: torch.device) -> dict:
     return dict(m, git=git or None)
 
 
-def register_harness_kernels() -> None:
-    """Import harness.attention where it exists and register its kernels (varlen_attention) with transformers."""
-    try:
-        import harness.attention as A
-    except ImportError:
-        return
-    if callable(getattr(A, "register", None)):
-        A.register()
-
-
 def build_model(shape: dict, attn: str, device: torch.device, dtype=torch.float32, seed: int = 0):
     """Random-init Qwen2 of `shape`, initialised on `device` (no host copy), KV cache off."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    register_harness_kernels()
+    register()  # varlen_attention, before from_config checks the name
     torch.manual_seed(seed)
     with device:
         model = AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=dtype, attn_implementation=attn)

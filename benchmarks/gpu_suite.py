@@ -45,6 +45,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import torch  # noqa: E402
 
 import gpu_smoke as G  # noqa: E402
+from harness.config.schema import ATTN_IMPLEMENTATIONS  # noqa: E402
 
 MIN_MFU, GOAL_MFU, MIN_RATIO, PEAK_TFLOPS = 0.35, 0.45, 1.5, 989.0
 CPU_DRY_KERNELS = ("sdpa", "eager")  # dry run: other kernels are CUDA-only or compile per shape on CPU (~20 s)
@@ -62,9 +63,7 @@ def settings(dry: bool) -> dict:
 
 
 def kernels() -> tuple:
-    from harness.config import schema  # whatever the config accepts now
-
-    return tuple(schema.ATTN_IMPLEMENTATIONS)
+    return tuple(ATTN_IMPLEMENTATIONS)
 
 
 def err(exc: BaseException) -> str:
@@ -277,7 +276,7 @@ class Suite:
         runnable, kern = [], {}
         for name in kernels():
             try:
-                why = G.unavailable(name, self.device)
+                why = G.kernel_unavailable(name, self.device)
             except Exception as exc:  # noqa: BLE001
                 kern[name] = {"status": "error", "reason": f"kernel_unavailable: {err(exc)}"}
                 continue
@@ -346,7 +345,7 @@ class Suite:
             return
         S = self.S
         for attn in self.trl_attn:
-            why = G.unavailable(attn, self.device) if attn in kernels() else None
+            why = G.kernel_unavailable(attn, self.device) if attn in kernels() else None
             if why:
                 part["attempts"].append(dict(self.skip(f"trl/{attn}", why), attn=attn))
                 continue
