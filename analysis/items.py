@@ -27,6 +27,7 @@ PROBES: dict[str, tuple[str, Callable[[dict], tuple[float, float]]]] = {
     "nll/prompt": ("probe/nll", lambda r: (r["prompt_sum"], r["prompt_tokens"])),
     "forgetting/pretrain_nll": ("probe/pretrain", lambda r: (r["nll_sum"], r["nll_tokens"])),
     "forgetting/kl_base": ("probe/pretrain", lambda r: (r["kl_sum"], r["kl_tokens"])),
+    "forgetting/kl_sft": ("probe/kl_sft", lambda r: (r["kl_sum"], r["kl_tokens"])),
     **{f"format/{c}": ("probe/format", (lambda c: lambda r: (float(r["class"] == c), 1.0))(c))
        for c in ("answered", "continued_question", "other")},
 }

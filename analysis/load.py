@@ -31,6 +31,8 @@ log = logging.getLogger("analysis")
 
 #: config keys that always get a column (from the plan's axes, the run's config.yaml or the experiment)
 STANDARD_KEYS = ("regime.name", "regime.prompt_weight", "train.lr", "train.epochs", "train.seed")
+#: columns from each run's provenance.json (trainable parameters: the adapter's, or all of them)
+PARAM_KEYS = ("params.trainable", "params.total")
 ID_COLUMNS = ["experiment", "run_id", "state", "step", "epoch", "metric", "value"]
 
 
@@ -192,10 +194,15 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     off_axis = {k: next((_get_dotted(r.config, k) for r in runs if r.config and k not in r.axes
                          and _get_dotted(r.config, k) is not None), None) for k in axes}
     for r in runs:
+        prov = (_read_json(r.dir / "provenance.json") or {}).get("params") or {}
+        r.axes.update({k: prov.get(k.split(".")[1]) for k in PARAM_KEYS})
+        no_adapter = (r.axes.get("model.adapter.method") or _get_dotted(r.config, "model.adapter.method")) == "none"
         for k in keys:
             if k in r.axes:
                 continue
-            if r.config:
+            if no_adapter and k.startswith("model.adapter."):  # rank, alpha, ... do not apply (harness/grid.py)
+                r.axes[k] = None
+            elif r.config:
                 r.axes[k] = _get_dotted(r.config, k)
             else:  # no config.yaml yet (pending): a non-axis key has the grid's constant value
                 r.axes[k] = off_axis.get(k) if k in axes else constants[k]
@@ -350,8 +357,7 @@ def run_table(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
 
 def load_tokens(path: str | Path) -> pd.DataFrame | None:
     """A ``.tokens.parquet`` (per-token NLL of a fixed sample), or None when absent/unreadable."""
-    p = Path(path)
-    if not p.is_file():
+    if not (p := Path(path)).is_file():
         return None
     try:
         return pd.read_parquet(p)
@@ -365,8 +371,7 @@ def load_provenance(exp_dir: str | Path, run_ids: Iterable[str] | None = None) -
     root = ExperimentDir(exp_dir).runs
     ids = list(run_ids) if run_ids is not None else (sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
     for rid in ids:
-        p = _read_json(root / rid / "provenance.json")
-        if p:
+        if p := _read_json(root / rid / "provenance.json"):
             return p
     return None
 
@@ -384,9 +389,8 @@ def is_lm_eval_metric(name: str) -> bool:
 def default_target_metric(metrics: Iterable[str]) -> str | None:
     """``world_qa/exact_match`` when present, else the first lm-eval metric (in order of appearance)."""
     ms = [m for m in dict.fromkeys(metrics) if isinstance(m, str)]
-    if "world_qa/exact_match" in ms:
-        return "world_qa/exact_match"
-    return next((m for m in ms if is_lm_eval_metric(m)), None)
+    return "world_qa/exact_match" if "world_qa/exact_match" in ms else next((m for m in ms if is_lm_eval_metric(m)),
+                                                                            None)
 
 
 def finite(x: Any) -> bool:

@@ -45,7 +45,7 @@ from harness.layout import STATES
 log = logging.getLogger("analysis")
 
 KEY_METRICS = ("nll/response", "nll/prompt", "forgetting/pretrain_nll_delta", "forgetting/kl_base",
-               "format/answered")
+               "forgetting/kl_sft", "format/answered")
 PAIRED_METRICS = ("nll/response", "forgetting/pretrain_nll_delta")
 
 

@@ -26,6 +26,8 @@ PLW_EXPONENT = 0.30103
 SEED_KEY = "train.seed"
 REGIME_KEY = "regime.name"
 WEIGHT_KEY = "regime.prompt_weight"
+ADAPTER_KEY, RANK_KEY = "model.adapter.method", "model.adapter.r"
+_ADAPTER_LABELS = {"lora": "LoRA", "dora": "DoRA"}
 
 _LOWER_IS_BETTER_PREFIX = ("nll/", "forgetting/", "loss")
 _LOWER_IS_BETTER = {"format/continued_question", "format/other", "format/unfinished", "retention_drop"}
@@ -61,7 +63,8 @@ def config_axes(df: pd.DataFrame, axes: Iterable[str]) -> list[str]:
 
 
 def add_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """Add ``variant``: the regime, split by prompt-loss weight when the grid varies it within a regime."""
+    """Add ``variant``: the regime, split by prompt-loss weight when the grid varies it within a regime, and by
+    adapter (``prompt_masked + LoRA r=8``) when the grid has runs with one (no suffix: full fine-tuning)."""
     df = df.copy()
     reg = df[REGIME_KEY].astype("string").fillna("?") if REGIME_KEY in df else pd.Series("?", index=df.index)
     variant = reg.astype(object)
@@ -70,6 +73,15 @@ def add_variant(df: pd.DataFrame) -> pd.DataFrame:
             sel = reg == r
             if df.loc[sel, WEIGHT_KEY].nunique(dropna=True) > 1:
                 variant[sel] = [f"{r} (w={w:g})" for w in df.loc[sel, WEIGHT_KEY]]
+    if ADAPTER_KEY in df:
+        method = df[ADAPTER_KEY].astype("string")
+        sel = (method.notna() & (method != "none")).to_numpy(dtype=bool)
+        if sel.any():
+            suffix = " + " + method[sel].map(lambda m: _ADAPTER_LABELS.get(m, m)).astype(str)
+            if RANK_KEY in df:
+                r = pd.to_numeric(df.loc[sel, RANK_KEY], errors="coerce")
+                suffix = suffix + r.map(lambda x: f" r={int(x)}" if x == x else "")
+            variant[sel] = variant[sel].astype(str) + suffix
     df["variant"] = variant.astype(str)
     return df
 

@@ -29,11 +29,16 @@ BASE_COLOUR = "#7F7F7F"
 FONTTYPE = 42  # TrueType in PDFs (editable text; venues reject Type 3)
 REGIME_ORDER = tuple(REGIME_COLOURS)
 SEGMENT_COLOURS = {"template": "#999999", "system": "#CC79A7", "user": "#0072B2", "assistant": "#009E73",
-                   "eot": "#E69F00", "tool": "#56B4E9"}  # harness.inspect's
+                   "eot": "#E69F00", "tool": "#56B4E9", "replay": "#F0E442"}  # harness.inspect's
 FORMAT_LABELS = {"format/answered": "answered", "format/continued_question": "continued question",
                  "format/other": "other"}
 
-_VARIANT = re.compile(r"^(?P<regime>[^ ]+) \(w=(?P<w>[^)]+)\)$")
+#: adapter variants (model.adapter: "<regime> + LoRA r=8") take their method's colour, shaded by rank
+ADAPTER_COLOURS = {"LoRA": "#D55E00", "DoRA": "#56B4E9"}
+ADAPTER_ORDER = ("", *ADAPTER_COLOURS)
+
+# a variant: the regime, its prompt-loss weight when the grid varies it, the adapter when the grid varies that
+_VARIANT = re.compile(r"^(?P<regime>[^ ]+)(?: \(w=(?P<w>[^)]+)\))?(?: \+ (?P<method>\w+)(?: r=(?P<r>\d+))?)?$")
 
 _LABELS = {
     "nll/response": "response NLL (nats/token)",
@@ -42,6 +47,7 @@ _LABELS = {
     "forgetting/pretrain_nll": "pretraining-text NLL (nats/token)",
     "forgetting/pretrain_nll_delta": "Δ pretraining NLL vs base (nats/token)",
     "forgetting/kl_base": "KL(base ‖ tuned) (nats/token)",
+    "forgetting/kl_sft": "KL(base ‖ tuned) on SFT prompts (nats/token)",
     "format/answered": "answered rate",
     "format/continued_question": "continued-question rate",
     "format/other": "other-output rate",
@@ -91,29 +97,46 @@ def variant_regime(variant: str) -> str:
     return m.group("regime") if m else variant
 
 
+def variant_family(variant: str) -> str:
+    """What one Pareto front joins: the regime, and the adapter method without its rank (full fine-tuning and
+    LoRA of one regime are two families; LoRA's ranks are one)."""
+    m = _VARIANT.match(variant)
+    if not m:
+        return variant
+    return m.group("regime") + (f" + {m.group('method')}" if m.group("method") else "")
+
+
 def variant_order(variants: Iterable[str]) -> list[str]:
-    """Regimes in the fixed order, weight variants by weight."""
+    """Regimes in the fixed order, then full fine-tuning before adapters, weight variants by weight, ranks by rank."""
     vs = list(dict.fromkeys(variants))
 
     def key(v: str):
         r = variant_regime(v)
         m = _VARIANT.match(v)
         ri = REGIME_ORDER.index(r) if r in REGIME_ORDER else len(REGIME_ORDER)
-        return (ri, r, float(m.group("w")) if m else -1.0)
+        method = (m.group("method") or "") if m else ""
+        mi = ADAPTER_ORDER.index(method) if method in ADAPTER_ORDER else len(ADAPTER_ORDER)
+        w = float(m.group("w")) if m and m.group("w") else -1.0
+        return (ri, r, mi, method, w, int(m.group("r")) if m and m.group("r") else -1)
 
     return sorted(vs, key=key)
 
 
 def variant_colours(variants: Iterable[str]) -> dict[str, str]:
-    """Each variant gets its regime's colour; weight variants of one regime get shades of it."""
+    """Each variant gets its regime's colour (an adapter variant its method's); the weight variants of one
+    regime, and the ranks of one adapter, get shades of it."""
     vs = variant_order(variants)
     base = regime_colours(variant_regime(v) for v in vs)
     out = {}
-    for r in dict.fromkeys(variant_regime(v) for v in vs):
-        group = [v for v in vs if variant_regime(v) == r]
-        weighted = [v for v in group if _VARIANT.match(v)]
+    for fam in dict.fromkeys(variant_family(v) for v in vs):
+        group = [v for v in vs if variant_family(v) == fam]
+        m = _VARIANT.match(group[0])
+        method = m.group("method") if m else None
+        colour = ADAPTER_COLOURS.get(method, EXTRA_COLOURS[1]) if method else base[variant_regime(group[0])]
+        shaded = [v for v in group if (mv := _VARIANT.match(v)) and (mv.group("w") or mv.group("r"))]
         for v in group:
-            out[v] = _shade(base[r], weighted.index(v), len(weighted)) if v in weighted else base[r]
+            out[v] = _shade(colour, shaded.index(v), len(shaded)) if v in shaded else colour
+        out.setdefault(fam, colour)  # the family's front
     out["base"] = BASE_COLOUR
     return out
 

@@ -20,6 +20,8 @@ the JSON and the suite goes on; parts are skipped once the time budget is spent.
   flex_attention else sdpa (recorded), bf16, max_length 4096, the same rows per optimizer step,
   adamw_torch_fused, no gradient checkpointing; timed on_step_end to on_step_end (CUDA-synchronised) after the
   same warm-up. Acceptance (GPU): MFU >= 35% (goal 45%) of 989 TFLOP/s, ours / TRL tokens/s >= 1.5.
+* fsdp (last; alone: --parts fsdp): harness.training.fsdp.smoke on min(2, GPUs) ranks (torchrun; dry: 2 gloo), the
+  throughput shape and rows, bf16 params / fp32 reduce, gradient checkpointing; gathered state dict, DCP round trip.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import torch  # noqa: E402
 
 import gpu_smoke as G  # noqa: E402
+from gpu_trl import w_trl  # noqa: E402
 from harness.config.schema import ATTN_IMPLEMENTATIONS  # noqa: E402
 
 MIN_MFU, GOAL_MFU, MIN_RATIO, PEAK_TFLOPS = 0.35, 0.45, 1.5, 989.0
@@ -54,12 +57,13 @@ CPU_DRY_KERNELS = ("sdpa", "eager")  # dry run: other kernels are CUDA-only or c
 def settings(dry: bool) -> dict:
     if dry:
         return dict(device="cpu", shape=G.TINY, seq=256, rows=4, micro_rows=2, steps=2, warmup=1, gemm_n=512,
-                    corr_shape=G.TINY, corr_seq=256, corr_short=100, corr_n_short=10, budget=100, threads=1,
-                    caps={"correctness": 45, "throughput": 45, "trl": 60}, trl_attn="sdpa")
+                    corr_shape=G.TINY, corr_seq=256, corr_short=100, corr_n_short=10, budget=150, threads=1,
+                    caps={"correctness": 45, "throughput": 45, "trl": 60, "fsdp": 60}, trl_attn="sdpa", ranks=2)
     return dict(device="cuda", shape=G.QWEN2_05B, seq=4096, rows=8, micro_rows=4, steps=8, warmup=3, gemm_n=8192,
                 corr_shape=dict(G.QWEN2_05B, num_hidden_layers=4, vocab_size=8192), corr_seq=2048, corr_short=256,
-                corr_n_short=24, budget=420, threads=None,
-                caps={"correctness": 150, "throughput": 110, "trl": 200, "extra": 80}, trl_attn="flex_attention,sdpa")
+                corr_n_short=24, budget=420, threads=None, ranks=min(2, torch.cuda.device_count()),
+                caps={"correctness": 150, "throughput": 110, "trl": 200, "extra": 80, "fsdp": 150},
+                trl_attn="flex_attention,sdpa")
 
 
 def kernels() -> tuple:
@@ -117,76 +121,28 @@ def w_throughput(job: dict, save) -> None:
     save(dict(r, status="ok", gemm=f"{dtype} {job['gemm_n']}^3, mean of 10 after 3 warm-up"))
 
 
-def w_trl(job: dict, save) -> None:
-    from datasets import Dataset
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+def w_fsdp(job: dict, save) -> None:  # every rank (torchrun's env); rank 0 saves
+    from harness.config import TrainConfig
+    from harness.training.distributed import Dist
+    from harness.training.engine import Engine
+    from harness.training.fsdp import smoke
 
-    dev, seq, attn, warmup = torch.device(job["device"]), job["seq"], job["attn"], job["warmup"]
-    shape = dict(job["shape"], max_position_embeddings=max(job["shape"]["max_position_embeddings"], seq))
-    data, plan = G.engine_plan(warmup + job["steps"], job["rows"], seq, shape["vocab_size"])
-    used = [i for step in plan for r in step for i in r.examples]  # the very examples ours trains on
-    ds = Dataset.from_dict({"input_ids": [data.examples[i].input_ids.tolist() for i in used],
-                            "completion_mask": [(data.masks[i].labels != -100).astype(int).tolist() for i in used]})
-    vocab = WordLevel({"<pad>": 0, "<eos>": 1, "<unk>": 2}, unk_token="<unk>")  # data ids are >= 3: no pads
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(vocab), pad_token="<pad>", eos_token="<eos>",
-                                  unk_token="<unk>")
-    model = G.build_model(shape, attn, dev, torch.float32)
-    n_params = sum(p.numel() for p in model.parameters())
-    acc, steps = {"tokens": 0, "supervised": 0, "pairs": 0}, []
-    mark = {"t": 0.0, "acc": dict(acc)}
-
-    class Trainer(SFTTrainer):  # counts what each micro-batch holds; the step itself is TRL's
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            acc["supervised"] += int((inputs["labels"] != -100).sum())
-            pos = inputs["position_ids"][0]  # padding-free: one flattened row, sequences restart at 0
-            starts = (pos == 0).nonzero().flatten().tolist() + [pos.numel()]
-            lens = [e - s for s, e in zip(starts[:-1], starts[1:])]
-            acc["tokens"] += sum(lens)
-            acc["pairs"] += sum(n * (n + 1) // 2 for n in lens)
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            G.sync(dev)
-            mark["t"] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            G.sync(dev)
-            now = time.perf_counter()
-            steps.append(dict({k: acc[k] - mark["acc"][k] for k in acc}, seconds=now - mark["t"]))
-            mark["t"], mark["acc"] = now, dict(acc)
-            print(f"trl step {state.global_step}: {steps[-1]['tokens'] / steps[-1]['seconds']:,.0f} tok/s "
-                  f"({steps[-1]['seconds']:.2f}s)", flush=True)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = SFTConfig(output_dir=tmp, max_steps=warmup + job["steps"], per_device_train_batch_size=job["batch"],
-                        gradient_accumulation_steps=job["accum"], learning_rate=1e-5, lr_scheduler_type="constant",
-                        warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-                        report_to="none", bf16=True, gradient_checkpointing=False, use_cpu=dev.type != "cuda",
-                        max_length=seq, packing=True, packing_strategy="bfd", padding_free=True,
-                        completion_only_loss=True, optim="adamw_torch_fused", dataloader_num_workers=0,
-                        disable_tqdm=True, seed=0, data_seed=0)
-        trainer = Trainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
-        trainer.remove_callback(PrinterCallback)
-        trainer.train()
-    timed = steps[warmup:]
-    sec = sum(s["seconds"] for s in timed)
-    tokens, sup, pairs = (sum(s[k] for s in timed) for k in ("tokens", "supervised", "pairs"))
-    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    save({"status": "ok", "attn": attn, "n_params": n_params, "tokens": tokens, "supervised": sup, "seconds": sec,
-          "tokens_per_s": tokens / sec, "tokens_per_step": tokens / len(timed), "steps": len(timed), "warmup": warmup,
-          "model_flops": 6 * n_params * tokens + 12 * shape["num_hidden_layers"] * shape["hidden_size"] * pairs,
-          "step_seconds": [s["seconds"] for s in steps], "per_device_train_batch_size": job["batch"],
-          "gradient_accumulation_steps": job["accum"], "packing_strategy": "bfd", "padding_free": True,
-          "optimizer": f"{type(opt).__name__}(fused={opt.defaults.get('fused')})",
-          "peak_memory_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None})
+    dist, seq, rows, n = Dist.from_env(), job["seq"], job["rows"], job["warmup"] + job["steps"]
+    dev, shape = dist.device, dict(job["shape"], max_position_embeddings=max(job["shape"]["max_position_embeddings"],
+                                                                             seq))
+    tc = TrainConfig(lr=1e-5, batch_tokens=rows * seq, micro_batch_tokens=job["micro_rows"] * seq, warmup_ratio=0.0,
+                     precision="auto" if dev.type == "cuda" else "bf16", parallel="fsdp", gradient_checkpointing=True)
+    data, plan = G.engine_plan(n, rows, seq, shape["vocab_size"])
+    eng = Engine(G.build_model(shape, "sdpa", dev), tc, n, dist,  # fp32 master weights, the same seeded init per rank
+                 sample_ids=torch.as_tensor(data.examples[0].input_ids[:32], device=dev)[None])
+    r = smoke(eng, lambda i: G.harness_batches(plan[i][dist.rank::dist.world], data, "sdpa", seq, tc, dev), n,
+              job["warmup"], Path(job["result"]).with_suffix(".dcp"), sync=lambda: G.sync(dev), say=print)
+    if r is not None:
+        save(r)
+    dist.close()
 
 
-WORKERS = {"correctness": w_correctness, "throughput": w_throughput, "trl": w_trl}
+WORKERS = {"correctness": w_correctness, "throughput": w_throughput, "trl": w_trl, "fsdp": w_fsdp}  # w_trl: gpu_trl.py
 
 
 def worker_main(kind: str, job_path: str) -> None:
@@ -220,6 +176,7 @@ class Suite:
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu_suite-"))
         self.attn_filter = args.attn.split(",") if args.attn else None
         self.trl_attn = (args.trl_attn or self.S["trl_attn"]).split(",")
+        self.parts = args.parts.split(",") if args.parts else None
         self.report = {"suite": "benchmarks/gpu_suite.py", "dry_run": self.dry, "machine": G.machine(self.device),
                        "settings": self.S, "parts": {}, "skips": [], "acceptance": None}
 
@@ -233,8 +190,8 @@ class Suite:
         print(f"skip {what}: {reason}", flush=True)
         return {"status": "skip", "reason": reason}
 
-    def worker(self, kind: str, job: dict, cap: float, tag: str) -> dict:
-        """Run one worker process under min(cap, budget left); its result dict (or why there is none)."""
+    def worker(self, kind: str, job: dict, cap: float, tag: str, ranks: int = 1) -> dict:
+        """Run one worker process (ranks > 1: torchrun) under min(cap, budget left); its result (or why none)."""
         left = self.deadline - time.monotonic()
         if left < 20:
             return self.skip(tag, f"time budget spent ({left:.0f}s left)")
@@ -242,7 +199,8 @@ class Suite:
         jp.write_text(json.dumps(dict(job, device=str(self.device), threads=self.S["threads"], result=str(rp))))
         timeout, t0, timed_out = min(cap, left), time.monotonic(), False
         print(f"== {tag} (limit {timeout:.0f}s, {left:.0f}s of budget left)", flush=True)
-        p = subprocess.Popen([sys.executable, __file__, "--worker", kind, "--job", str(jp)], cwd=ROOT,
+        run = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"] if ranks > 1 else []
+        p = subprocess.Popen([sys.executable, *run, __file__, "--worker", kind, "--job", str(jp)], cwd=ROOT,
                              start_new_session=True)
         try:
             p.wait(timeout=timeout)
@@ -262,7 +220,9 @@ class Suite:
 
     def run(self) -> None:
         self.save()
-        for name in ("correctness", "throughput", "trl", "extra"):
+        for name in ("correctness", "throughput", "trl", "extra", "fsdp"):
+            if self.parts is not None and name not in self.parts:
+                continue
             try:
                 getattr(self, f"part_{name}")()
             except Exception as exc:  # noqa: BLE001 - recorded, the next part runs
@@ -360,6 +320,10 @@ class Suite:
                 return
             part["attempts"].append(dict(r, attn=attn))
 
+    def part_fsdp(self) -> None:
+        job = {k: self.S[k] for k in ("shape", "seq", "rows", "micro_rows", "steps", "warmup")}
+        self.report["parts"]["fsdp"] = self.worker("fsdp", job, self.S["caps"]["fsdp"], "fsdp", self.S["ranks"])
+
     def acceptance(self) -> dict:
         parts = self.report["parts"]
         runs = {k: r for k, r in parts.get("throughput", {}).get("runs", {}).items() if r.get("status") == "ok"}
@@ -376,7 +340,8 @@ class Suite:
                 "ours_over_trl": ratio, "ratio_min": MIN_RATIO, "ratio_ok": None if ratio is None else ratio >= MIN_RATIO,
                 "sdpa_over_trl": runs["sdpa"]["tokens_per_s"] / trl["tokens_per_s"] if "sdpa" in runs and trl else None,
                 "correctness_ok": corr.get("status") == "ok" if corr else None,
-                "correctness_passed": corr.get("passed"), "correctness_failed": corr.get("failed")}
+                "correctness_passed": corr.get("passed"), "correctness_failed": corr.get("failed"),
+                "fsdp_ok": parts["fsdp"].get("status") == "ok" if "fsdp" in parts else None}
 
 
 def main() -> None:
@@ -386,6 +351,7 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, help="time budget of all parts (default 420; 100 with --dry-run)")
     ap.add_argument("--attn", help="comma list: check only these kernels (the rest are recorded as skips)")
     ap.add_argument("--trl-attn", help="TRL kernels to try in order (default flex_attention,sdpa; dry: sdpa)")
+    ap.add_argument("--parts", help="comma list: run only these parts (correctness,throughput,trl,extra,fsdp)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     if (args := ap.parse_args()).worker:

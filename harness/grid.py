@@ -57,7 +57,8 @@ _ABBREV_VALUES = {"prompt_masked": "masked", "prompt_only": "promptonly", "promp
 _ABBREV_KEYS = {"regime.name": "", "train.lr": "lr", "train.epochs": "ep", "train.seed": "s",
                 "regime.prompt_weight": "plw", "regime.turns": "turns", "data.train.path": "",
                 "data.train.limit": "n", "data.max_length": "len", "train.batch_tokens": "bt",
-                "model.name_or_path": ""}
+                "model.name_or_path": "", "model.adapter.method": "", "model.adapter.r": "r",
+                "model.adapter.alpha": "alpha"}
 # axes left out of the readable prefix (they still enter the hash): eval data follows the training data
 _UNLABELLED_AXES = {"data.eval.path", "data.eval.limit"}
 _GENERIC_STEMS = {"model", "tokenizer", "data", "checkpoint", "final", "base"}
@@ -190,6 +191,18 @@ class Experiment:
 
 
 
+def inapplicable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, tuple[str, ...]]:
+    """(`cfg` with the fields that do not apply under its other values reset to their defaults, the dotted keys
+    of those fields). Without an adapter (model.adapter.method: none) its rank, alpha, dropout and targets mean
+    nothing: a grid over them collapses to one run, whose id and hash are those of a config that never set them."""
+    ac = cfg.model.adapter
+    if not ac.enabled and ac != type(ac)():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=type(ac)()))
+    if ac.enabled:
+        return cfg, ()
+    return cfg, tuple(f"model.adapter.{f.name}" for f in dataclasses.fields(ac) if f.name != "method")
+
+
 def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
     """Expand the grid of a raw (dict) experiment into run specs with stable, unique ids."""
     points = _grid_points(cfg_raw.get("grid"), lines)
@@ -202,8 +215,10 @@ def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
         label = ", ".join(f"{k}={v}" for k, v in pt.items())
         cfg = _build_checked(raw, lines, f"grid point {label}" if label else "")
         _check_regime(cfg, lines, label)
+        cfg, unused = inapplicable(cfg)
         resolved = to_dict(cfg)
-        pt = {k: _get_dotted(resolved, k) for k in pt}  # typed values: '1e-4' (YAML str) and 0.0001 agree
+        # typed values: '1e-4' (YAML str) and 0.0001 agree; axes that do not apply here are no axes of this run
+        pt = {k: _get_dotted(resolved, k) for k in pt if k not in unused}
         prefix = "-".join(axis_label(k, v) for k, v in pt.items() if k not in _UNLABELLED_AXES) or "run"
         run_id = f"{prefix}-{config_hash(cfg)}"
         if run_id in seen:

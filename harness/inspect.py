@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,14 @@ from harness.errors import ConfigError
 from harness.grid import load_experiment
 from harness.masking import MaskedData, apply_all, check_regime, regime_options
 from harness.modeling import load_tokenizer, tokenizer_for
+from harness.training.packing import plan_steps
+from harness.training.replay import add_replay
 
 SEGMENT_NAMES = {s.value: s.name.lower() for s in Segment}
 # colour-blind-safe palette (Okabe-Ito), the same in the terminal, HTML and figures
 SEGMENT_COLOURS = {
     Segment.TEMPLATE: "#999999", Segment.SYSTEM: "#CC79A7", Segment.USER: "#0072B2",
-    Segment.ASSISTANT: "#009E73", Segment.EOT: "#E69F00", Segment.TOOL: "#56B4E9",
+    Segment.ASSISTANT: "#009E73", Segment.EOT: "#E69F00", Segment.TOOL: "#56B4E9", Segment.REPLAY: "#F0E442",
 }
 
 
@@ -77,9 +79,12 @@ class Audit:
     regimes: list[RegimeSpec]
     masked: list[MaskedData]
     source: str
+    replay: list[dict | None] = field(default_factory=list)  # per regime: what data.replay adds to the steps
 
     def stats(self) -> list[dict]:
-        return [{**m.stats(), "regime": r.label} for r, m in zip(self.regimes, self.masked)]
+        extra = self.replay or [None] * len(self.regimes)
+        return [{**m.stats(), "regime": r.label, **({"replay": x} if x else {})}
+                for r, m, x in zip(self.regimes, self.masked, extra)]
 
 
 def audit(conversations, tokenizer, regimes: list[RegimeSpec], *, max_length: int | None = None,
@@ -155,6 +160,11 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
     for r, md in zip(a.regimes, a.masked):
         if md.drops.total:
             console.print(f"[yellow]{r.label}: dropped {md.drops.describe()}[/yellow]")
+    for s in a.stats():
+        if s.get("replay"):
+            x = s["replay"]
+            console.print(f"{s['regime']}: replay {x['tokens']} tokens in {x['pieces']} pieces, {x['share']:.2%} of "
+                          f"the run's tokens (per step {x['step_share_min']:.2%}-{x['step_share_max']:.2%})")
     boundary = a.masked[0].stats()["boundary"] if a.masked else {}
     console.print(f"response boundaries: {boundary} (split = tokenized at the boundary as at inference)")
     spelled = max((s["contents_spelling_special_tokens"] for s in a.stats()), default=0)
@@ -272,9 +282,15 @@ def _from_experiment(path: str, overrides: list[str] | None, regimes: list[str] 
     convs = load_conversations(src.path, fmt=src.format, split=src.split, name=src.name, limit=src.limit,
                                system_prompt=cfg.data.system_prompt,
                                require_assistant=any(s.name != "prompt_only" for s in specs))
-    return audit(convs, tok, specs, max_length=cfg.data.max_length, truncation=cfg.data.truncation,
-                 literal_content=cfg.data.literal_content,
-                 boundary=cfg.data.boundary, eot=cfg.data.eot, source=f"{path} -> {src.path}")
+    a = audit(convs, tok, specs, max_length=cfg.data.max_length, truncation=cfg.data.truncation,
+              literal_content=cfg.data.literal_content,
+              boundary=cfg.data.boundary, eot=cfg.data.eot, source=f"{path} -> {src.path}")
+    if cfg.data.replay is not None:  # the replay share of the steps the run would train on
+        by_label = {RegimeSpec(r.config.regime.name, regime_options(r.config.regime)).label: r.config for r in exp.runs}
+        for spec, md in zip(a.regimes, a.masked):
+            rc = by_label.get(spec.label, cfg)
+            a.replay.append(add_replay(md, plan_steps(md, rc), rc, tok)[2].as_dict() if md.examples else None)
+    return a
 
 
 def run_inspect(args: argparse.Namespace) -> int:

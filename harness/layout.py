@@ -35,6 +35,7 @@ TRACKING = "tracking"
 CHECKPOINTS = "checkpoints"
 COMPLETED = "COMPLETED"
 TRAINER_STATE = "trainer_state.pt"
+SHARDED_STATE = "dcp"  # train.parallel: fsdp: torch.distributed.checkpoint shards (harness/training/fsdp.py)
 EVAL = "eval"
 ADHOC = "adhoc"
 DONE = "DONE"
@@ -58,12 +59,19 @@ FILES = (
     (f"{LOGS}/<job>/", "submitit", "job logs"),
     (f"{RUNS}/<run-id>/{CONFIG}", "training", "resolved config of this run (no grid)"),
     (f"{RUNS}/<run-id>/{PROVENANCE}", "training", "git commit/dirty, package versions, host, data sha256, "
-                                                   "mask statistics and hash, engine, schema"),
+                                                   "mask statistics and hash, engine, schema, parameter counts "
+                                                   "(trainable/total), adapter, replay share"),
     (f"{RUNS}/<run-id>/{METRICS}", "training", "training log, one JSON object per logging step"),
-    (f"{RUNS}/<run-id>/{TRACKING}/", "training, evaluation", "tracker files (train.report_to: TensorBoard events, "
-                                                            "train/ step metrics, eval/ per checkpoint)"),
-    (f"{RUNS}/<run-id>/{CHECKPOINTS}/step-NNNNNN/", "training", f"HF-loadable model + tokenizer + "
-                                                                  f"{TRAINER_STATE}; {COMPLETED} written last"),
+    (f"{RUNS}/<run-id>/{TRACKING}/", "training, evaluation", "tracker files (train.report_to): TensorBoard events "
+                                                            "(train/ step metrics, eval/ per checkpoint), wandb/ "
+                                                            "(offline runs), run.json (run id and axes)"),
+    ("mlruns/, trackio/", "training, evaluation", "train.report_to: mlflow (file store, one MLflow experiment per "
+                                                  "experiment) and trackio (its database)"),
+    (f"{RUNS}/<run-id>/{CHECKPOINTS}/step-NNNNNN/", "training", f"HF-loadable model (or PEFT adapter) + tokenizer + "
+                                                                  f"{TRAINER_STATE} (+ {SHARDED_STATE}/ under "
+                                                                  f"train.parallel: fsdp: the sharded trainable "
+                                                                  f"weights and optimizer state); {COMPLETED} "
+                                                                  f"written last"),
     (f"{RUNS}/<run-id>/{EVAL}/step-NNNNNN.json", "evaluation", "evaluation of that checkpoint, written last "
                                                                 "(+ .samples.jsonl.gz, .tokens.parquet)"),
     (f"{RUNS}/<run-id>/{EVAL}/{ADHOC}/", "harness eval --tasks", "other tasks than the run's own (kept aside)"),

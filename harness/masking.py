@@ -7,14 +7,18 @@ a float weight per token; ``labels`` are the input ids where the weight is non-z
 Policies, stated once:
 
 * **Template/control tokens** (role headers, separators, BOS, a template's default system prompt) are in
-  the loss only under ``full`` (and with weight lambda under ``prompt_weight``, so that lambda=1 *is* full).
+  the loss only under ``full`` (and with weight lambda under ``prompt_weight``, so that lambda=1 *is* full;
+  lambda_p under ``weighted``).
   ``prompt_only`` can include them with ``template=True``.
 * **End-of-turn tokens** (e.g. ``<|im_end|>`` after an assistant message) belong to the response: the model
   must learn to stop (axolotl#3754). ``eot=False`` removes them from ``prompt_masked``.
 * **Position 0** of every example has weight 0 in every regime: nothing precedes it, so it cannot be
   predicted, and in a packed row its "prediction" would come from the previous example.
 * ``turns='last'`` supervises only the last assistant turn; earlier assistant turns become context
-  (weight lambda under ``prompt_weight``).
+  (weight lambda under ``prompt_weight``, lambda_p under ``weighted``).
+* ``weighted`` (Weighted Instruction Tuning) splits the same tokens as ``prompt_weight``: lambda_p on every
+  non-response token, lambda_r on the response. The paper divides by the number of tokens of non-zero weight:
+  that is ``train.normalization: nonzero`` (harness.training.loss), not a property of the regime.
 """
 
 from __future__ import annotations
@@ -77,16 +81,40 @@ def prompt_only(t: Tokenized, *, template: bool = False) -> np.ndarray:
     return np.isin(t.segments, segs).astype(np.float32)
 
 
+def _unit_weight(w: float, key: str) -> None:
+    if w != w or not (0.0 <= float(w) <= 1.0):
+        raise ConfigError(f"{key.replace('_', ' ')} must be in [0, 1], got {w}", where=f"regime.{key}",
+                          fix="use a value such as 0.0, 0.1 or 1.0")
+
+
 def prompt_weight(t: Tokenized, *, prompt_weight: float, turns: str = "all", eot: bool = True) -> np.ndarray:
     """Weight 1 on response tokens and `prompt_weight` (lambda) on every other token (Huerta-Enochian & Ko 2024).
 
     lambda=0 is numerically `prompt_masked`, lambda=1 is `full` (same turns/eot options)."""
-    w = prompt_weight
-    if not (0.0 <= float(w) <= 1.0) or w != w:
-        raise ConfigError(f"prompt weight must be in [0, 1], got {w}", where="regime.prompt_weight",
-                          fix="use a value such as 0.0, 0.1 or 1.0")
+    _unit_weight(prompt_weight, "prompt_weight")
     resp = _response(t, turns, eot)
-    return np.where(resp, np.float32(1.0), np.float32(w)).astype(np.float32)
+    return np.where(resp, np.float32(1.0), np.float32(prompt_weight)).astype(np.float32)
+
+
+def weighted(t: Tokenized, *, prompt_weight: float = 0.0, response_weight: float = 1.0, turns: str = "all",
+             eot: bool = True) -> np.ndarray:
+    """Weighted Instruction Tuning (WIT; Chatterjee et al., TACL 2025): weight lambda_r = `response_weight` on
+    response tokens and lambda_p = `prompt_weight` on every other token.
+
+    The paper's loss is ``-(sum lambda_p log p(prompt tokens) + lambda_r log p(response tokens)) / N`` with N
+    the number of tokens of non-zero weight: pair this regime with ``train.normalization: nonzero`` to get it
+    (``token`` divides by the weight sum instead). "Prompt" is what the paper's code weights as prompt: every
+    token before the response in the rendered text (template and system tokens included), so this splits the
+    tokens exactly as `prompt_weight` does (turns/eot too; the response keeps its end-of-turn token, as the
+    paper's response keeps its EOS). Weights are in [0, 1], the paper's grid. (lambda_p, lambda_r) = (0, 1) is
+    numerically `prompt_masked`, (1, 1) is `full`, (lambda, 1) is `prompt_weight`."""
+    _unit_weight(prompt_weight, "prompt_weight")
+    _unit_weight(response_weight, "response_weight")
+    if prompt_weight == 0 and response_weight == 0:
+        raise ConfigError("weighted with prompt_weight 0 and response_weight 0 supervises no token",
+                          where="regime.response_weight", fix="give at least one of the two weights a value > 0")
+    resp = _response(t, turns, eot)
+    return np.where(resp, np.float32(response_weight), np.float32(prompt_weight)).astype(np.float32)
 
 
 RegimeFn = Callable[..., np.ndarray]
@@ -100,7 +128,7 @@ def register_regime(name: str) -> Callable[[RegimeFn], RegimeFn]:
     """Decorator to add a regime: ``@register_regime("mine")`` over ``fn(t, *, turns="all") -> weights``.
 
     Its keyword-only parameters are its options; each must be a field of the ``regime:`` config section
-    (turns, prompt_weight, eot, template), which is where a grid sets them."""
+    (turns, prompt_weight, response_weight, eot, template), which is where a grid sets them."""
 
     def deco(fn: RegimeFn) -> RegimeFn:
         opts = tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
@@ -116,9 +144,10 @@ def register_regime(name: str) -> Callable[[RegimeFn], RegimeFn]:
     return deco
 
 
-_CONFIG_OPTIONS = ("turns", "prompt_weight", "eot", "template")  # RegimeConfig's fields besides `name`
+# RegimeConfig's fields besides `name`
+_CONFIG_OPTIONS = ("turns", "prompt_weight", "response_weight", "eot", "template")
 for _name, _fn in (("prompt_masked", prompt_masked), ("full", full), ("prompt_only", prompt_only),
-                   ("prompt_weight", prompt_weight)):
+                   ("prompt_weight", prompt_weight), ("weighted", weighted)):
     register_regime(_name)(_fn)
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
+from harness import adapters
 from harness.attention import check_kernel, eval_implementation, register
 from harness.config import ExperimentConfig
 from harness.data.templates import resolve_template
 from harness.errors import ConfigError
 from harness.fsio import is_local_path
+from harness.training.freeze import freeze
 
 log = logging.getLogger("harness.modeling")
 
@@ -97,11 +99,17 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device, *,
     training: KV cache off (useless in training, and it breaks packed attention isolation). Evaluation: KV
     cache on, eval mode, half precision upcast to fp32 on CPU (slow and inexact there; lossless upcast), and
     sdpa for varlen_attention (harness.attention.eval_implementation). A kernel that cannot run is a
-    ConfigError here, before the weights load."""
+    ConfigError here, before the weights load.
+
+    Adapters (model.adapter, harness/adapters.py): a checkpoint that holds an adapter loads the base from
+    model.name_or_path plus the adapter (trainable for training, merged into the weights for evaluation); the
+    base itself, loaded for training with an adapter configured, gets a new adapter (seeded by train.seed)."""
     from transformers import AutoModelForCausalLM
 
     quiet_hf_progress()
-    check_local(path)
+    adapter_ckpt = path if adapters.is_adapter_dir(path) else None
+    weights = cfg.model.name_or_path if adapter_ckpt is not None else path
+    check_local(weights)
     dtype = DTYPES[cfg.model.dtype]
     if not training and device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         dtype = torch.float32
@@ -109,11 +117,19 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device, *,
     # varlen_attention is CUDA-only, and there precision auto | bf16 trains under bf16 autocast (engine.py)
     check_kernel(attn, device, dtype, autocast=cfg.train.precision != "fp32", dropout=cfg.train.dropout)
     register()  # varlen_attention, before from_pretrained checks the name
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn,
+    model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, attn_implementation=attn,
                                                  trust_remote_code=cfg.model.trust_remote_code,
-                                                 revision=_revision(cfg, path), use_safetensors=True)
+                                                 revision=_revision(cfg, weights), use_safetensors=True)
     model.config.use_cache = not training
     model = model.to(device)
+    if adapter_ckpt is not None:
+        model = adapters.load(model, adapter_ckpt, training=training)
+        if not training:
+            model = adapters.merged(model)
+    elif training and cfg.model.adapter.enabled:
+        model = adapters.attach(model, cfg.model.adapter, cfg.train.seed, cfg.model.name_or_path)
+    if training:
+        freeze(adapters.unwrap(model), cfg.train.freeze)
     return model.train() if training else model.eval()
 
 

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("harness", "torch", "transformers", "tokenizers", "datasets", "lm_eval", "numpy", "submitit",
-            "safetensors", "pandas")
+            "safetensors", "pandas", "peft")
 
 
 def git_info() -> dict:

@@ -151,3 +151,24 @@ def test_findings_figure_draws_every_verdict(tmp_path):
     fig.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 5000
     assert len(fig.axes[0].get_yticklabels()) == len(found)
+
+
+def test_lora_vs_full_learns_less_and_forgets_less_only_when_built_in():
+    QA, F = "world_qa/exact_match", "forgetting/pretrain_nll_delta"
+    A, R, LRK = "model.adapter.method", "model.adapter.r", "train.lr"
+
+    def cells(lora_qa, lora_forget):
+        out = {}
+        for lr, (fq, ff) in {1e-4: (0.6, 0.1), 1e-3: (0.3, 0.8)}.items():  # full: best at 1e-4
+            out[(((A, "none"), (R, np.nan), (LRK, lr)), QA)] = fq
+            out[(((A, "none"), (R, np.nan), (LRK, lr)), F)] = ff
+        for lr, q in {1e-4: lora_qa - 0.2, 1e-3: lora_qa}.items():  # LoRA: best at 1e-3
+            out[(((A, "lora"), (R, 8.0), (LRK, lr)), QA)] = q
+            out[(((A, "lora"), (R, 8.0), (LRK, lr)), F)] = lora_forget
+        return out
+
+    shape = {f.claim: f.verdict for f in _found("lora_vs_full", cells(0.45, 0.02))}  # the published shape
+    assert set(shape.values()) == {"yes"} and len(shape) == 2
+    opposite = {f.claim: f.verdict for f in _found("lora_vs_full", cells(0.75, 0.4))}  # learns more, forgets more
+    assert set(opposite.values()) == {"no"}
+    assert any("LoRA r=8" in c for c in shape)

@@ -1,6 +1,7 @@
 """The prepared GPU suite's dry run (benchmarks/gpu_suite.py --dry-run: CPU, tiny model, the same code paths as the
-GPU run): every part ends with numbers or a skip reason, and packed rows equal each example alone for sdpa and
-eager. ~50 s on 2 cores (three worker processes: correctness, ours, TRL)."""
+GPU run): every part ends with numbers or a skip reason, packed rows equal each example alone for sdpa and eager,
+and train.parallel: fsdp trains on 2 gloo ranks. ~60 s on 2 cores (worker processes: correctness, ours, TRL, and
+fsdp's two ranks under torchrun)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from harness.config.schema import ATTN_IMPLEMENTATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
+G_TINY_LAYERS = 2  # benchmarks/gpu_smoke.py TINY: the dry run's shape
 
 
 def test_gpu_suite_shell_parses():
@@ -28,7 +30,7 @@ def test_gpu_suite_dry_run(tmp_path):
     assert r["dry_run"] is True and r["machine"]["versions"]["torch"] and r["machine"]["device"] == "cpu"
     assert all(s["reason"] for s in r["skips"])
     parts = r["parts"]
-    assert {"correctness", "throughput", "trl"} <= set(parts)
+    assert {"correctness", "throughput", "trl", "fsdp"} <= set(parts)
 
     corr = parts["correctness"]
     assert list(corr["kernels"]) == list(ATTN_IMPLEMENTATIONS)
@@ -58,3 +60,9 @@ def test_gpu_suite_dry_run(tmp_path):
         assert acc["ours_over_trl"] > 0 and acc["trl_attn"] == "sdpa"
     assert acc["meaningful"] is False and acc["correctness_ok"] is True and acc["best_kernel"] == "sdpa"
     assert acc["mfu_vs_989"] is None  # no bf16 peak for a CPU
+
+    fsdp = parts["fsdp"]  # train.parallel: fsdp on 2 gloo ranks (torchrun), bf16 params, gradient checkpointing
+    assert fsdp["status"] == "ok" and acc["fsdp_ok"] is True, fsdp
+    assert fsdp["world"] == 2 and fsdp["fsdp_units"] == G_TINY_LAYERS + 1 and fsdp["param_dtype"] == "torch.bfloat16"
+    assert fsdp["finite"] and fsdp["dcp_roundtrip_exact"] and fsdp["gathered_tied"] and fsdp["tokens_per_s"] > 0
+    assert fsdp["optimizer"] == "AdamW(fused=True)" and len(fsdp["steps"]) == r["settings"]["steps"] + 1

@@ -127,7 +127,7 @@ def test_dry_run_prints_plan_and_sbatch(tmp_path, fake_pipeline):
     assert "#SBATCH --array=0-3" in text and "#SBATCH --signal=USR2@120" in text
     assert not fake_pipeline["train"] and not (exp.out_dir / "plan.json").exists()
     p = slurm_parameters(exp, None)
-    assert p["tasks_per_node"] == 2  # one task per GPU for torch.distributed
+    assert p["ntasks_per_node"] == 2 and p["cpus_per_task"] == 1  # one task per GPU for torch.distributed
 
 
 def test_completed_checkpoint_detection(tmp_path):

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness.grid import load_experiment
+from harness.launch.slurm import sbatch_preview
 from harness.launch.status import status_rows
 from harness.launch.submit import launch
 from tests.tiny import build_tiny
@@ -117,3 +118,39 @@ def test_preemption_requeues_and_resumes_exactly(tmp_path, monkeypatch):
     a = load_file(str(rdir / f"checkpoints/step-{n:06d}/model.safetensors"))
     b = load_file(str(ref / f"checkpoints/step-{n:06d}/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_tasks_on_one_node_are_one_run(tmp_path):
+    """launcher.tasks_per_node=2: one job for the run, whose srun starts 2 tasks (gloo on CPU) on the node. Rank 0
+    holds the lock, writes the run directory and evaluates, once; the result equals one process's (the same rows
+    per step, only the float summation order differs)."""
+    import submitit
+
+    exp = _exp(tmp_path, ["launcher.tasks_per_node=2", "launcher.cpus_per_run=2", "launcher.mem_gb=2",
+                          "train.max_steps=6"])
+    spec = exp.runs[0]
+    summary = launch(exp, wait=False, out=lambda *a: None)
+    job_id = summary["results"][0]["job_id"]
+    _wait(lambda: _all_done(exp), 300, "the 2-task run DONE")
+    job = submitit.SlurmJob(folder=exp.out_dir / "logs" / "%j", job_id=job_id, tasks=(0, 1))
+    script = job.paths.submission_file.read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "--kill-on-bad-exit=1" in script
+    assert script == sbatch_preview(exp, 256, 1)  # what --dry-run prints is what was submitted
+    results = job.results()  # each task's own return value
+    assert [(r["rank"], r["world_size"], r["status"], r["evaluated"]) for r in results] == \
+        [(0, 2, "done", True), (1, 2, "done", False)]
+    rdir = exp.out_dir / "runs" / spec.run_id
+    prov = json.loads((rdir / "provenance.json").read_text())
+    assert prov["world_size"] == 2 and prov["steps"] == 6
+    assert not (rdir / "FAILED").exists()
+    # the same weights and losses as one process training the same config
+    from harness.training.loop import train
+
+    ref = tmp_path / "ref"
+    train(spec, ref)
+    a = load_file(str(rdir / "checkpoints/step-000006/model.safetensors"))
+    b = load_file(str(ref / "checkpoints/step-000006/model.safetensors"))
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-5
+    la = [json.loads(x)["loss"] for x in (rdir / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert len(la) == len(lb) == 6 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-5

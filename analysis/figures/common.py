@@ -61,9 +61,11 @@ class Context:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _legend(fig, variants, palette, title="regime", extra: list | None = None, line=True) -> None:
-    handles = [Line2D([], [], color=palette[v], marker="o", lw=2 if line else 0, label=v) if line else
-               Patch(facecolor=palette[v], label=v) for v in variants]
+def _legend(fig, variants, palette, title="regime", extra: list | None = None, line=True,
+            labels: dict | None = None) -> None:
+    lab = labels or {}
+    handles = [Line2D([], [], color=palette[v], marker="o", lw=2 if line else 0, label=lab.get(v, v)) if line else
+               Patch(facecolor=palette[v], label=lab.get(v, v)) for v in variants]
     handles += extra or []
     fig.legend(handles=handles, title=title, loc="outside right center", frameon=False)
 

@@ -26,7 +26,7 @@ from analysis.figures.common import (
     _wrap,
 )
 from analysis.load import is_lm_eval_metric
-from analysis.style import BASE_COLOUR, metric_label, variant_regime
+from analysis.style import BASE_COLOUR, metric_label, variant_family
 
 
 def _forgetting_frame(ctx: Context) -> pd.DataFrame:
@@ -162,18 +162,21 @@ def fig_learning_vs_forgetting(ctx: Context):
     pts = pd.concat([agg(fx).rename("x"), agg(ty).rename("y")], axis=1).dropna().reset_index()
     if pts.empty:
         raise Skip("no checkpoint has both the target and the forgetting metric")
-    fig, ax = plt.subplots(figsize=(6.6, 3.9), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.2, 3.9), layout="constrained")
     for v in [v for v in ctx.order if v in set(pts["variant"])]:
         p = pts[pts["variant"] == v]
         ax.scatter(p["x"], p["y"], color=ctx.palette[v], s=22, alpha=0.75, edgecolor="white", lw=0.5, zorder=3)
-    regimes = list(dict.fromkeys(variant_regime(v) for v in ctx.order if v in set(pts["variant"])))
-    for r in regimes:
-        p = pts[pts[REGIME] == r]
+    # one front per family: a regime, or a regime's adapter method over its ranks (harness/adapters.py)
+    family = pts["variant"].map(variant_family)
+    for r in dict.fromkeys(variant_family(v) for v in ctx.order if v in set(pts["variant"])):
+        p = pts[family == r]
         sign = -1.0 if stats.lower_is_better(ctx.target) else 1.0  # the front keeps the better target
         idx = stats.pareto_front(p["x"].to_numpy(), sign * p["y"].to_numpy())
         if len(idx):
             col = ctx.palette.get(r, ctx.palette[p["variant"].iloc[0]])
-            ax.step(p["x"].to_numpy()[idx], p["y"].to_numpy()[idx], where="post", color=col, lw=1.6, zorder=2)
+            fx_, fy_ = p["x"].to_numpy()[idx], p["y"].to_numpy()[idx]
+            ax.step(fx_, fy_, where="post", color=col, lw=1.6, zorder=2)
+            ax.scatter(fx_, fy_, s=60, facecolor="none", edgecolor=col, lw=1.2, zorder=4)  # a 1-point front too
     base = ctx.df.loc[(ctx.df["metric"] == ctx.target) & (ctx.df["step"] == 0), "value"]
     extra = [Line2D([], [], color="black", lw=1.6, label="Pareto front")]
     if len(base):
@@ -181,7 +184,16 @@ def fig_learning_vs_forgetting(ctx: Context):
         extra.append(Line2D([], [], color=BASE_COLOUR, marker="*", lw=0, markersize=9, label="base model"))
     ax.set_xlabel(metric_label(xm) + "  (← less forgetting)")
     ax.set_ylabel(metric_label(ctx.target) + ("  (↓ better)" if stats.lower_is_better(ctx.target) else "  (↑ better)"))
-    ax.set_title("Learning vs forgetting (each point: configuration × checkpoint, mean over seeds)", fontsize=9)
-    pal = {**ctx.palette}
-    _legend(fig, [v for v in ctx.order if v in set(pts["variant"])], pal, extra=extra, line=False)
+    ax.set_title("Learning vs forgetting\n(each point: configuration × checkpoint, mean over seeds)", fontsize=9)
+    shown = [v for v in ctx.order if v in set(pts["variant"])]
+    _legend(fig, shown, {**ctx.palette}, extra=extra, line=False, labels=_trained_share(ctx.done, shown))
     return fig
+
+
+def _trained_share(d: pd.DataFrame, variants: list[str]) -> dict[str, str]:
+    """Legend labels with the share of the weights each variant trains, when the variants differ in it (adapters)."""
+    if "params.trainable" not in d or d["params.trainable"].nunique(dropna=True) < 2:
+        return {}
+    share = (d["params.trainable"] / d["params.total"]).groupby(d["variant"]).median()
+    return {v: f"{v}\n({100 * share[v]:.3g}% of weights trained)" for v in variants
+            if v in share and share[v] == share[v]}

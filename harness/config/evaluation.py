@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from harness.config.checks import _choice, _pos
+from harness.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,25 @@ class EvalConfig:
     max_new_tokens: int = 32
     """Bound on generated tokens in probes."""
     kl_top_k: int = 64
-    """Base log-probs cached per position for forgetting/kl_base: the top k plus the tail mass (exact when
-    k >= vocabulary size, else a lower bound missing only the base's mass outside its top k)."""
+    """Base log-probs cached per position for forgetting/kl_base and forgetting/kl_sft: the top k plus the tail
+    mass (exact when k >= vocabulary size, else a lower bound missing only the base's mass outside its top k)."""
+    kl_sft: bool = False
+    """Run forgetting/kl_sft: forward KL(base || tuned) on the fine-tuning prompts' continuations, mean per
+    continuation token (Shenfeld et al. 2025, RL's Razor; harness/evaluation/kl_prompts.py). Off by default,
+    so evaluations without it keep their eval hash; on, the hash covers the prompts' file (and its contents),
+    so the base and every checkpoint are evaluated afresh under it."""
+    kl_prompts: Optional[str] = None
+    """Conversations whose assistant turns give forgetting/kl_sft's prompts (default: data.train, its
+    format/split/name; data.train.limit is not applied, so a grid over the training-set size shares one set
+    of prompts from the task's distribution)."""
+    kl_prompt_limit: Optional[int] = None
+    """Conversations (the first N) behind forgetting/kl_sft (default: probe_limit); every assistant turn of
+    each is one prompt."""
+    kl_continuations: str = "base"
+    """What follows each prompt in forgetting/kl_sft: base (one continuation sampled from the base at
+    temperature 1, at most max_new_tokens, once per experiment, seeded and cached: the paper's expectation over
+    the base's outputs) | data (the dataset's responses, teacher-forced: no generation, but the prefixes are
+    the data's, not the base's)."""
     threads: Optional[int] = None
     """torch CPU threads while evaluating; default: 1 for models under 20M parameters on CPU (their small
     ops gain nothing from more threads, and threads that share cores with other processes spin-wait: see
@@ -67,5 +85,14 @@ class EvalConfig:
         _choice("eval.format_rule", self.format_rule, ("answer_first", "contains"))
         _pos("eval.max_new_tokens", self.max_new_tokens)
         _pos("eval.kl_top_k", self.kl_top_k)
+        if self.kl_prompt_limit is not None:
+            _pos("eval.kl_prompt_limit", self.kl_prompt_limit)
+        _choice("eval.kl_continuations", self.kl_continuations, ("base", "data"))
+        unused = [k for k, is_default in (("kl_prompts", self.kl_prompts is None),
+                                          ("kl_prompt_limit", self.kl_prompt_limit is None),
+                                          ("kl_continuations", self.kl_continuations == "base")) if not is_default]
+        if unused and not self.kl_sft:
+            raise ConfigError("is set but eval.kl_sft is false: the probe it configures does not run",
+                              where=f"eval.{unused[0]}", fix="set eval.kl_sft: true (or drop the option)")
         if self.threads is not None:
             _pos("eval.threads", self.threads)

@@ -99,6 +99,21 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    path: str = ""
+    """Pretraining-style text (.jsonl with 'text') mixed into every optimizer step (harness/training/replay.py),
+    e.g. held-in documents of the base's pretraining corpus, while the forgetting probe reads held-out ones."""
+    fraction: float = 0.01
+    """Share of each step's tokens that is replay text (full loss on it), e.g. 0.01 for 1%."""
+
+    def __post_init__(self):
+        # an empty path is refused where the text is read (harness/training/replay.py): a section's defaults must
+        # construct (the run hash compares a set section with them)
+        if not (0.0 < self.fraction < 1.0):
+            raise ConfigError(f"must be in (0, 1), got {self.fraction}", where="data.replay.fraction", fix="e.g. 0.01")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train: SourceConfig = field(default_factory=SourceConfig)
     """Training conversations."""
@@ -115,6 +130,8 @@ class DataConfig:
     """End-of-turn marker after assistant content; default: eos and special tokens named *end*/*eot*."""
     system_prompt: Optional[str] = None
     """System message added to conversations that have none."""
+    replay: Optional[ReplayConfig] = None
+    """Pretraining-style text mixed into every step at a token fraction (default: none)."""
     literal_content: bool = True
     """Message contents are literal text: a content that spells a special token of the tokenizer (say
     '<|im_end|>' or '<end_of_turn>') is tokenized as text, never as that control token (the template's own
@@ -129,13 +146,18 @@ class DataConfig:
 @dataclass(frozen=True)
 class RegimeConfig:
     name: str = "prompt_masked"
-    """Loss-masking regime: prompt_masked | full | prompt_only | prompt_weight (or a registered one)."""
+    """Loss-masking regime: prompt_masked | full | prompt_only | prompt_weight | weighted (or a registered one)."""
     turns: str = "all"
-    """Which assistant turns are supervised: all | last (prompt_masked, prompt_weight)."""
+    """Which assistant turns are supervised: all | last (prompt_masked, prompt_weight, weighted)."""
     prompt_weight: float = 0.0
-    """Loss weight lambda on non-response tokens (prompt_weight regime): 0 = prompt_masked, 1 = full."""
+    """Loss weight lambda on non-response tokens (prompt_weight regime): 0 = prompt_masked, 1 = full; also
+    lambda_p of the weighted regime."""
+    response_weight: float = 1.0
+    """Loss weight lambda_r on response tokens (weighted regime: Weighted Instruction Tuning, Chatterjee et al.
+    TACL 2025, with lambda_p = prompt_weight; in [0, 1], the paper's grid). Pair with train.normalization:
+    nonzero for the paper's loss (divided by the number of tokens of non-zero weight)."""
     eot: bool = True
-    """Supervise the assistant's end-of-turn token (prompt_masked, prompt_weight)."""
+    """Supervise the assistant's end-of-turn token (prompt_masked, prompt_weight, weighted)."""
     template: bool = False
     """Also supervise template/control tokens (prompt_only)."""
 
@@ -143,9 +165,11 @@ class RegimeConfig:
         # the name and which options a regime takes are checked against the registry (harness.masking) when
         # the grid is expanded (harness.grid); the schema knows no regime
         _choice("regime.turns", self.turns, ("all", "last"))
-        if not (0.0 <= self.prompt_weight <= 1.0):
-            raise ConfigError(f"must be in [0, 1], got {self.prompt_weight}", where="regime.prompt_weight",
-                              fix="use a weight between 0 and 1")
+        for key in ("prompt_weight", "response_weight"):
+            w = getattr(self, key)
+            if not (0.0 <= w <= 1.0):  # NaN fails this too
+                raise ConfigError(f"must be in [0, 1], got {w}", where=f"regime.{key}",
+                                  fix="use a weight between 0 and 1")
 
 
 @dataclass(frozen=True)

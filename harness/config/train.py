@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from harness.config.checks import LAYOUTS, PARALLEL, TRACKERS, _choice, _pos
 from harness.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FreezeConfig:
+    embeddings: bool = False
+    """Freeze the input embedding table (and, where the embeddings are tied, the LM head that shares it)."""
+    bottom_layers: int = 0
+    """Freeze the first N decoder layers (Zheng et al. 2025: freezing the bottom layers reduces spurious
+    forgetting). Frozen parameters get no gradient and no optimizer state: they stay bit-identical."""
+
+    def __post_init__(self):
+        _pos("train.freeze.bottom_layers", self.bottom_layers, allow_zero=True)
+        if int(self.bottom_layers) != self.bottom_layers:
+            raise ConfigError(f"must be a whole number, got {self.bottom_layers}", where="train.freeze.bottom_layers",
+                              fix="e.g. 2")
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,17 @@ class TrainConfig:
     bucketed (sorted by length, one example per right-padded row, micro-batches of similar length, plain causal
     attention with no mask: less attention work). See harness/training/packing.py."""
     normalization: str = "token"
-    """Loss normalisation over the step: token | sequence."""
+    """Loss normalisation over the step (every micro-batch and rank): token (sum of weight x NLL / sum of the
+    weights) | sequence (mean per example, then over examples) | nonzero (sum of weight x NLL / number of tokens
+    of non-zero weight: Weighted Instruction Tuning's normalisation, Chatterjee et al. TACL 2025). With 0/1
+    weights token and nonzero are the same loss."""
+    loss: str = "nll"
+    """Per-token training loss: nll (cross-entropy) | dft (Dynamic Fine-Tuning, Wu et al. 2025, "On the
+    Generalization of SFT: A Reinforcement Learning Perspective with Reward Rectification": each token's NLL
+    scaled by its stop-gradient probability, sg(p(y_t)) * -log p(y_t)). Weights and normalisation apply on top;
+    the fixed-mask eval metrics stay plain NLL."""
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    """Parameters that are not trained (harness/training/freeze.py)."""
     dropout: Optional[float] = None
     """Override the model's dropout probabilities (LIMA uses residual dropout)."""
     precision: str = "auto"
@@ -106,7 +131,8 @@ class TrainConfig:
         _pos("train.log_every", self.log_every)
         _choice("train.budget", self.budget, ("epochs", "supervised_tokens"))
         _choice("train.schedule", self.schedule, ("constant", "linear", "cosine"))
-        _choice("train.normalization", self.normalization, ("token", "sequence"))
+        _choice("train.normalization", self.normalization, ("token", "sequence", "nonzero"))
+        _choice("train.loss", self.loss, ("nll", "dft"))
         _choice("train.optimizer", self.optimizer, ("adamw",))
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _choice("train.layout", self.layout, LAYOUTS)

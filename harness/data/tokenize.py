@@ -52,6 +52,7 @@ class Segment(IntEnum):
     ASSISTANT = 3  # assistant message content
     EOT = 4  # the assistant's end-of-turn marker (e.g. <|im_end|>): the model must learn to stop
     TOOL = 5  # tool message content (treated as prompt)
+    REPLAY = 6  # pretraining-style text mixed into the steps (data.replay; never part of a conversation)
 
 
 ROLE_SEGMENT = {"system": Segment.SYSTEM, "user": Segment.USER, "assistant": Segment.ASSISTANT,
@@ -59,7 +60,7 @@ ROLE_SEGMENT = {"system": Segment.SYSTEM, "user": Segment.USER, "assistant": Seg
 PROMPT_SEGMENTS = (Segment.SYSTEM, Segment.USER, Segment.TOOL)
 RESPONSE_SEGMENTS = (Segment.ASSISTANT, Segment.EOT)
 # merge-policy priority of a straddling token (higher wins)
-_PRIORITY = np.array([0, 2, 2, 4, 3, 2], dtype=np.int8)
+_PRIORITY = np.array([0, 2, 2, 4, 3, 2, 0], dtype=np.int8)
 BOUNDARY_POLICIES = ("split", "merge")
 TRUNCATION_POLICIES = ("right", "left", "drop")
 

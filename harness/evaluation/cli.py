@@ -60,7 +60,8 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     adhoc = bool(args.tasks)
     if args.tasks:
         cfg = _with_tasks(cfg, [t for t in args.tasks.split(",") if t])
-    is_ckpt = (target / "config.json").exists() or re.search(r"step-\d+$", target.name) is not None
+    is_ckpt = any((target / f).exists() for f in ("config.json", "adapter_config.json")) \
+        or re.search(r"step-\d+$", target.name) is not None
     if not is_ckpt:  # a run directory
         if adhoc:  # other tasks than the run's: written aside, so the run's rows stay comparable
             out = []

@@ -1,5 +1,6 @@
 """The evaluator: everything measured on one model under one experiment config (lm-eval tasks, fixed-mask NLL,
-forgetting and format probes), with what is the same for every checkpoint prepared once."""
+forgetting probes, KL on the fine-tuning prompts, format probe), with what is the same for every checkpoint
+prepared once."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 from harness.config import ExperimentConfig, TaskConfig, to_dict
 from harness.errors import ConfigError, DataError
 from harness.evaluation import generate as G
+from harness.evaluation import kl_prompts as K
 from harness.evaluation import probes as P
-from harness.evaluation.identity import eval_hash, probe_paths
+from harness.evaluation.identity import eval_hash, kl_prompt_source, probe_paths
 from harness.evaluation.lm_eval import finite_or_none, run_lm_eval, task_manager_for
 from harness.fsio import file_lock
 from harness.layout import ExperimentDir
@@ -34,7 +36,8 @@ class EvalResult:
 
 class Evaluator:
     """Evaluates models under one experiment config. Holds what is the same for every checkpoint: the
-    tokenizer, the tokenized probes, the lm-eval task manager and the base model's cached log-probs."""
+    tokenizer, the tokenized probes, the lm-eval task manager and the base model's cached log-probs (on the
+    pretraining-like text and on the fine-tuning prompts' continuations)."""
 
     def __init__(self, cfg: ExperimentConfig, base_dir: str | Path | None = None,
                  tasks: Sequence[TaskConfig] | None = None, device: torch.device | None = None):
@@ -74,7 +77,19 @@ class Evaluator:
                     raise DataError(f"raw question {i + 1} has no 'answer'", where=self.paths["raw"],
                                     fix="each row needs {prompt, answer} (answer-first scoring)")
         self.stop = G.stop_strings(self.tok, d.eot)
+        self.kl_source = kl_prompt_source(cfg)
+        self.kl_examples = None
+        if e.kl_sft:
+            if self.kl_source is None:
+                raise ConfigError("eval.kl_sft needs prompts: there is no training data", where="eval.kl_sft",
+                                  fix="set data.train.path or eval.kl_prompts (or eval.kl_sft: false)")
+            src = self.kl_source
+            self.kl_examples = P.tokenize_eval_conversations(
+                src["path"], self.tok, max_length=d.max_length, limit=e.kl_prompt_limit or e.probe_limit,
+                fmt=src["format"], split=src["split"], name=src["name"], eot=d.eot, boundary=d.boundary,
+                system_prompt=d.system_prompt, literal_content=d.literal_content)
         self._base_lp: P.BaseLogprobs | None = None
+        self._kl_cache: K.KLCache | None = None
 
     # ---- base log-probs (KL and pretrain-NLL delta), cached on disk once per experiment
 
@@ -99,6 +114,35 @@ class Evaluator:
                     self._base_lp = P.base_logprobs(model, self.tok, self.text_ids, self.cfg.eval.kl_top_k)
                     self._base_lp.save(path)
         return self._base_lp
+
+    @property
+    def kl_cache_path(self) -> Path:
+        return self.base_dir / "eval" / f"base_kl_sft-{self.hash}.npz"
+
+    def kl_cache(self, base_model=None) -> K.KLCache | None:
+        """The base's continuations of the fine-tuning prompts and its top-k log-probs on them: computed (the
+        continuations sampled) once per experiment beside the base evaluation, then read back."""
+        if self.kl_examples is None:
+            return None
+        if self._kl_cache is None:
+            path = self.kl_cache_path
+            with file_lock(self.base_dir / ".logprobs.lock"):
+                if path.exists():
+                    try:
+                        self._kl_cache = K.KLCache.load(path)
+                    except (OSError, ValueError, KeyError):
+                        self._kl_cache = None
+                if self._kl_cache is None:
+                    cfg = self.cfg
+                    model = base_model if base_model is not None else load_model(
+                        cfg, cfg.model.name_or_path, self.device, training=False)
+                    vocab = self.tok.get_vocab()
+                    stop_ids = [vocab[s] for s in self.stop if s in vocab]
+                    kp = K.build_kl_prompts(self.kl_examples, cfg.eval.kl_continuations, cfg.data.max_length,
+                                            base=model, max_new_tokens=cfg.eval.max_new_tokens, stop_ids=stop_ids)
+                    self._kl_cache = K.base_kl_cache(model, self.tok, kp, cfg.eval.kl_top_k)
+                    self._kl_cache.save(path)
+        return self._kl_cache
 
     # ---- everything for one model
 
@@ -134,6 +178,19 @@ class Evaluator:
             probes["pretrain"] = {"path": self.paths["pretrain"], "texts": len(self.text_ids),
                                   "kl_top_k": base.k if base else None}
             seconds["forgetting"] = time.perf_counter() - t
+        if self.kl_examples is not None:
+            t = time.perf_counter()
+            cache = self.kl_cache(base_model=model if is_base else None)
+            m, items = K.kl_sft_probe(model, self.tok, cache)
+            if is_base:  # the base against its own cache: zero by definition
+                m["forgetting/kl_sft"] = 0.0
+            metrics.update(m)
+            samples += items
+            probes["kl_sft"] = {"path": self.kl_source["path"], "conversations": len(self.kl_examples),
+                                "sequences": len(cache.prompts.seqs), "tokens": cache.tokens,
+                                "continuations": e.kl_continuations, "kl_top_k": cache.k,
+                                "base_nll": round(cache.base_nll, 6)}
+            seconds["kl_sft"] = time.perf_counter() - t
         if self.raw is not None:
             t = time.perf_counter()
             rates, fsamples = G.format_probe(model, self.tok, self.raw, e.max_new_tokens, self.stop,

@@ -20,6 +20,17 @@ def probe_paths(cfg: ExperimentConfig) -> dict[str, str | None]:
             "pretrain": e.pretrain_text, "raw": e.raw_questions}
 
 
+def kl_prompt_source(cfg: ExperimentConfig) -> dict | None:
+    """Where forgetting/kl_sft's prompts come from (eval.kl_prompts, else data.train with its format/split/name;
+    never data.train.limit), or None when the probe is off or there is no training data."""
+    e, t = cfg.eval, cfg.data.train
+    if not e.kl_sft:
+        return None
+    if e.kl_prompts:
+        return {"path": e.kl_prompts, "format": "auto", "split": "train", "name": None}
+    return {"path": t.path, "format": t.format, "split": t.split, "name": t.name} if t.path else None
+
+
 def _file_fingerprint(path: str | Path) -> str | None:
     p = Path(path)
     if p.is_file():
@@ -54,6 +65,9 @@ def eval_hash(cfg: ExperimentConfig) -> str:
                "data": _changed({k: d["data"][k] for k in data_keys}, default["data"]),
                "eval": ev, "probes": {k: [v, _file_fingerprint(v) if v else None] for k, v in paths.items()},
                "tasks": {str(p): _file_fingerprint_dir(p) for p in cfg.eval.include_path}}
+    kl = kl_prompt_source(cfg)
+    if cfg.eval.kl_sft:  # only then: the hashes of evaluations without the probe stay as they were
+        payload["kl_prompts"] = [kl, _file_fingerprint(kl["path"]) if kl else None]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

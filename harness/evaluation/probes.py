@@ -7,7 +7,8 @@
 * **forgetting**: NLL on held-out pretraining-like text, and KL(base || tuned) of next-token distributions
   on the same text. The base model's log-probs are computed once per experiment and cached on disk
   (:class:`BaseLogprobs`: the top-k log-probs of every position plus the tail mass), so a checkpoint's
-  evaluation only runs the tuned model.
+  evaluation only runs the tuned model. The same KL on the fine-tuning prompts' continuations
+  (forgetting/kl_sft, off by default) is in harness/evaluation/kl_prompts.py.
 * **format** (harness/evaluation/generate.py): raw questions (no chat template), greedy, bounded by
   ``max_new_tokens``; classified answer-first as answered / continued with another question / other, and
   generations that never stop are counted as unfinished.
@@ -176,6 +177,30 @@ def text_ids(tok, texts: Sequence[str], max_length: int) -> list[np.ndarray]:
     return [x for x in ids if len(x) >= 2]
 
 
+def ragged(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A list of 1-d int arrays as (lengths, concatenation), for .npz files; :func:`unragged` inverts it."""
+    lens = np.asarray([len(x) for x in arrays], dtype=np.int64)
+    return lens, (np.concatenate(arrays).astype(np.int64) if len(arrays) else np.zeros(0, np.int64))
+
+
+def unragged(lens: np.ndarray, flat: np.ndarray) -> list[np.ndarray]:
+    return list(np.split(flat, np.cumsum(lens)[:-1])) if len(lens) else []
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """np.savez, atomically (a temporary file in the same directory, renamed): a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass
 class BaseLogprobs:
     """The base model's next-token distributions on the probe texts, compressed to the top-k log-probs of
@@ -193,26 +218,14 @@ class BaseLogprobs:
         return int(self.top_idx.shape[1])
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lens = np.asarray([len(x) for x in self.ids], dtype=np.int64)
-        flat = np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, lens=lens, flat=flat, top_idx=self.top_idx, top_logp=self.top_logp,
-                     pretrain_nll=np.asarray(self.pretrain_nll))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        lens, flat = ragged(self.ids)
+        save_npz(path, lens=lens, flat=flat, top_idx=self.top_idx, top_logp=self.top_logp,
+                 pretrain_nll=np.asarray(self.pretrain_nll))
 
     @classmethod
     def load(cls, path: Path) -> "BaseLogprobs":
         with np.load(path) as z:
-            lens, flat = z["lens"], z["flat"]
-            ids = np.split(flat, np.cumsum(lens)[:-1]) if len(lens) else []
-            return cls(list(ids), z["top_idx"], z["top_logp"], float(z["pretrain_nll"]))
+            return cls(unragged(z["lens"], z["flat"]), z["top_idx"], z["top_logp"], float(z["pretrain_nll"]))
 
 
 @torch.no_grad()

@@ -49,7 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--launcher", choices=("local", "slurm", "debug"), help="default: launcher.backend")
     p.add_argument("--parallel", type=int, help="runs at once (default: from cores and threads per run)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (and sbatch parameters), run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (and, for slurm, the sbatch script the runs get), submit nothing")
     p.add_argument("--only", help="run ids matching this glob / substring")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
     p.set_defaults(func=_run_cmd)

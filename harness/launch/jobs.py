@@ -1,6 +1,7 @@
 """What runs inside a job: one run trained and evaluated under its lock (:func:`execute_run`), a SLURM job for
-one run (:class:`RunJob`), a local worker that takes run after run (:class:`LocalWorker`), and the SIGUSR2
-handling that turns preemption into a checkpoint and a requeue."""
+one run (:class:`RunJob`; with several tasks every task runs it, :func:`execute_ranked`), a local worker that
+takes run after run (:class:`LocalWorker`), and the SIGUSR2 handling that turns preemption into a checkpoint and
+a requeue."""
 
 from __future__ import annotations
 
@@ -42,10 +43,24 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def task_ranks() -> tuple[int, int]:
+    """(rank, world size) of this process among the tasks srun (or torchrun) started for one run."""
+    if not any(k in os.environ for k in ("WORLD_SIZE", "SLURM_NTASKS")):
+        return 0, 1  # not started as one of several tasks (and no torch import for that)
+    from harness.training.distributed import env_ranks
+
+    rank, world, _ = env_ranks(os.environ)
+    return rank, world
+
+
 def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
                 should_stop: Callable[[], bool] = lambda: False, on_start: Callable[[], None] | None = None) -> dict:
     """Train (resuming) and evaluate one run under its lock. Writes FAILED with the traceback on error.
-    `on_start` is called once the lock is held (before that, another process may take the run)."""
+    `on_start` is called once the lock is held (before that, another process may take the run). As one of
+    several tasks of a run (a multi-task SLURM job): :func:`execute_ranked`."""
+    rank, world = task_ranks()
+    if world > 1:
+        return execute_ranked(spec, Path(rdir), rank, world, threads, should_stop, on_start)
     rd = RunDir(rdir)
     rd.path.mkdir(parents=True, exist_ok=True)
     with try_lock(rd.lock) as got:
@@ -74,6 +89,66 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
             if not isinstance(exc, KeyboardInterrupt):
                 atomic_write_text(rd.failed, f"{now_iso()} {spec.run_id}\n{traceback.format_exc()}")
             raise
+
+
+def execute_ranked(spec: RunSpec, rdir: Path, rank: int, world: int, threads: int | None = None,
+                   should_stop: Callable[[], bool] = lambda: False,
+                   on_start: Callable[[], None] | None = None) -> dict:
+    """One run as task `rank` of `world` (srun starts one per GPU, each runs this): the launcher's bookkeeping
+    happens once, on rank 0. Rank 0 takes the run lock and, after the rendezvous, tells the others what there is
+    to do (train / only evaluate / nothing: done, or another launcher holds the run); all ranks train together
+    (only rank 0 writes the run directory); then rank 0 evaluates alone while the others return. A rank that
+    fails writes FAILED unless another already did (the first failure is the cause: a rank whose peer died
+    fails in its next collective); before rank 0's word, the others write nothing."""
+    from harness.training.distributed import Dist
+
+    rd = RunDir(rdir)
+    if rank == 0:
+        rd.path.mkdir(parents=True, exist_ok=True)
+    held = try_lock(rd.lock) if rank == 0 else contextlib.nullcontext(False)
+    with held as got:
+        todo = "skipped"
+        if got:
+            todo = "evaluate" if rd.done.exists() else "train"
+            if on_start is not None:
+                on_start()
+            rd.failed.unlink(missing_ok=True)
+        _set_threads(threads)
+        owner = bool(got)  # may this rank write FAILED: rank 0 with the lock, the others once it said so
+        dist = None
+        try:
+            dist = Dist.from_env()  # the rendezvous; train() goes on in this process group
+            todo = dist.gather_object(todo if rank == 0 else None)[0]
+            owner = owner or todo != "skipped"
+            me = {"run_id": spec.run_id, "rank": rank, "world_size": world, "evaluated": False}
+            if todo == "skipped":
+                return {**me, "status": "skipped", "reason": "done, or locked by another launcher"}
+            result = {}
+            if todo == "train":
+                from harness.training.loop import train
+
+                result = train(spec, rd.path, should_stop=should_stop)
+                if result.get("status") == "interrupted" or should_stop():
+                    return {**result, **me, "status": "interrupted"}
+            dist.close()  # train() closed it too; evaluation is rank 0's alone
+            if rank != 0:
+                return {**result, **me, "status": "done"}
+            from harness.evaluation.evaluate import evaluate_run
+            from harness.training.checkpoint import prune_checkpoints
+
+            evaluate_run(rd.path, spec.config)
+            tc = spec.config.train
+            prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
+                              every_checkpoint=spec.config.eval.every_checkpoint, finished=rd.done.exists())
+            return {**result, **me, "status": "done", "evaluated": True}
+        except BaseException as exc:
+            if owner and not isinstance(exc, KeyboardInterrupt) and not rd.failed.exists():
+                atomic_write_text(rd.failed, f"{now_iso()} {spec.run_id} (rank {rank} of {world})\n"
+                                             f"{traceback.format_exc()}")
+            raise
+        finally:
+            if dist is not None:
+                dist.close()
 
 
 @contextlib.contextmanager
@@ -217,6 +292,8 @@ def base_done(config: ExperimentConfig, exp_dir: Path) -> bool:
 
 
 def evaluate_base_job(config: ExperimentConfig, exp_dir: str) -> dict:
+    if task_ranks()[0] != 0:  # submitted as one task; should it run as several, one evaluates
+        return {"status": "skipped"}
     from harness.evaluation.evaluate import evaluate_base
 
     evaluate_base(config, Path(exp_dir))

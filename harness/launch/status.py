@@ -55,8 +55,10 @@ def print_plan(exp: Experiment, statuses, backend: str, par: int, threads: int, 
         axes = " ".join(f"{k}={v}" for k, v in s.run.axes.items())
         out(f"  {s.run.run_id:40s} {s.state:8s} {axes}")
     lc = exp.config.launcher
-    out(f"# resources per run: {lc.gpus_per_run} GPU, {lc.cpus_per_run} CPU, {lc.mem_gb} GB, "
-        f"time limit {lc.timeout_min} min")
+    shape = (f"{lc.nodes} nodes x {lc.node_tasks} tasks (world size {lc.world_size}), " if lc.world_size > 1
+             else "")
+    out(f"# resources per run: {shape}{lc.nodes * lc.node_gpus} GPU, {lc.cpus_per_run} CPU, {lc.mem_gb} GB"
+        f"{' per node' if lc.nodes > 1 else ''}, time limit {lc.timeout_min} min")
 
 
 def status_rows(exp: Experiment) -> list[dict]:

@@ -29,7 +29,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.fsio import atomic_write_json, atomic_write_text, lock_holder, now_iso, try_lock
 from harness.grid import Experiment, RunSpec, check_schema, match_runs, write_plan
 from harness.launch.jobs import LocalWorker, RunJob, base_done, evaluate_base_job, execute_run, is_complete
-from harness.launch.slurm import sbatch_preview, slurm_parameters
+from harness.launch.slurm import sbatch_preview, slurm_executor, slurm_parameters
 from harness.launch.status import print_plan, run_status
 from harness.layout import FAILED, RunDir
 
@@ -90,9 +90,7 @@ def make_executor(exp: Experiment, backend: str, parallel: int | None, n_runs: i
         ex.update_parameters(timeout_min=lc.timeout_min, name=f"harness-{exp.config.name}")
         return ex
     if backend == "slurm":
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        ex.update_parameters(**slurm_parameters(exp, parallel))
-        return ex
+        return slurm_executor(exp, parallel)
     if backend == "debug":
         return submitit.AutoExecutor(folder=folder, cluster="debug")
     raise ConfigError(f"unknown launcher backend {backend!r}", where="launcher.backend",
@@ -119,17 +117,25 @@ def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None 
     todo = [s.run for s in statuses if s.state not in ("done", "running")]
     running = [s.run.run_id for s in statuses if s.state == "running"]
     par, threads = resources(exp, len(todo), parallel, out if backend == "local" else None)
+    if backend == "slurm":  # the array's parallelism: the cluster's, not this machine's cores
+        par = parallel or exp.config.launcher.parallel or 256
     summary = {"experiment": exp.config.name, "runs": len(runs), "done": sum(s.state == "done" for s in statuses),
                "running_elsewhere": running, "to_run": [r.run_id for r in todo], "backend": backend,
                "parallel": par, "threads_per_run": threads}
     check_schema(exp)
+    lc = exp.config.launcher
+    if backend != "slurm" and lc.world_size > 1:
+        out(f"note: launcher.nodes / tasks_per_node / GPUs make {lc.world_size} tasks per run on slurm only; "
+            f"the {backend} backend runs each run as one process (same result, up to float summation order)")
     if dry_run:
         print_plan(exp, statuses, backend, par, threads, out)
         if backend == "slurm":
-            out("# sbatch parameters:")
-            for k, v in slurm_parameters(exp, parallel).items():
+            out(f"# submitit SlurmExecutor parameters (one job per run: {lc.nodes} node(s) x {lc.node_tasks} "
+                f"task(s), world size {lc.world_size}):")
+            for k, v in slurm_parameters(exp, par).items():
                 out(f"#   {k} = {v}")
-            out(sbatch_preview(exp, parallel, len(todo)))
+            out(f"# the sbatch script ({max(1, len(todo))} run(s)):")
+            out(sbatch_preview(exp, par, len(todo)))
         return summary
     exp.out_dir.mkdir(parents=True, exist_ok=True)
     write_plan(exp)
@@ -165,8 +171,9 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
     if backend == "local":
         return _run_local(exp, ex, todo, par, threads, base_done(exp.config, exp.out_dir), out)
     base_job = None
-    if not base_done(exp.config, exp.out_dir):
-        base_job = ex.submit(evaluate_base_job, exp.config, str(exp.out_dir))
+    if not base_done(exp.config, exp.out_dir):  # one task, whatever a run's nodes and tasks
+        base_ex = slurm_executor(exp, par, base=True) if backend == "slurm" else ex
+        base_job = base_ex.submit(evaluate_base_job, exp.config, str(exp.out_dir))
     if backend == "slurm":
         jobs_by_run = {}
         with ex.batch():  # one job array
@@ -253,7 +260,7 @@ def _wait(items: list[tuple[str, Any]], out) -> list:
     res = []
     for name, job in items:
         try:
-            r = job.result()
+            r = (job.task(0) if job.num_tasks > 1 else job).result()  # rank 0's: the others only train
             res.append(r)
             out(f"  {name}: {r.get('status', 'done') if isinstance(r, dict) else 'done'}")
         except Exception as exc:

@@ -1,10 +1,13 @@
 """Checkpoints that are exact and never half-complete.
 
-``checkpoints/step-NNNNNN/`` holds an HF-loadable model (safetensors, ``use_cache`` restored to true), the
+``checkpoints/step-NNNNNN/`` holds an HF-loadable model (safetensors, ``use_cache`` restored to true) or, for
+an adapter run, a PEFT-loadable adapter (``adapter_config.json`` + ``adapter_model.safetensors``), the
 tokenizer, and ``trainer_state.pt`` (optimizer, schedule, RNG, data position: the one resumable dict, loaded
-with ``weights_only=True``). It is written to a temp directory, renamed into place, and only then marked with
-a ``COMPLETED`` sentinel: a crash at any point leaves either no directory or one without COMPLETED, which is
-never loaded and is replaced on the next save.
+with ``weights_only=True``). Under ``train.parallel: fsdp`` the optimizer state is in ``dcp/`` instead: every
+rank's torch.distributed.checkpoint shards, with the trainable weights (harness/training/fsdp.py), written
+into the same temp directory before the rename. It is written to a temp directory, renamed into place, and
+only then marked with a ``COMPLETED`` sentinel: a crash at any point leaves either no directory or one
+without COMPLETED, which is never loaded and is replaced on the next save.
 """
 
 from __future__ import annotations
@@ -15,24 +18,35 @@ from pathlib import Path
 
 import torch
 
+from harness import adapters
 from harness.fsio import atomic_write_text, fault_point, now_iso
-from harness.layout import COMPLETED, TRAINER_STATE, RunDir, valid_eval
+from harness.layout import COMPLETED, SHARDED_STATE, TRAINER_STATE, RunDir, valid_eval
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
+    begin_checkpoint(run_dir, step)
+    return finish_checkpoint(run_dir, step, model, tokenizer, state)
+
+
+def tmp_dir(run_dir: Path, step: int) -> Path:
     final = RunDir(run_dir).step_dir(step)
-    tmp = final.parent / f".tmp-{final.name}"
+    return final.parent / f".tmp-{final.name}"
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """The empty temp directory of step `step`'s checkpoint (under FSDP every rank writes its shards into it
+    before rank 0's :func:`finish_checkpoint`)."""
+    final, tmp = RunDir(run_dir).step_dir(step), tmp_dir(run_dir, step)
     for stale in (tmp, final):  # leftovers of a crash (no COMPLETED): never trusted, replaced
         if stale.exists():
             shutil.rmtree(stale)
     tmp.mkdir(parents=True)
-    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    use_cache = inner.config.use_cache
-    inner.config.use_cache = True  # inference default for whoever loads the checkpoint
-    try:
-        inner.save_pretrained(tmp, safe_serialization=True)
-    finally:
-        inner.config.use_cache = use_cache
+    return tmp
+
+
+def finish_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
+    final, tmp = RunDir(run_dir).step_dir(step), tmp_dir(run_dir, step)
+    adapters.save(model, tmp)  # full weights, or the adapter only (adapter_config.json + safetensors)
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / TRAINER_STATE)
     fault_point("checkpoint_write")  # between the files and the rename: a half checkpoint on disk
@@ -61,6 +75,7 @@ def prune_checkpoints(run_dir: Path, keep: str = "all", *, metric: str = "nll/re
     cks = rd.completed_checkpoints()
     for step, path in cks[:-1] if not finished else cks:
         (path / TRAINER_STATE).unlink(missing_ok=True)
+        shutil.rmtree(path / SHARDED_STATE, ignore_errors=True)  # fsdp: the sharded weights + optimizer state
     if keep == "all" or not cks:
         return []
     pending = {s for s, _ in rd.missing_evals(every_checkpoint)}

@@ -7,6 +7,10 @@ that no [positions, vocab] logits tensor is kept for backward. With a short resp
 vocabulary that is large next to the hidden size, the head is most of the FLOPs, so this is the main win
 (a model whose logits are not a plain ``lm_head(hidden)``, e.g. with soft-capping, is detected at start and
 falls back to full logits).
+
+Across ranks: ``train.parallel: ddp`` all-reduces (sums) the accumulated gradients; ``fsdp`` shards the model
+(harness/training/fsdp.py), runs each micro-batch's body and head as the root FSDP unit's forward, and lets the
+reduce-scatter after each backward sum them. The numbers are the same either way (tests/test_fsdp.py).
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from harness.config import TrainConfig
+from harness.adapters import unwrap
 from harness.errors import ConfigError, HarnessError, SupervisionError
+from harness.layout import SHARDED_STATE
 from harness.training.distributed import Dist
+from harness.training.fsdp import Sharded, check as fsdp_check, has_state as has_sharded_state
 from harness.training.lm_head import head_nll
-from harness.training.loss import loss_denominator, token_weights
+from harness.training.loss import loss_denominator, token_loss, token_weights
 from harness.training.optim import lr_lambda, make_optimizer
 from harness.training.packing import Batch, segment_masks
 
@@ -116,6 +124,8 @@ def sparse_tied_embedding(model: torch.nn.Module, tc: TrainConfig) -> bool:
     elif want and not tied:
         raise ConfigError("train.sparse_embedding_grad needs tied input/output embeddings (this model's are not)",
                            where="train.sparse_embedding_grad", fix="leave it unset (auto) or false")
+    if tied and not emb.weight.requires_grad:  # frozen (adapter runs): no embedding gradient at all
+        return False
     if tied:
         emb.sparse = bool(want)
     return bool(want)
@@ -136,6 +146,9 @@ class Engine:
 
     def __init__(self, model: torch.nn.Module, tc: TrainConfig, total_steps: int, dist: Dist | None = None,
                  sample_ids: torch.Tensor | None = None):
+        # an adapter (PEFT) wrapper is stepped through the transformers model it wraps: the adapter layers are
+        # injected in place and alone require grad (harness/adapters.py)
+        outer, model = model, unwrap(model)
         self.model, self.tc = model, tc
         self.dist = dist or Dist()
         self.device = next(model.parameters()).device
@@ -149,11 +162,18 @@ class Engine:
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-        self.sparse_embedding = sparse_tied_embedding(model, tc)
+        fsdp = tc.parallel == "fsdp"
+        if fsdp:
+            fsdp_check(tc)  # before anything changes the model
+        self.sparse_embedding = False if fsdp else sparse_tied_embedding(model, tc)
         split = split_lm_head(model, sample_ids)
         self.head = split[1] if split else None
         core = split[0] if split else model
         self.fwd = torch.compile(core) if tc.compile else core
+        # fsdp: parameters become DTensor shards here (before the optimizer sees them); the micro-batch forward
+        # runs as the root FSDP unit's forward, which gathers the embeddings, final norm and head around it
+        self.sharded = Sharded(outer, model, self._forward, tc, self.dist) if fsdp else None
+        self._call = self.sharded.root if fsdp else self._forward
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(model, tc)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(tc, total_steps))
@@ -171,13 +191,19 @@ class Engine:
             raise SupervisionError(f"optimizer step {step} has zero supervised tokens", where="train",
                                    fix="check the regime and data (harness inspect)")
         m = torch.zeros(7, dtype=torch.float64, device=dev)
+        if self.sharded is not None:  # the same number of micro-batches on every rank (each is a collective)
+            batches = self.sharded.pad_micro_batches(batches)
         for b in batches:
             m += self._micro(b, denom, norm, metrics)
         if dist.world > 1:
-            dist.all_reduce_grads(self.params)
+            if self.sharded is None:  # fsdp: the reduce-scatter after each backward summed them already
+                dist.all_reduce_grads(self.params)
             m = dist.all_reduce(m)
         max_norm = self.tc.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if self.params else torch.zeros(())
+        if self.sharded is not None:  # the global norm of the sharded gradients
+            grad_norm = self.sharded.clip_grad_norm(self.params, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if self.params else torch.zeros(())
         finite = torch.isfinite(torch.stack([m[_LOSS], grad_norm.to(m)]))
         if not bool(finite.all()):  # same verdict on every rank: loss and grads were all-reduced
             what = "loss" if not bool(finite[0]) else "gradient norm"
@@ -191,38 +217,76 @@ class Engine:
         self.opt.zero_grad(set_to_none=True)
         return StepMetrics.from_vector(m), float(grad_norm)
 
+    def resumable_state(self) -> dict:
+        """What trainer_state.pt holds to resume the optimizer and schedule (fsdp: the schedule; the sharded
+        optimizer state goes to the checkpoint's dcp/, fsdp.save_checkpoint)."""
+        opt = {} if self.sharded is not None else {"optimizer": self.opt.state_dict()}
+        return {**opt, "scheduler": self.sched.state_dict()}
+
+    def load_resumable(self, saved: dict, ckpt) -> bool:
+        """Restore the optimizer and schedule from a checkpoint (`saved`: its trainer_state.pt); False when it
+        holds none (the last step's checkpoint)."""
+        if self.sharded is not None:
+            if not has_sharded_state(ckpt) or "scheduler" not in saved:
+                return False
+            self.sharded.load_state(Path(ckpt) / SHARDED_STATE, self.opt)
+        elif "optimizer" in saved:
+            self.opt.load_state_dict(saved["optimizer"])
+        else:
+            return False
+        self.sched.load_state_dict(saved["scheduler"])
+        return True
+
+    def _forward(self, kw: dict, sup: torch.Tensor, sup_targets: torch.Tensor, targets: torch.Tensor,
+                 rest: torch.Tensor | None):
+        """One micro-batch's forward: (NLL at the supervised positions, NLL at every position when the head is
+        not split off else None, hidden states or None, NLL at the `rest` positions (no grad) or None). Under
+        fsdp this is the root unit's forward (fsdp.Sharded), so `rest` is evaluated here, while the head is
+        gathered; else after backward (rest None)."""
+        with self.amp():
+            out = self.fwd(**kw)
+        if self.head is None:
+            nll_all = _nll(out.logits[:, :-1].flatten(0, 1), targets.flatten()).view(sup.shape)
+            return nll_all[sup], nll_all, None, None
+        hidden = out.last_hidden_state[:, :-1]  # position t predicts token t+1
+        with self.amp():  # chunked over the vocabulary: no [supervised, vocab] logits kept (lm_head.py)
+            nll_sup = head_nll(hidden[sup], self.head, sup_targets)
+        nll_rest = None
+        if rest is not None and bool(rest.any()):
+            with torch.no_grad(), self.amp():
+                nll_rest = head_nll(hidden.detach()[rest], self.head, targets[rest])
+        return nll_sup, None, (hidden if self.sharded is None else None), nll_rest
+
     def _micro(self, b: Batch, denom: torch.Tensor, norm: str, metrics: bool) -> torch.Tensor:
         m = torch.zeros(7, dtype=torch.float64, device=denom.device)
         kw = dict(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.attention_mask,
                   use_cache=False)
         eff = token_weights(b.labels, b.weights, norm, b.seq_ids)  # [B, T-1] weight of each next-token target
         sup = eff > 0
-        with self.amp():
-            out = self.fwd(**kw)
-        if self.head is not None:
-            hidden = out.last_hidden_state[:, :-1]  # position t predicts token t+1
-            with self.amp():  # chunked over the vocabulary: no [supervised, vocab] logits kept (lm_head.py)
-                nll_sup = head_nll(hidden[sup], self.head, b.labels[:, 1:][sup])
-        else:
-            hidden = None
-            nll_all = _nll(out.logits[:, :-1].flatten(0, 1), b.input_ids[:, 1:].flatten()).view(sup.shape)
-            nll_sup = nll_all[sup]
-        loss = (eff[sup].to(nll_sup.dtype) * nll_sup).sum() / denom.to(nll_sup.dtype)
+        resp = prompt = rest = None
+        if metrics:  # fixed-mask NLL (same masks for every regime), from this very forward pass
+            resp, prompt = segment_masks(b)
+            rest = (resp | prompt) & ~sup
+        targets = b.input_ids[:, 1:]
+        nll_sup, nll_all, hidden, nll_rest = self._call(kw, sup, b.labels[:, 1:][sup], targets,
+                                                        rest if self.sharded is not None else None)
+        # train.loss (nll | dft) shapes the trained loss only; the fixed-mask metrics below stay plain NLL
+        loss = (eff[sup].to(nll_sup.dtype) * token_loss(nll_sup, self.tc.loss)).sum() / denom.to(nll_sup.dtype)
         loss.backward()
         m[_LOSS] = loss.detach().double()
         m[_TOKENS] = b.n_tokens
         m[_SUP] = sup.sum()
-        if metrics:  # fixed-mask NLL (same masks for every regime), from this very forward pass
+        if metrics:
             with torch.no_grad():
-                resp, prompt = segment_masks(b)
                 nll = torch.zeros(sup.shape, dtype=torch.float64, device=sup.device)
                 nll[sup] = nll_sup.detach().double()
-                rest = (resp | prompt) & ~sup
-                if hidden is None:
+                if nll_all is not None:
                     nll[rest] = nll_all.detach()[rest].double()
-                elif bool(rest.any()):
+                elif nll_rest is not None:
+                    nll[rest] = nll_rest.double()
+                elif hidden is not None and bool(rest.any()):
                     with self.amp():
-                        nll[rest] = head_nll(hidden.detach()[rest], self.head, b.input_ids[:, 1:][rest]).double()
+                        nll[rest] = head_nll(hidden.detach()[rest], self.head, targets[rest]).double()
                 m[_RESP], m[_NRESP] = (nll * resp).sum(), resp.sum()
                 m[_PROMPT], m[_NPROMPT] = (nll * prompt).sum(), prompt.sum()
         return m

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from harness import adapters
 from harness.attention import needs_one_row
 from harness.config import ExperimentConfig, save_yaml, to_dict
 from harness.data import ConversationTokenizer, load_conversations, tokenize_all
@@ -33,7 +34,9 @@ from harness.provenance import file_sha256, provenance
 from harness.training.checkpoint import load_state, prune_checkpoints, save_checkpoint
 from harness.training.distributed import Dist
 from harness.training.engine import Engine
+from harness.training.fsdp import save_checkpoint as fsdp_checkpoint
 from harness.training.packing import Batch, PlannedStep, layout_step, plan_steps
+from harness.training.replay import ReplayStats, add_replay
 from harness.tracking import open_trackers
 
 log = logging.getLogger("harness.train")
@@ -70,6 +73,8 @@ class Setup:
     model: torch.nn.Module
     engine: Engine
     resume: tuple[int, Path] | None  # the COMPLETED checkpoint the weights came from
+    mask_stats: dict | None = None  # the SFT data's mask statistics (MaskedData.stats(), before replay)
+    replay: ReplayStats | None = None  # what data.replay added to the steps
 
     def batches(self, step: int) -> list[Batch]:
         """This rank's micro-batches of optimizer step `step` (0-based), on the device."""
@@ -95,6 +100,8 @@ def setup(cfg: ExperimentConfig, run_dir: str | Path | None = None, dist: Dist |
     torch.manual_seed(tc.seed + dist.rank)  # dropout (its own stream per rank); the weights are loaded
     tok, data = prepare_data(cfg)
     plan = plan_steps(data, cfg)
+    mask_stats = data.stats()
+    data, plan, replay = add_replay(data, plan, cfg, tok)  # no-op without data.replay
     pad = tok.pad_token_id
     if pad is None:  # tokenizer loading already falls back to eos; a tokenizer with neither still trains
         pad = 0
@@ -104,7 +111,7 @@ def setup(cfg: ExperimentConfig, run_dir: str | Path | None = None, dist: Dist |
     first = data.examples[plan[0].rows[0].examples[0]]
     sample = torch.as_tensor(first.input_ids[:32], device=dist.device)[None]
     engine = Engine(model, tc, len(plan), dist, sample_ids=sample)
-    return Setup(cfg, dist, tok, data, plan, pad, model, engine, resume)
+    return Setup(cfg, dist, tok, data, plan, pad, model, engine, resume, mask_stats, replay)
 
 
 def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool] = lambda: False) -> dict:
@@ -119,7 +126,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
         return json.loads(rd.done.read_text() or "{}")
     s = setup(cfg, rd.path, Dist.from_env())
     dist, eng, plan, total = s.dist, s.engine, s.plan, len(s.plan)
-    stats = s.data.stats()
+    stats = s.mask_stats or s.data.stats()
     save_at = {i + 1 for i in range(total)
                if i == total - 1 or (tc.save_every_epoch and plan[i + 1].epoch != plan[i].epoch)}
     if tc.save_every_steps:
@@ -136,10 +143,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                               f"({prog.get('total_steps')} steps, mask {prog.get('mask_hash')}; now {total}, "
                               f"{stats['mask_hash']})", where=str(rd.path),
                               fix="use a fresh run directory (the run id changes with the config)")
-        if "optimizer" in saved:
-            eng.opt.load_state_dict(saved["optimizer"])
-            eng.sched.load_state_dict(saved["scheduler"])
-        elif prog.get("step") != total:
+        if not eng.load_resumable(saved, s.resume[1]) and prog.get("step") != total:
             raise ConfigError(f"checkpoint {s.resume[1].name} has no optimizer state to resume from",
                               where=str(s.resume[1]), fix="delete it (the previous checkpoint is resumed instead)")
         rngs = saved["rng"]  # one per rank; a different world size continues from rank 0's
@@ -157,7 +161,9 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             tokenizer={"pad_token": s.tok.pad_token, "pad_token_id": s.pad, "eos_token": s.tok.eos_token},
             engine={"lm_head": "supervised positions" if eng.head is not None else "full logits",
                     "optimizer": type(eng.opt).__name__, "device": str(dist.device)},
-            steps=total, world_size=dist.world, started=now_iso(),
+            params=adapters.param_counts(s.model), adapter=to_dict(cfg.model.adapter) if cfg.model.adapter.enabled
+            else None, replay=None if s.replay is None else {"path": cfg.data.replay.path, "sha256": file_sha256(
+                cfg.data.replay.path), **s.replay.as_dict()}, steps=total, world_size=dist.world, started=now_iso(),
             resumed_from=state["step"] if s.resume else None))
         _truncate_metrics(rd.metrics, state["step"])
         if s.data.drops.total:
@@ -165,7 +171,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
 
     bar = _progress(total, state["step"]) if dist.rank == 0 else None
     track = open_trackers(tc.report_to if dist.rank == 0 else (), rd.tracking, spec.run_id, spec.axes,
-                          to_dict(cfg), purge_step=state["step"] + 1 if s.resume else None)
+                          to_dict(cfg), purge_step=state["step"] + 1)  # also drops a killed first attempt's
     try:
         for step in range(state["step"], total):
             t0 = time.perf_counter()
@@ -192,13 +198,15 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             if state["step"] in save_at or stop:
                 rng = dist.gather_object({"cpu": torch.get_rng_state(), **(
                     {"cuda": torch.cuda.get_rng_state()} if dist.device.type == "cuda" else {})})
+                # the last step's checkpoint is resumed only to write DONE: no optimizer state (2x the
+                # weights, written and then deleted at once)
+                resumable = state["step"] < total
+                ck = {**(eng.resumable_state() if resumable else {}), "rng": rng, "progress": dict(state)}
+                if eng.sharded is not None:  # every rank: gathered weights + DCP shards (harness/training/fsdp.py)
+                    fsdp_checkpoint(rd.path, state["step"], eng, s.tok, ck, resumable=resumable)
                 if dist.rank == 0:
-                    # the last step's checkpoint is resumed only to write DONE: no optimizer state (2x the
-                    # weights, written and then deleted at once)
-                    resumable = {"optimizer": eng.opt.state_dict(), "scheduler": eng.sched.state_dict()} \
-                        if state["step"] < total else {}
-                    save_checkpoint(rd.path, state["step"], s.model, s.tok,
-                                    {**resumable, "rng": rng, "progress": dict(state)})
+                    if eng.sharded is None:
+                        save_checkpoint(rd.path, state["step"], s.model, s.tok, ck)
                     prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
                                       every_checkpoint=cfg.eval.every_checkpoint)
                 dist.barrier()
@@ -206,11 +214,13 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                 return {"status": "interrupted", "run_id": spec.run_id, "step": state["step"], "total_steps": total}
     finally:
         track.close()
+        if dist.world == 1:
+            dist.close()  # a one-process group of its own (fsdp) never outlives train(); else a no-op
         if bar is not None:
             bar.close()
     summary = {"status": "done", "run_id": spec.run_id, "steps": total, "supervised_tokens":
                state["supervised_tokens"], "tokens": state["tokens"],
-               "train_seconds": round(state["train_seconds"], 3),
+               "train_seconds": round(state["train_seconds"], 3), "params": adapters.param_counts(s.model),
                "wall_seconds": round(time.perf_counter() - started, 3),  # this call: data, model, steps, saves
                "finished": now_iso()}
     if dist.rank == 0:

@@ -6,8 +6,15 @@ micro-batches (the transformers#34191 / trl#2175 bug) over-weights tokens of mic
 tokens. Pass the step's ``denominator`` (from :func:`loss_denominator`, all-reduced across ranks) to every
 micro-batch's call and just sum the losses (or their gradients).
 
+``nonzero`` normalisation (Weighted Instruction Tuning, Chatterjee et al. TACL 2025): sum of weight x NLL
+divided by the *number* of targets of non-zero weight over the whole step, so a weight scales a token's share
+of the loss instead of being divided out. With 0/1 weights it equals ``token``.
+
 ``sequence`` normalisation: mean NLL per example, then mean over the examples of the step. With packing,
 ``seq_ids`` says which example each token belongs to.
+
+The per-token loss is the NLL (``loss="nll"``) or DFT's (``loss="dft"``, Wu et al. 2025): the NLL scaled by
+the target's stop-gradient probability, see :func:`token_loss`; weights and normalisation apply on top.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import torch.nn.functional as F
 from harness.errors import SupervisionError
 from harness.masking import IGNORE_INDEX
 
-NORMALIZATIONS = ("token", "sequence")
+NORMALIZATIONS = ("token", "sequence", "nonzero")
+LOSSES = ("nll", "dft")
 
 
 def _shifted(labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,6 +49,19 @@ def per_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nll.view(tgt.shape)
 
 
+def token_loss(nll: torch.Tensor, kind: str = "nll") -> torch.Tensor:
+    """Per-token training loss from the per-token NLL: ``nll`` itself, or DFT's ``sg(p) * nll`` with
+    ``p = exp(-nll)`` the target's probability under stop-gradient (Dynamic Fine-Tuning, Wu et al. 2025, "On the
+    Generalization of SFT: A Reinforcement Learning Perspective with Reward Rectification"). DFT's gradient
+    w.r.t. the logits is ``p_y * (softmax - onehot_y)``: SFT's, scaled by the target's probability. Where the
+    NLL is 0 (an ignored target) both give 0."""
+    if kind == "nll":
+        return nll
+    if kind == "dft":
+        return nll * torch.exp(-nll).detach()
+    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
 def _sequence_weights(w: torch.Tensor, seq_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token weight w / (sum of w in its sequence) and the number of sequences with supervision."""
     if seq_ids is None:  # each row is one sequence
@@ -60,19 +81,23 @@ def _sequence_weights(w: torch.Tensor, seq_ids: torch.Tensor | None) -> tuple[to
 
 def loss_denominator(labels: torch.Tensor, weights: torch.Tensor | None = None, normalization: str = "token",
                      seq_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """This micro-batch's share of the step denominator (sum of weights, or number of supervised sequences).
-    Sum it over the step's micro-batches (and all-reduce over ranks) and pass it to :func:`sft_loss`."""
+    """This micro-batch's share of the step denominator (sum of weights, number of targets of non-zero weight,
+    or number of supervised sequences). Sum it over the step's micro-batches (and all-reduce over ranks) and
+    pass it to :func:`sft_loss`."""
     _check_norm(normalization)
     _, w = _shifted(labels, weights)
     if normalization == "token":
         return w.sum()
+    if normalization == "nonzero":
+        return (w > 0).sum().to(torch.float32)
     return _sequence_weights(w, seq_ids)[1].to(torch.float32)
 
 
 def token_weights(labels: torch.Tensor, weights: torch.Tensor | None = None, normalization: str = "token",
                   seq_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Effective weight of each shifted target [B, T-1]: the loss is ``(token_weights * nll).sum() / denominator``
-    (lets a trainer evaluate the NLL only where the weight is non-zero)."""
+    """Effective weight of each shifted target [B, T-1]: the loss is
+    ``(token_weights * token_loss(nll, loss)).sum() / denominator`` (lets a trainer evaluate the NLL only where
+    the weight is non-zero). ``token`` and ``nonzero`` share these weights; only the denominator differs."""
     _check_norm(normalization)
     _, w = _shifted(labels, weights)
     return _sequence_weights(w, seq_ids)[0] if normalization == "sequence" else w
@@ -85,35 +110,40 @@ def _check_norm(normalization: str) -> None:
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
              normalization: str = "token", *, denominator: torch.Tensor | float | None = None,
-             seq_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted next-token cross-entropy.
+             seq_ids: torch.Tensor | None = None, loss: str = "nll") -> torch.Tensor:
+    """Weighted next-token cross-entropy (or DFT's per-token loss).
 
     Args:
         logits: [B, T, V] model outputs (half-precision logits are upcast to float32 for the loss).
         labels: [B, T] token ids, -100 where not supervised (aligned with input ids; shifted here).
         weights: optional [B, T] float weights (e.g. lambda on prompt tokens); default 1 where labels != -100.
-        normalization: "token" (sum of weighted NLL / sum of weights) or "sequence" (mean per sequence,
-            then mean over sequences).
+        normalization: "token" (sum of weighted NLL / sum of weights), "nonzero" (sum of weighted NLL /
+            number of targets of non-zero weight) or "sequence" (mean per sequence, then mean over sequences).
         denominator: the whole optimizer step's denominator (see :func:`loss_denominator`); default: this
             batch's own, i.e. a plain weighted mean.
         seq_ids: [B, T] example index of each token in packed rows (-1 for padding); for "sequence".
+        loss: per-token loss, "nll" or "dft" (see :func:`token_loss`).
 
     Raises:
         SupervisionError: when the denominator is zero (never a silent zero loss).
     """
-    return _loss_from_nll(per_token_nll(logits, labels), labels, weights, normalization, denominator, seq_ids)
+    return _loss_from_nll(per_token_nll(logits, labels), labels, weights, normalization, denominator, seq_ids,
+                          loss=loss)
 
 
 def _loss_from_nll(nll: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
                    normalization: str, denominator: torch.Tensor | float | None,
-                   seq_ids: torch.Tensor | None) -> torch.Tensor:
+                   seq_ids: torch.Tensor | None, *, loss: str = "nll") -> torch.Tensor:
     """:func:`sft_loss` from the next-token NLL [B, T-1]."""
     _check_norm(normalization)
+    per_token = token_loss(nll, loss)  # checks `loss` before anything else can fail
     _, w = _shifted(labels, weights)
     w = w.to(nll.dtype)
     if normalization == "sequence":
         w, n_seq = _sequence_weights(w, seq_ids)
         local = n_seq.to(nll.dtype)
+    elif normalization == "nonzero":
+        local = (w > 0).sum().to(nll.dtype)
     else:
         local = w.sum()
     denom = local if denominator is None else torch.as_tensor(denominator, device=nll.device)
@@ -122,4 +152,4 @@ def _loss_from_nll(nll: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
         raise SupervisionError("batch has zero supervised tokens (the loss would be a silent 0)",
                                where="sft_loss", fix="check the regime and truncation: every example in a batch "
                                "must keep at least one supervised token (harness inspect shows the mask)")
-    return (w * nll).sum() / denom
+    return (w * per_token).sum() / denom
