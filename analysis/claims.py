@@ -145,7 +145,7 @@ class Evidence:
     # ---- cells
 
     def cell(self, metric: str, where: dict | None = None, at: str | float = "final") -> Cell | None:
-        """The runs matching `where` (axis -> value; every other axis free) at their last evaluated step
+        """The runs matching `where` (axis -> value, None: unset; every other axis free) at their last evaluated step
         (``at="final"``) or at epoch `at`; the base with ``where={"run_id": "base"}``. None if nothing matches."""
         docs = self.docs(metric)
         if not docs:
@@ -154,7 +154,7 @@ class Evidence:
         for k, v in (where or {}).items():
             if k not in d.columns:
                 return None
-            d = d[np.isclose(d[k], v)] if isinstance(v, float) else d[d[k] == v]
+            d = d[d[k].isna()] if v is None else d[np.isclose(d[k], v)] if isinstance(v, float) else d[d[k] == v]
         if (where or {}).get("run_id") != "base":
             d = d[d["run_id"] != "base"]
         if d.empty:

@@ -19,52 +19,10 @@ import pandas as pd
 
 from analysis.claims import (Evidence, Finding, above, all_of, below, best, diff, extreme, judge, mean_of, slope,
                              within)
+from analysis.forgetting_studies import lora_vs_full, razor_study, replay_study, wit_study
 from analysis.items import load_items
-
-QA, QA_TRAIN, FACTS = "world_qa/exact_match", "world_qa_train/exact_match", "world_facts/acc"
-FORGET, KL = "forgetting/pretrain_nll_delta", "forgetting/kl_base"
-ANSWERED, CONTINUED = "format/answered", "format/continued_question"
-NLL = "nll/response"  # fixed-mask response NLL on held-out conversations in the training data's own format
-OWN = {"long-prompt/short-answer": "world_longprompt/exact_match", "short-prompt/long-answer": "world_longanswer/facts"}
-OWN_REAL = {"long-prompt/short-answer": "real_longprompt/exact_match"}  # the same format on real facts
-REAL_QA = "real_qa/exact_match"
-REG, LR, W, SEED = "regime.name", "train.lr", "regime.prompt_weight", "train.seed"
-
-
-def _data_label(path) -> str:
-    s = str(path)
-    return "long-prompt/short-answer" if "longprompt" in s else "short-prompt/long-answer" if "longanswer" in s \
-        else s.rsplit("/", 1)[-1]
-
-
-def _final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    d = df[(df["state"] == "done") & (df["metric"] == metric) & (df["step"] > 0)]
-    return d.loc[d.groupby("run_id")["step"].idxmax()] if len(d) else d
-
-
-def _values(df: pd.DataFrame, key: str, where: dict | None = None) -> list:
-    d = df[(df["state"] == "done") & (df["step"] > 0)]
-    for k, v in (where or {}).items():
-        d = d[d[k] == v] if k in d else d.iloc[0:0]
-    return sorted(d[key].dropna().unique()) if key in d else []
-
-
-def _means(df: pd.DataFrame, metric: str, by: str, where: dict | None = None, unit: str = "pct") -> str:
-    """'1e-4: 54.3%, 3e-4: 65.0%' (final checkpoint, mean over seeds): context beside a claim's CI."""
-    d = _final(df, metric)
-    for k, v in (where or {}).items():
-        d = (d[d[k].isin(v)] if isinstance(v, (list, tuple)) else d[d[k] == v]) if k in d else d.iloc[0:0]
-    if d.empty or by not in d:
-        return ""
-    s = d.groupby(by)["value"].mean()
-    f = (lambda v: f"{100 * v:.1f}%") if unit == "pct" else (lambda v: f"{v:+.3f}")
-    return ", ".join(f"{_num(k)}: {f(v)}" if isinstance(k, float) else f"{k}: {f(v)}" for k, v in s.items())
-
-
-def _num(x: float) -> str:
-    """1e-4, 3e-4, 0.01, 0.1, 1: learning rates as people write them."""
-    return f"{x:.0e}".replace("e-0", "e-") if 0 < abs(x) < 0.01 else f"{x:g}"
-
+from analysis.study_cells import (ANSWERED, CONTINUED, FORGET, KL, LR, NLL, OWN, OWN_REAL, QA, QA_TRAIN, REAL_QA, REG,
+                                  SEED, W, _data_label, _means, _num, _values)
 
 PHASE_AXES = ("data.train.path", "data.train.limit", "train.epochs", "train.lr")
 
@@ -254,41 +212,10 @@ def real_model_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
     return out
 
 
-ADAPTER, RANK = "model.adapter.method", "model.adapter.r"
-
-
-def _best_lr(df: pd.DataFrame, metric: str, where: dict) -> float | None:
-    """The LR with the best mean `metric` at the final checkpoint (fixed, for claims about that configuration)."""
-    d = _final(df, metric)
-    for k, v in where.items():
-        d = d[np.isclose(d[k].astype(float), v)] if isinstance(v, float) else d[d[k] == v]
-    return None if d.empty else float(d.groupby(LR)["value"].mean().idxmax())
-
-
-def lora_vs_full(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
-    """Biderman et al. 2024 ("LoRA Learns Less and Forgets Less"): at each method's best LR, LoRA reaches less of
-    the target than full fine-tuning and forgets less (held-out pretraining NLL increase); per LoRA rank."""
-    src, out = "Biderman et al. 2024", []
-    lrs = _values(df, LR)
-    full = [ev.cell(QA, {ADAPTER: "none", LR: lr}) for lr in lrs]
-    lr_full = _best_lr(df, QA, {ADAPTER: "none"})
-    f_full = ev.cell(FORGET, {ADAPTER: "none", LR: lr_full}) if lr_full is not None else None
-    for r in _values(df, RANK, {ADAPTER: "lora"}):
-        where = {ADAPTER: "lora", RANK: float(r)}
-        lora = [ev.cell(QA, {**where, LR: lr}) for lr in lrs]
-        out.append(judge(f"full - LoRA r={r:g} > 0 on held-out QA at the best LR of each (LoRA learns less)",
-                         lambda v, lora=lora: best(full)(v) - best(lora)(v), [*full, *lora], above(0), "pts", src,
-                         f"LoRA r={r:g} by LR: " + _means(df, QA, LR, where) + "; full: "
-                         + _means(df, QA, LR, {ADAPTER: "none"})))
-        lr_lora = _best_lr(df, QA, where)
-        f_lora = ev.cell(FORGET, {**where, LR: lr_lora}) if lr_lora is not None else None
-        out.append(judge(f"full - LoRA r={r:g} forgetting > 0, each at its best LR (LoRA forgets less)",
-                         diff(f_full, f_lora), [f_full, f_lora], above(0), "nats", src,
-                         f"full at {_num(lr_full)}, LoRA at {_num(lr_lora)}" if lr_lora else ""))
-    return out
-
-
 STUDIES: dict[str, tuple[Callable[[pd.DataFrame, Evidence], list[Finding]], tuple[str, ...]]] = {
+    "wit": (wit_study, (QA, FORGET)),
+    "razor": (razor_study, (FORGET, "forgetting/kl_sft", NLL)),
+    "replay": (replay_study, (QA, FORGET)),
     "lora_vs_full": (lora_vs_full, (QA, FORGET)),
     "mini_lima": (seed_story, (QA, FORGET, ANSWERED, CONTINUED)),
     "prompt_weight": (prompt_weight, (QA, NLL, *OWN.values(), *OWN_REAL.values())),

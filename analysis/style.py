@@ -128,11 +128,15 @@ def variant_colours(variants: Iterable[str]) -> dict[str, str]:
     vs = variant_order(variants)
     base = regime_colours(variant_regime(v) for v in vs)
     out = {}
-    for fam in dict.fromkeys(variant_family(v) for v in vs):
+    fams = list(dict.fromkeys(variant_family(v) for v in vs))
+    for fam in fams:
         group = [v for v in vs if variant_family(v) == fam]
         m = _VARIANT.match(group[0])
         method = m.group("method") if m else None
         colour = ADAPTER_COLOURS.get(method, EXTRA_COLOURS[1]) if method else base[variant_regime(group[0])]
+        peers = [f for f in fams if method and f.endswith(f" + {method}")]  # one method under several regimes
+        if len(peers) > 1:
+            colour = _shade(colour, peers.index(fam), len(peers) + 1)
         shaded = [v for v in group if (mv := _VARIANT.match(v)) and (mv.group("w") or mv.group("r"))]
         for v in group:
             out[v] = _shade(colour, shaded.index(v), len(shaded)) if v in shaded else colour

@@ -58,9 +58,10 @@ _ABBREV_KEYS = {"regime.name": "", "train.lr": "lr", "train.epochs": "ep", "trai
                 "regime.prompt_weight": "plw", "regime.turns": "turns", "data.train.path": "",
                 "data.train.limit": "n", "data.max_length": "len", "train.batch_tokens": "bt",
                 "model.name_or_path": "", "model.adapter.method": "", "model.adapter.r": "r",
-                "model.adapter.alpha": "alpha"}
+                "model.adapter.alpha": "alpha", "data.replay.fraction": "replay", "regime.response_weight": "rw",
+                "train.freeze.bottom_layers": "frozen"}
 # axes left out of the readable prefix (they still enter the hash): eval data follows the training data
-_UNLABELLED_AXES = {"data.eval.path", "data.eval.limit"}
+_UNLABELLED_AXES = {"data.eval.path", "data.eval.limit", "data.replay.path"}
 _GENERIC_STEMS = {"model", "tokenizer", "data", "checkpoint", "final", "base"}
 
 

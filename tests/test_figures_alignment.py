@@ -68,3 +68,43 @@ def test_common_grid_interpolates_each_run_within_the_shared_range():
     assert per_run["a-s1"] == per_run["a-s2"]  # one grid for both runs
     assert min(per_run["a-s1"]) == 0.5 and max(per_run["a-s1"]) == 2.0  # where both runs have data (0.5 = 1/4*2)
     np.testing.assert_allclose(g["value"], 3.0 - g["epoch"])
+
+
+def test_weight_heatmap_means_over_seeds_and_outlines_the_best_cell(tmp_path):
+    from analysis.figures.probes import fig_weight_heatmap
+
+    qa = {(0.0, 1.0): 0.50, (0.1, 1.0): 0.62, (1.0, 1.0): 0.40, (0.0, 0.5): 0.45, (0.1, 0.5): 0.55, (1.0, 0.5): 0.30}
+    rows = []
+    for (lp, lr), v in qa.items():
+        for seed, dv in ((1, -0.02), (2, +0.02)):
+            ax = {"regime.name": "weighted", "regime.prompt_weight": lp, "regime.response_weight": lr,
+                  "train.seed": seed}
+            rows.append({"run_id": f"{lp}-{lr}-{seed}", "state": "done", "step": 30, "epoch": 3.0,
+                         "metric": "world_qa/exact_match", "value": v + dv, **ax})
+    ctx = Context(_frame(rows), _frame(rows).iloc[0:0], ["regime.prompt_weight", "regime.response_weight",
+                                                           "train.seed"], tmp_path, "world_qa/exact_match")
+    fig = fig_weight_heatmap(ctx)
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == sorted(f"{100 * v:.1f}" for v in qa.values())  # each cell: the mean of its seeds, in %
+    (box,) = [p for p in fig.axes[0].patches if not p.get_fill()]
+    assert box.get_xy() == (1, 0)  # lambda_p = 0.1 (column 1), lambda_r = 1 (top row): the best cell
+    plt.close(fig)
+
+
+def test_forgetting_vs_kl_fits_each_panel(tmp_path):
+    from analysis.figures.probes import fig_forgetting_vs_kl
+
+    rows = []
+    for i, lr in enumerate((1e-4, 3e-4, 1e-3, 3e-3)):
+        for seed in (1, 2):
+            ax = {"regime.name": "prompt_masked", "train.lr": lr, "train.seed": seed}
+            vals = {"forgetting/kl_sft": 0.5 * (i + 1), "forgetting/pretrain_nll_delta": 0.2 * (i + 1),
+                    "nll/response": 1.0 + (i % 2)}
+            rows += [{"run_id": f"{lr}-{seed}", "state": "done", "step": 30, "epoch": 3.0, "metric": m, "value": v,
+                      **ax} for m, v in vals.items()]
+    ctx = Context(_frame(rows), _frame(rows).iloc[0:0], ["train.lr", "train.seed"], tmp_path, None)
+    fig = fig_forgetting_vs_kl(ctx)
+    kl, loss = fig.axes[0], fig.axes[1]
+    assert kl.get_title().startswith("R² = 1.00 (4 configurations)")  # forgetting is linear in the KL here
+    assert loss.get_title().startswith("R² = 0.20")  # and only weakly follows the loss
+    plt.close(fig)

@@ -172,3 +172,43 @@ def test_lora_vs_full_learns_less_and_forgets_less_only_when_built_in():
     opposite = {f.claim: f.verdict for f in _found("lora_vs_full", cells(0.75, 0.4))}  # learns more, forgets more
     assert set(opposite.values()) == {"no"}
     assert any("LoRA r=8" in c for c in shape)
+
+
+def test_replay_keeps_pretraining_nll_flat_only_when_built_in():
+    QA, F, FR, LRK = "world_qa/exact_match", "forgetting/pretrain_nll_delta", "data.replay.fraction", "train.lr"
+
+    def cells(rep_forget, rep_qa):
+        out = {}
+        for lr in (1e-4, 1e-3):
+            out[(((FR, np.nan), (LRK, lr)), F)] = 0.5
+            out[(((FR, np.nan), (LRK, lr)), QA)] = 0.6
+            out[(((FR, 0.01), (LRK, lr)), F)] = rep_forget
+            out[(((FR, 0.01), (LRK, lr)), QA)] = rep_qa
+        return out
+
+    shape = {f.claim: f.verdict for f in _found("replay", cells(0.01, 0.59))}
+    assert len(shape) == 4 and set(shape.values()) == {"yes"}, shape
+    better = [f.verdict for f in _found("replay", cells(-0.5, 0.59))]  # replay lowers the NLL below the base's
+    assert better == ["yes", "yes", "no", "yes"]  # less forgetting, does not rise, but not flat
+    opposite = {f.claim: f.verdict for f in _found("replay", cells(0.55, 0.3))}
+    assert set(opposite.values()) == {"no"}, opposite
+
+
+def test_razor_forgetting_tracks_kl_on_sft_prompts_only_when_built_in():
+    F, K, N = "forgetting/pretrain_nll_delta", "forgetting/kl_sft", "nll/response"
+    rng = np.random.default_rng(3)
+    configs = [(r, m, lr) for r in ("prompt_masked", "full") for m in ("none", "lora") for lr in (3e-4, 1e-3, 3e-3)]
+
+    def cells(follows_kl: bool):
+        out = {}
+        for r, m, lr in configs:
+            kl, loss = rng.uniform(0.2, 3.0), rng.uniform(1.0, 2.0)
+            ax = (("regime.name", r), ("model.adapter.method", m), ("train.lr", lr))
+            out[(ax, K)], out[(ax, N)] = kl, loss
+            out[(ax, F)] = 0.3 * kl if follows_kl else 0.5 * loss
+        return out
+
+    shape = [f.verdict for f in _found("razor", cells(True))]
+    assert shape == ["yes", "yes"], shape
+    opposite = [f.verdict for f in _found("razor", cells(False))]
+    assert opposite[1] == "no", opposite  # forgetting follows the loss here: KL explains less than the loss

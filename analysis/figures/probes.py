@@ -1,17 +1,80 @@
-"""Targeted probes: the prompt-loss-weight sweep with its quadratic fit, and the raw-question format probe."""
+"""Targeted probes: the prompt-loss-weight sweep with its quadratic fit, Weighted Instruction Tuning's
+(lambda_p, lambda_r) heatmap, and the raw-question format probe."""
 
 from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
 from analysis import stats
-from analysis.figures.common import LR, REGIME, WEIGHT, Context, Skip, _grid, _legend, _lr_label, ci_frame
+from analysis.figures.common import (LR, REGIME, WEIGHT, Context, NotApplicable, Skip, _grid, _legend, _lr_label,
+                                     ci_frame)
 from analysis.style import BASE_COLOUR, FORMAT_LABELS, fmt_num, metric_label
+
+
+RESPONSE_WEIGHT = "regime.response_weight"
+
+
+def fig_weight_heatmap(ctx: Context):
+    """Weighted Instruction Tuning's heatmap (Chatterjee et al. 2025): the target metric at the final checkpoint
+    (mean over seeds) over the prompt weight lambda_p x the response weight lambda_r; the best cell is outlined."""
+    if WEIGHT not in ctx.axes or RESPONSE_WEIGHT not in ctx.axes:  # not a WIT grid: the figure does not belong
+        raise NotApplicable("the grid does not vary both regime.prompt_weight and regime.response_weight")
+    if not ctx.target:
+        raise Skip("no target metric")
+    fin = stats.final_rows(ctx.done)
+    d = fin[fin["metric"] == ctx.target]
+    if d.empty:
+        raise Skip(f"no final checkpoint has {ctx.target}")
+    pct = ctx.target.endswith(("exact_match", "acc"))
+    piv = d.groupby([RESPONSE_WEIGHT, WEIGHT])["value"].mean().unstack(WEIGHT).sort_index(ascending=False)
+    fig, ax = plt.subplots(figsize=(4.8, 3.6), layout="constrained")
+    sns.heatmap(piv * (100 if pct else 1), annot=True, fmt=".1f" if pct else ".3f", cmap="viridis", ax=ax,
+                cbar_kws={"label": metric_label(ctx.target)}, linewidths=0.5, linecolor="white")
+    best = piv.stack().idxmax() if not stats.lower_is_better(ctx.target) else piv.stack().idxmin()
+    r, c = list(piv.index).index(best[0]), list(piv.columns).index(best[1])
+    ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="white", lw=2.5))
+    ax.set_xlabel("prompt weight λp")
+    ax.set_ylabel("response weight λr")
+    ax.set_title("Weighted instruction tuning (final checkpoint, mean over seeds)", fontsize=9)
+    return fig
+
+
+def fig_forgetting_vs_kl(ctx: Context):
+    """RL's Razor (Shenfeld et al. 2025): forgetting (held-out pretraining-NLL increase) against KL(base || tuned)
+    on the fine-tuning prompts, and against the fine-tuning loss (held-out response NLL); one point per
+    configuration's final checkpoint (mean over seeds), least-squares line and R^2 per panel."""
+    fin = stats.final_rows(ctx.done)
+    have = set(fin["metric"])
+    if "forgetting/kl_sft" not in have:  # eval.kl_sft off: not this kind of experiment
+        raise NotApplicable("no forgetting/kl_sft (eval.kl_sft: false)")
+    if "forgetting/pretrain_nll_delta" not in have:
+        raise Skip("no forgetting/pretrain_nll_delta (eval.pretrain_text unset)")
+    keys = [k for k in ["variant", *stats.config_axes(fin, ctx.axes)] if k in fin.columns]
+    piv = fin.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean").reset_index()
+    xs = [m for m in ("forgetting/kl_sft", "nll/response") if m in piv]
+    fig, axs = _grid(1, len(xs), w=3.4, h=2.9)
+    for j, m in enumerate(xs):
+        ax, d = axs[0, j], piv.dropna(subset=[m, "forgetting/pretrain_nll_delta"])
+        for v in [v for v in ctx.order if v in set(d["variant"])]:
+            p = d[d["variant"] == v]
+            ax.scatter(p[m], p["forgetting/pretrain_nll_delta"], color=ctx.palette[v], s=24, edgecolor="white", lw=0.5)
+        if len(d) >= 3:
+            x, y = d[m].to_numpy(float), d["forgetting/pretrain_nll_delta"].to_numpy(float)
+            a, b = np.polyfit(x, y, 1)
+            r2 = np.corrcoef(x, y)[0, 1] ** 2
+            grid = np.linspace(x.min(), x.max(), 50)
+            ax.plot(grid, a * grid + b, color="black", lw=1.2, ls="--")
+            ax.set_title(f"R² = {r2:.2f} ({len(d)} configurations)", fontsize=9)
+        ax.set_xlabel(metric_label(m))
+        ax.set_ylabel(metric_label("forgetting/pretrain_nll_delta") if j == 0 else "")
+    _legend(fig, [v for v in ctx.order if v in set(piv["variant"])], ctx.palette, line=False)
+    return fig
 
 
 def fig_prompt_weight_fit(ctx: Context):
