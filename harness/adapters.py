@@ -16,7 +16,6 @@ Why PEFT rather than home-made low-rank layers: a checkpoint is then ``adapter_c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ from harness.errors import ConfigError
 from harness.fsio import is_local_path
 
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _FIX = 'pip install -e ".[peft]"'
 
 
@@ -117,7 +115,3 @@ def _record_base(model: torch.nn.Module, base_path: str | Path) -> None:
     base = str(Path(base_path).expanduser().resolve()) if is_local_path(base_path) else str(base_path)
     for pc in model.peft_config.values():
         pc.base_model_name_or_path = base
-
-
-def read_adapter_config(path: str | Path) -> dict:
-    return json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ import torch
 from harness import adapters
 from harness.config import ExperimentConfig, build
 from harness.errors import ConfigError
-from harness.layout import COMPLETED, TRAINER_STATE, RunDir, read_yaml
+from harness.layout import COMPLETED, SHARDED_STATE, TRAINER_STATE, RunDir, read_yaml
 from harness.modeling import load_model, tokenizer_for
 
 
@@ -67,7 +67,7 @@ def export(target: str | Path, out: str | Path, *, step: int | None = None, merg
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer_for(cfg).save_pretrained(tmp)
     else:  # the checkpoint's own files (full weights, or the adapter), without the resume state and sentinel
-        shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(TRAINER_STATE, COMPLETED, "dcp*"))
+        shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(TRAINER_STATE, COMPLETED, SHARDED_STATE))
     (tmp / "harness_export.json").write_text(json.dumps({
         "run": str(rd.path), "checkpoint": ckpt.name, "merged": bool(merged and adapters.is_adapter_dir(ckpt)),
         "adapter": raw.get("model", {}).get("adapter")}, indent=1) + "\n")

@@ -54,6 +54,15 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(directory, experiment yaml) of the 2-layer Llama, its tokenizer and SFT data (tests/tiny.py), once per module."""
+    from tests.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    return root, build_tiny(root)
+
+
 @pytest.fixture(scope="session")
 def chatml_tok():
     return train_bpe(template=CHATML)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import shutil
 from collections import namedtuple
 
-import pytest
 
 from harness.doctor import disk_forecast, doctor
 from harness.grid import load_experiment
-from tests.tiny import build_tiny
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("doc")
-    return root, build_tiny(root)
 
 
 def test_disk_forecast_follows_the_keep_policy(tiny):

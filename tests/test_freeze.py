@@ -10,21 +10,8 @@ from harness.config.train import FreezeConfig
 from harness.errors import ConfigError
 from harness.grid import load_experiment
 from harness.training.loop import train
-from tests.tiny import build_tiny
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return root, build_tiny(root)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread each (conftest)
 
 
 @pytest.mark.parametrize("overrides, frozen", [

@@ -25,26 +25,13 @@ from harness.errors import ConfigError
 from harness.grid import load_experiment
 from harness.layout import SHARDED_STATE, RunDir
 from harness.training.loop import train
-from tests.tiny import build_tiny
 
 FSDP = ("train.parallel=fsdp",)
 SHORT = ("train.max_steps=4",)
 ROOT = Path(__file__).resolve().parents[1]
 RESUMABLE = ("train.max_steps=6", "train.save_every_epoch=false", "train.save_every_steps=3")
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fsdp")
-    return root, build_tiny(root)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread each (conftest)
 
 
 def _spec(exp, overrides):

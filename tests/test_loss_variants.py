@@ -19,6 +19,8 @@ from harness.errors import ConfigError
 from harness.masking import REGIME_OPTIONS, apply_all, apply_regime, check_regime, regime_options
 from harness.training.loss import (LOSSES, NORMALIZATIONS, loss_denominator, per_token_nll, sft_loss, token_loss,
                                    token_weights)
+from tests.test_loss import _grads
+from tests.test_loss import _pad as _pad_with_mask
 
 V = 7
 PROMPT_ROLES = ("system", "user", "tool")
@@ -176,13 +178,7 @@ def _examples():
 
 
 def _pad(batch):
-    T = max(len(i) for i, _, _ in batch)
-    ids = torch.zeros(len(batch), T, dtype=torch.long)
-    lab = torch.full((len(batch), T), -100)
-    w = torch.zeros(len(batch), T, dtype=torch.float64)
-    for r, (i, l, ww) in enumerate(batch):
-        ids[r, :len(i)], lab[r, :len(i)], w[r, :len(i)] = i, l, ww
-    return ids, lab, w
+    return _pad_with_mask(batch)[:3]  # right-padded ids, labels, weights (the attention mask is not needed here)
 
 
 class _Tiny(torch.nn.Module):
@@ -196,10 +192,6 @@ class _Tiny(torch.nn.Module):
         e = self.emb(ids)
         prefix = e.cumsum(1) / torch.arange(1, ids.shape[1] + 1, dtype=e.dtype)[None, :, None]
         return self.mix(torch.cat([e, prefix], -1))
-
-
-def _grads(model):
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)

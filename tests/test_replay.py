@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
 from harness.data.tokenize import Segment
 from harness.errors import ConfigError, DataError
@@ -16,6 +14,8 @@ from harness.training.loop import prepare_data, train
 from harness.training.packing import plan_steps
 from harness.training.replay import add_replay
 from tests.tiny import build_tiny
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread each (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,6 @@ def tiny(tmp_path_factory):
             for i in range(40)]
     (root / "replay.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     return root, exp
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cfg_of(root, exp, *overrides):

@@ -19,23 +19,8 @@ from harness.grid import load_experiment
 from harness.training.engine import TrainingError
 from harness.training.loop import train
 from harness.versions import EVAL_SCHEMA
-from tests.tiny import build_tiny
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return root, build_tiny(root)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread per test (as train.threads: 1 in tiny.yaml): a 32-wide model gains nothing from two,
-    and on a shared box two OpenMP threads per process thrash (measured 20x slower under load 8)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread each (conftest)
 
 
 def spec_of(exp_path, *overrides):

@@ -6,6 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
+from harness import adapters
 from harness.config import ExperimentConfig, apply_overrides, build, to_dict
 from harness.errors import ConfigError
 from harness.evaluation.evaluate import evaluate_base, evaluate_checkpoint, evaluate_run
@@ -60,7 +61,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     adhoc = bool(args.tasks)
     if args.tasks:
         cfg = _with_tasks(cfg, [t for t in args.tasks.split(",") if t])
-    is_ckpt = any((target / f).exists() for f in ("config.json", "adapter_config.json")) \
+    is_ckpt = (target / "config.json").exists() or adapters.is_adapter_dir(target) \
         or re.search(r"step-\d+$", target.name) is not None
     if not is_ckpt:  # a run directory
         if adhoc:  # other tasks than the run's: written aside, so the run's rows stay comparable
