@@ -12,7 +12,7 @@ from harness.errors import ConfigError, DataError
 from harness.grid import load_experiment
 from harness.training.loop import prepare_data, train
 from harness.training.packing import plan_steps
-from harness.training.replay import add_replay
+from harness.training.replay import add_replay, replay_stream
 from tests.tiny import build_tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread each (conftest)
@@ -53,9 +53,12 @@ def test_every_step_has_the_replay_fraction(tiny, fraction, layout):
         assert abs(share - fraction) <= 0.5 / (T + R) + 1e-12  # rounding to whole tokens, nothing more
         assert abs(share - fraction) <= 0.01  # the "within 1% of the target per step"
     assert stats.pieces == len(new.examples) - n_sft and stats.step_share_min <= fraction + 0.01
+    stream = tok.decode(replay_stream(root / "replay.jsonl", tok, cfg.train.seed).tolist())
     for t, m in zip(new.examples[n_sft:], new.masks[n_sft:]):  # full loss on replay, nothing predicts token 0
         assert (t.segments == Segment.REPLAY).all() and m.weights[0] == 0 and (m.weights[1:] == 1).all()
         assert (m.labels[1:] == t.input_ids[1:]).all()
+        # what is supervised, decoded, is a stretch of the replay text (never conversation text)
+        assert tok.decode(m.labels[m.labels != -100].tolist()) in stream
 
 
 def test_replay_is_deterministic_and_seeded(tiny):
