@@ -23,6 +23,7 @@ report prints the number of seeds and items beside every CI.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -32,6 +33,7 @@ import pandas as pd
 from analysis.stats import BOOT_SEED, N_BOOT, SEED_KEY
 
 MAX_SEEDS = 64
+_RECOVERY = re.compile(r"^recovery/k\d+/")  # the k-shot recovery probe's metrics (harness/evaluation/recovery.py)
 MODES = ("both", "items", "seeds")
 
 
@@ -123,10 +125,15 @@ class Evidence:
         return self._docs[metric]
 
     def item_counts(self, metric: str, mode: str) -> np.ndarray:
-        """[B, I] how often each item appears in each draw (all ones when items are not resampled)."""
+        """[B, I] how often each item appears in each draw (all ones when items are not resampled). A metric
+        that asks the same items as another (the k-shot recovery probe's ``recovery/k16/world_qa/exact_match``
+        re-asks ``world_qa``'s questions) shares its draws: a difference between the two is paired by item."""
         n = len(self.docs(metric))
         if mode == "seeds":
             return np.ones((self.n_boot, n))
+        same = _RECOVERY.sub("", metric)
+        if same != metric and self.docs(same) == self.docs(metric):
+            return self.item_counts(same, mode)
         if metric not in self._counts:
             # a stream per metric, derived from the one seed: adding a metric changes no other metric's draws
             rng = np.random.default_rng([self.seed, sum(map(ord, metric)), len(metric)])
@@ -144,9 +151,11 @@ class Evidence:
 
     # ---- cells
 
-    def cell(self, metric: str, where: dict | None = None, at: str | float = "final") -> Cell | None:
+    def cell(self, metric: str, where: dict | None = None, at: str | float = "final",
+             step: int | None = None) -> Cell | None:
         """The runs matching `where` (axis -> value, None: unset; every other axis free) at their last evaluated step
-        (``at="final"``) or at epoch `at`; the base with ``where={"run_id": "base"}``. None if nothing matches."""
+        (``at="final"``), at epoch `at`, or at optimizer step `step`; the base with ``where={"run_id": "base"}``.
+        None if nothing matches."""
         docs = self.docs(metric)
         if not docs:
             return None
@@ -159,7 +168,9 @@ class Evidence:
             d = d[d["run_id"] != "base"]
         if d.empty:
             return None
-        if at == "final":
+        if step is not None:
+            d = d[d["step"] == step]
+        elif at == "final":
             d = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
         else:
             d = d[np.isclose(d["epoch"].astype(float), float(at))]

@@ -19,7 +19,8 @@ import pandas as pd
 
 from analysis.claims import (Evidence, Finding, above, all_of, below, best, diff, extreme, judge, mean_of, slope,
                              within)
-from analysis.forgetting_studies import lora_vs_full, razor_study, replay_study, wit_study
+from analysis.forgetting_studies import (RECOVERY_K, lora_vs_full, razor_study, recovery_metric, replay_study,
+                                        spurious_study, wit_study)
 from analysis.items import load_items
 from analysis.study_cells import (ANSWERED, CONTINUED, FORGET, KL, LR, NLL, OWN, OWN_REAL, QA, QA_TRAIN, REAL_QA, REG,
                                   SEED, W, _data_label, _means, _num, _values)
@@ -214,6 +215,7 @@ def real_model_story(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
 
 STUDIES: dict[str, tuple[Callable[[pd.DataFrame, Evidence], list[Finding]], tuple[str, ...]]] = {
     "wit": (wit_study, (QA, FORGET)),
+    "spurious": (spurious_study, (QA, *(recovery_metric(k) for k in RECOVERY_K), FORGET)),
     "razor": (razor_study, (FORGET, "forgetting/kl_sft", NLL)),
     "replay": (replay_study, (QA, FORGET)),
     "lora_vs_full": (lora_vs_full, (QA, FORGET)),

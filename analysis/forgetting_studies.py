@@ -1,6 +1,6 @@
 """Findings of the forgetting studies (issue #21's reproductions): LoRA vs full fine-tuning (Biderman et al. 2024),
 pretraining replay (Bethune et al. 2025), Weighted Instruction Tuning (Chatterjee et al. 2025) and RL's Razor
-(Shenfeld et al. 2025). Registered in
+(Shenfeld et al. 2025) and spurious forgetting in sequential stages (Zheng et al. 2025). Registered in
 analysis/findings.py's STUDIES; the claims are statistics as everywhere (analysis/claims.py)."""
 
 from __future__ import annotations
@@ -123,3 +123,76 @@ def razor_study(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
             judge("... better than it tracks the fine-tuning loss: R^2(KL) - R^2(response NLL) > 0",
                   lambda v: r2(KL_SFT)(v) - r2(NLL_RESP)(v), allc, above(0), "", src)]
 
+
+
+STAGE, FROZEN = "stage", "train.freeze.bottom_layers"
+TASK_A, TASK_B = "qa", "bio"  # experiments/spurious.yaml's stages: short-answer QA, then biographies
+RECOVERY_K = (4, 16, 64)  # the k-shot recovery probe's k (eval.recovery.k, besides 0)
+
+
+def recovery_metric(k: int, metric: str = QA) -> str:
+    """The k-shot recovery probe's name for `metric` (harness/evaluation/recovery.py)."""
+    return f"recovery/k{k}/{metric}"
+
+
+def _steps(df: pd.DataFrame, where: dict) -> list[int]:
+    d = df[(df["state"] == "done") & (df["metric"] == QA) & (df["step"] > 0)]
+    for k, v in where.items():
+        d = d[d[k] == v] if k in d else d.iloc[0:0]
+    return sorted(int(s) for s in d["step"].unique())
+
+
+def spurious_study(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
+    """Zheng et al. 2025 (spurious forgetting): after task A (QA), task-A accuracy collapses early in task-B
+    training (biographies) and partly comes back; a handful of task-A examples restore most of it, more than the
+    same examples teach the base; freezing the bottom layers in B reduces the collapse. The collapse is A's final
+    accuracy minus the lowest checkpoint of B's first half (chosen again in every draw), paired by seed."""
+    src, out = "Zheng et al. 2025", []
+    a_final = ev.cell(QA, {STAGE: TASK_A})
+    # the probe's calibration: on a checkpoint that has the task it must not take accuracy away (else it
+    # measures the damage of its own fine-tuning, not what a few examples restore)
+    on_a = [(k, ev.cell(recovery_metric(k), {STAGE: TASK_A})) for k in RECOVERY_K]
+    on_a = [(k, c) for k, c in on_a if c is not None]
+    if on_a:
+        out.append(judge("the recovery probe does not damage a model that has task A: k-shot on A's final - A's "
+                         "final > -3 pts at every k", best([diff(c, a_final) for _, c in on_a], lower_is_better=True),
+                         [a_final, *(c for _, c in on_a)], above(-0.03), "pts", src,
+                         "k-shot on A's final: " + ", ".join(f"k={k}: {100 * c.value:.1f}%" for k, c in on_a)))
+    drops = {}
+    for f in _values(df, FROZEN, {STAGE: TASK_B}):
+        where = {STAGE: TASK_B, FROZEN: f}
+        steps = _steps(df, where)
+        early = [ev.cell(QA, where, step=s) for s in steps if s <= steps[-1] / 2] if steps else []
+        low = best(early, lower_is_better=True) if early and all(c is not None for c in early) else None
+        b_final = ev.cell(QA, where)
+        frozen = f"bottom {f:g} layers frozen in B" if f else "nothing frozen"
+        means = [c.value for c in early if c is not None]
+        context = (f"A's final {100 * a_final.value:.1f}%; B by step: " + ", ".join(
+            f"{s}: {100 * m:.1f}%" for s, m in zip(steps, means)) + (f"; B's final {100 * b_final.value:.1f}%"
+                                                                      if b_final else "")) if a_final else ""
+        drops[f] = (lambda v, low=low: v(a_final) - low(v)) if low is not None else None
+        cells = [a_final, *early] if early else [None]
+        out.append(judge(f"{frozen}: task-A accuracy collapses early in task B: A's final - the lowest checkpoint of "
+                         "B's first half > 10 pts", drops[f] or (lambda v: v), cells, above(0.10), "pts", src, context))
+        out.append(judge(f"{frozen}: ... and partly comes back: B's final - that lowest checkpoint > 0",
+                         (lambda v, low=low, b=b_final: v(b) - low(v)) if low is not None else (lambda v: v),
+                         [*cells, b_final], above(0), "pts", src))
+        for k in RECOVERY_K:
+            rec = ev.cell(recovery_metric(k), where)
+            if rec is None and not any(recovery_metric(k) == m for m in df["metric"].unique()):
+                continue  # this k was not probed
+            out.append(judge(f"{frozen}: k={k} task-A examples restore most of what B lost: (k-shot - B's final) / "
+                             "(A's final - B's final) > 0.5",
+                             lambda v, r=rec, b=b_final: (v(r) - v(b)) / (v(a_final) - v(b)), [rec, b_final, a_final],
+                             above(0.5), "", src, f"k-shot {100 * rec.value:.1f}%" if rec else ""))
+            base = ev.cell(recovery_metric(k), {"run_id": "base"})
+            out.append(judge(f"{frozen}: ... more than k={k} examples teach the base (recovery, not learning QA "
+                             "afresh): k-shot after B - k-shot on the base > 0", diff(rec, base), [rec, base],
+                             above(0), "pts", src, f"base k-shot {100 * base.value:.1f}%" if base else ""))
+    frozen = [f for f in drops if f and drops[f] is not None]
+    if 0 in drops and drops[0] is not None:
+        for f in frozen:
+            out.append(judge(f"freezing the bottom {f:g} layers in B reduces the collapse: collapse(nothing frozen) - "
+                             f"collapse(bottom {f:g} frozen) > 0", lambda v, f=f: drops[0](v) - drops[f](v),
+                             [a_final], above(0), "pts", src))
+    return out

@@ -39,6 +39,9 @@ def _source(metric: str) -> tuple[str, Callable[[dict], tuple[float, float]]]:
     metric = DELTAS.get(metric, metric)
     if metric in PROBES:
         return PROBES[metric]
+    if metric.startswith("recovery/"):  # recovery/k16/world_qa/exact_match: the task is recovery/k16/world_qa
+        task, _, name = metric.rpartition("/")
+        return task, (lambda r: (float(r[name]), 1.0))
     task, _, name = metric.partition("/")
     if not name:
         raise ValueError(f"{metric!r} is not a per-item metric (expected <task>/<metric> or one of {list(PROBES)})")

@@ -37,6 +37,7 @@ from harness.evaluation.identity import eval_hash
 from harness.fsio import atomic_write_json, now_iso
 from harness.layout import ExperimentDir
 from harness.masking import check_regime
+from harness.stages import RUN_PREFIX, Stage, init_run_id, parse_stages
 from harness.versions import SCHEMA_VERSION
 
 
@@ -205,28 +206,50 @@ def inapplicable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, tuple[str, ..
 
 
 def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
-    """Expand the grid of a raw (dict) experiment into run specs with stable, unique ids."""
+    """Expand the grid of a raw (dict) experiment into run specs with stable, unique ids (with ``stages:``,
+    one chain of runs per grid point, each stage's run after its previous stage's: harness/stages.py)."""
     points = _grid_points(cfg_raw.get("grid"), lines)
+    stages = parse_stages(cfg_raw.get("stages"), lines) or [None]
     runs, seen = [], {}
     for pt in points:
-        raw = copy.deepcopy(cfg_raw)
-        raw["grid"] = None
-        for k, v in pt.items():
-            _set_dotted(raw, k, v)
-        label = ", ".join(f"{k}={v}" for k, v in pt.items())
-        cfg = _build_checked(raw, lines, f"grid point {label}" if label else "")
-        _check_regime(cfg, lines, label)
-        cfg, unused = inapplicable(cfg)
-        resolved = to_dict(cfg)
-        # typed values: '1e-4' (YAML str) and 0.0001 agree; axes that do not apply here are no axes of this run
-        pt = {k: _get_dotted(resolved, k) for k in pt if k not in unused}
-        prefix = "-".join(axis_label(k, v) for k, v in pt.items() if k not in _UNLABELLED_AXES) or "run"
-        run_id = f"{prefix}-{config_hash(cfg)}"
-        if run_id in seen:
-            continue  # two grid points resolving to the same config are the same run
-        seen[run_id] = True
-        runs.append(RunSpec(run_id, dict(pt), cfg))
+        parent = None
+        for i, stage in enumerate(stages):
+            spec = _point(cfg_raw, pt, stage, parent, lines)
+            if stage is not None and i < len(stages) - 1 and spec.config.train.keep == "none":
+                raise ConfigError(f"stage {stage.name!r} keeps no weights (train.keep: none), but stage "
+                                  f"{stages[i + 1].name!r} starts from its final checkpoint",
+                                  where=lines.where("train.keep") if lines else "train.keep",
+                                  fix=f"keep the final checkpoint of {stage.name!r}: set train.keep: last in its "
+                                      "stage's set")
+            parent = spec.run_id
+            if spec.run_id not in seen:  # two grid points resolving to the same config are the same run
+                seen[spec.run_id] = True
+                runs.append(spec)
     return runs
+
+
+def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lines: LineMap | None) -> RunSpec:
+    raw = copy.deepcopy(cfg_raw)
+    raw["grid"], raw["stages"] = None, None
+    for k, v in pt.items():
+        _set_dotted(raw, k, v)
+    label = ", ".join(f"{k}={v}" for k, v in pt.items())
+    if stage is not None:
+        for k, v in stage.set.items():
+            _set_dotted(raw, k, v)
+        if parent is not None:
+            _set_dotted(raw, "model.init_from", f"{RUN_PREFIX}{parent}")
+        label = f"stage {stage.name}" + (f", {label}" if label else "")
+    cfg = _build_checked(raw, lines, f"grid point {label}" if label else "")
+    _check_regime(cfg, lines, label)
+    cfg, unused = inapplicable(cfg)
+    resolved = to_dict(cfg)
+    # typed values: '1e-4' (YAML str) and 0.0001 agree; axes that do not apply here are no axes of this run
+    pt = {k: _get_dotted(resolved, k) for k in pt if k not in unused}
+    prefix = "-".join(axis_label(k, v) for k, v in pt.items() if k not in _UNLABELLED_AXES)
+    if stage is not None:
+        prefix, pt = "-".join(p for p in (stage.name, prefix) if p), {"stage": stage.name, **pt}
+    return RunSpec(f"{prefix or 'run'}-{config_hash(cfg)}", dict(pt), cfg)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
@@ -301,8 +324,9 @@ def write_plan(exp: Experiment) -> Path:
 
     plan = {"schema": SCHEMA_VERSION, "experiment": exp.config.name, "experiment_file": exp.path,
             "created": now_iso(), "axes": axes, "base_eval_hash": ehash(exp.config),
-            "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash,
-                      "eval_hash": ehash(r.config)} for r in exp.runs]}
+            "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash, "eval_hash": ehash(r.config),
+                      **({"after": a} if (a := init_run_id(r.config.model.init_from)) else {})}
+                     for r in exp.runs]}
     atomic_write_json(exp.dir.plan, plan)
     return exp.dir.plan
 

@@ -50,7 +50,8 @@ _EVAL_FILE = re.compile(r"^step-(\d{6})\.json$")
 # (path, written by, what it holds): the table of docs/results-schema.md
 FILES = (
     (PLAN, "harness run", "the expanded grid: schema, axes, each run's id, config hash and eval hash, "
-                          "base_eval_hash (the experiment's own base)"),
+                          "base_eval_hash (the experiment's own base); with stages, each later stage's `after` "
+                          "(the run it starts from)"),
     (LAUNCH_LOCK, "harness run", "flock held while one launcher submits the grid (a second one is refused)"),
     (f"{BASE}/{EVAL}/step-000000.json", "evaluation", "the base model, evaluated once per experiment "
                                                        "(+ .samples.jsonl.gz, .tokens.parquet, base_logprobs-*.npz)"),
@@ -60,7 +61,8 @@ FILES = (
     (f"{RUNS}/<run-id>/{CONFIG}", "training", "resolved config of this run (no grid)"),
     (f"{RUNS}/<run-id>/{PROVENANCE}", "training", "git commit/dirty, package versions, host, data sha256, "
                                                    "mask statistics and hash, engine, schema, parameter counts "
-                                                   "(trainable/total), adapter, replay share"),
+                                                   "(trainable/total), adapter, replay share, init_from (a "
+                                                   "later stage's starting checkpoint and its weights' sha256)"),
     (f"{RUNS}/<run-id>/{METRICS}", "training", "training log, one JSON object per logging step"),
     (f"{RUNS}/<run-id>/{TRACKING}/", "training, evaluation", "tracker files (train.report_to): TensorBoard events "
                                                             "(train/ step metrics, eval/ per checkpoint), wandb/ "

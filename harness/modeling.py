@@ -17,6 +17,7 @@ from harness.config import ExperimentConfig
 from harness.data.templates import resolve_template
 from harness.errors import ConfigError
 from harness.fsio import is_local_path
+from harness.stages import base_weights
 from harness.training.freeze import freeze
 
 log = logging.getLogger("harness.modeling")
@@ -102,13 +103,13 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device, *,
     ConfigError here, before the weights load.
 
     Adapters (model.adapter, harness/adapters.py): a checkpoint that holds an adapter loads the base from
-    model.name_or_path plus the adapter (trainable for training, merged into the weights for evaluation); the
+    model.name_or_path (model.init_from's checkpoint in a later stage) plus the adapter (trainable for training, merged into the weights for evaluation); the
     base itself, loaded for training with an adapter configured, gets a new adapter (seeded by train.seed)."""
     from transformers import AutoModelForCausalLM
 
     quiet_hf_progress()
     adapter_ckpt = path if adapters.is_adapter_dir(path) else None
-    weights = cfg.model.name_or_path if adapter_ckpt is not None else path
+    weights = base_weights(cfg) if adapter_ckpt is not None else path
     check_local(weights)
     dtype = DTYPES[cfg.model.dtype]
     if not training and device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
@@ -127,7 +128,7 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device, *,
         if not training:
             model = adapters.merged(model)
     elif training and cfg.model.adapter.enabled:
-        model = adapters.attach(model, cfg.model.adapter, cfg.train.seed, cfg.model.name_or_path)
+        model = adapters.attach(model, cfg.model.adapter, cfg.train.seed, str(base_weights(cfg)))
     if training:
         freeze(adapters.unwrap(model), cfg.train.freeze)
     return model.train() if training else model.eval()

@@ -175,7 +175,7 @@ def test_regime_colours_fixed():
 # figures that do not belong to the synthetic grid: findings only for the shipped studies (tests/test_findings.py
 # draws it), the WIT heatmap only for a grid over both regime weights and the KL scatter only with eval.kl_sft
 # (tests/test_figures_alignment.py draws both)
-NOT_THIS_GRID = ("findings", "weight_heatmap", "forgetting_vs_kl")
+NOT_THIS_GRID = ("findings", "weight_heatmap", "forgetting_vs_kl", "recovery_curves")
 
 
 def test_every_figure_written_non_empty(report):

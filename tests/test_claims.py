@@ -171,3 +171,24 @@ def test_findings_fall_back_to_run_means_without_items(tmp_path):
     found = findings_for("mini_lima", df, tmp_path)  # no samples under tmp_path
     f = next(f for f in found if f.claim.startswith("prompt_masked - base"))
     assert "3 seeds x 1 items" in f.observed and f.verdict in ("yes", "inconclusive")
+
+
+def test_the_recovery_probe_metric_is_paired_with_the_task_it_re_asks():
+    """recovery/k16/task/acc re-asks task/acc's questions: a difference between the two is paired by item
+    (the same draws), as a difference between two configurations of one metric is."""
+    df = _items({("A", 1e-3): 0.55, ("B", 1e-3): 0.45}, item_sd=0.4, rng_seed=1)
+    rec = df.copy()
+    rec.loc[rec["regime.name"] == "B", "metric"] = f"recovery/k16/{M}"
+    ev = Evidence(rec)
+    assert np.array_equal(ev.item_counts(f"recovery/k16/{M}", "both"), ev.item_counts(M, "both"))
+    a, b = ev.cell(M, {"regime.name": "A"}), ev.cell(f"recovery/k16/{M}", {"regime.name": "B"})
+    paired = judge("d", diff(a, b), [a, b], above(0), "pts")
+    same = Evidence(df)
+    ref = judge("d", diff(same.cell(M, {"regime.name": "A"}), same.cell(M, {"regime.name": "B"})),
+                [a, b], above(0), "pts")
+    assert (paired.low, paired.high) == pytest.approx((ref.low, ref.high))
+    # another metric with other items keeps its own draws
+    other = rec.copy()
+    other.loc[other["metric"] == f"recovery/k16/{M}", "doc_id"] += "x"
+    ev2 = Evidence(other)
+    assert not np.array_equal(ev2.item_counts(f"recovery/k16/{M}", "both")[:, :5], ev2.item_counts(M, "both")[:, :5])

@@ -212,3 +212,30 @@ def test_razor_forgetting_tracks_kl_on_sft_prompts_only_when_built_in():
     assert shape == ["yes", "yes"], shape
     opposite = [f.verdict for f in _found("razor", cells(False))]
     assert opposite[1] == "no", opposite  # forgetting follows the loss here: KL explains less than the loss
+
+
+def test_spurious_forgetting_collapse_recovery_and_freezing_only_when_built_in():
+    """Zheng et al. 2025 in two stages: task-A accuracy through stage B (a value per checkpoint), the k-shot
+    recovery probe at B's final checkpoint and on the base."""
+    QA, S, FZ = "world_qa/exact_match", "stage", "train.freeze.bottom_layers"
+    R4, R16 = "recovery/k4/world_qa/exact_match", "recovery/k16/world_qa/exact_match"
+
+    def cells(b0, b2):
+        return {(((S, "qa"), (FZ, 0)), QA): [0.6],
+                (((S, "bio"), (FZ, 0)), QA): b0, (((S, "bio"), (FZ, 2)), QA): b2,
+                (((S, "bio"), (FZ, 0)), R4): [0.46], (((S, "bio"), (FZ, 0)), R16): [0.58],
+                (((S, "bio"), (FZ, 2)), R4): [0.6], (((S, "bio"), (FZ, 2)), R16): [0.6],
+                (((S, "qa"), (FZ, 0)), R4): [0.6], (((S, "qa"), (FZ, 0)), R16): [0.61]}
+
+    base = {R4: 0.1, R16: 0.2}
+    got = {f.claim: f.verdict for f in _found("spurious", cells([0.3, 0.25, 0.4, 0.45], [0.55, 0.55, 0.58, 0.58]),
+                                              base, seeds=(1, 2, 3))}
+    nothing = {c: v for c, v in got.items() if c.startswith("nothing frozen")}
+    assert list(nothing.values()) == ["yes", "yes", "no", "yes", "yes", "yes"], nothing  # k=4 restores a tenth
+    assert [v for c, v in got.items() if "collapses early" in c and "bottom 2" in c] == ["no"]
+    assert [v for c, v in got.items() if c.startswith("freezing the bottom 2")] == ["yes"]
+    assert [v for c, v in got.items() if c.startswith("the recovery probe does not damage")] == ["yes"]
+    flat = {f.claim: f.verdict for f in _found("spurious", cells([0.6] * 4, [0.3, 0.2, 0.3, 0.3]), base,
+                                               seeds=(1, 2, 3))}
+    assert [v for c, v in flat.items() if "collapses early" in c] == ["no", "yes"]
+    assert [v for c, v in flat.items() if c.startswith("freezing")] == ["no"]  # freezing made it worse here

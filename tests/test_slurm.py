@@ -154,3 +154,29 @@ def test_two_tasks_on_one_node_are_one_run(tmp_path):
     la = [json.loads(x)["loss"] for x in (rdir / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (ref / "metrics.jsonl").read_text().splitlines()]
     assert len(la) == len(lb) == 6 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-5
+
+
+def test_a_chain_of_stages_is_one_slurm_job(tmp_path):
+    """Stages (harness/stages.py): a run and the runs that start from it are one job, run in order."""
+    import yaml
+
+    root = tmp_path / "w"
+    root.mkdir()
+    p = build_tiny(root)
+    raw = yaml.safe_load(p.read_text())
+    raw["train"]["epochs"] = 1
+    raw["stages"] = [{"name": "a"}, {"name": "b", "set": {"train.lr": 1e-3}}]
+    raw["grid"] = {"train.seed": [1, 2]}
+    p.write_text(yaml.safe_dump(raw))
+    exp = load_experiment(p, ["launcher.backend=slurm", "launcher.timeout_min=10", "launcher.mem_gb=1",
+                              "launcher.cpus_per_run=1"])
+    summary = launch(exp, wait=False, out=lambda *a: None)
+    assert len(summary["results"]) == 2  # two chains, two array tasks
+    _wait(lambda: _all_done(exp), 240, "all four runs DONE")
+    for chain in (exp.runs[:2], exp.runs[2:]):
+        ids = {json.loads((exp.out_dir / "runs" / r.run_id / "launcher.json").read_text())["job_id"] for r in chain}
+        assert len(ids) == 1  # both stages ran in one job
+        b = exp.out_dir / "runs" / chain[1].run_id
+        assert json.loads((b / "provenance.json").read_text())["init_from"]["init_from"] == f"run:{chain[0].run_id}"
+        a_done = (exp.out_dir / "runs" / chain[0].run_id / "DONE").stat().st_mtime
+        assert a_done <= (b / "provenance.json").stat().st_mtime  # b started after a finished

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from analysis.figures.common import Context, NotApplicable, Skip
 from analysis.figures.findings import fig_findings
 from analysis.figures.probes import fig_forgetting_vs_kl, fig_format_probe, fig_prompt_weight_fit, fig_weight_heatmap
+from analysis.figures.stages import fig_recovery_curves
 from analysis.figures.sweeps import (
     fig_forgetting_vs_epochs,
     fig_forgetting_vs_lr,
@@ -41,6 +42,7 @@ FIGURES: list[tuple[str, Callable[[Context], object]]] = [
     ("prompt_weight_fit", fig_prompt_weight_fit),
     ("weight_heatmap", fig_weight_heatmap),
     ("forgetting_vs_kl", fig_forgetting_vs_kl),
+    ("recovery_curves", fig_recovery_curves),
     ("format_probe", fig_format_probe),
     ("mask_audit", fig_mask_audit),
     ("token_loss", fig_token_loss),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from harness.config.checks import _choice, _pos
-from harness.errors import ConfigError
+from harness.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,61 @@ class TaskConfig:
     final_only: bool = False
     """Run this task on the base and a run's final checkpoint only (a whole held-out set is worth its time
     where the findings are judged, not at every intermediate checkpoint)."""
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """The k-shot recovery probe (harness/evaluation/recovery.py; Zheng et al. 2025, spurious forgetting): a
+    copy of the model fine-tuned on the first k conversations of a task, then that task measured again. A
+    score that comes back after a few examples was lost alignment, not lost knowledge. Off by default (no
+    data), so evaluations without it keep their eval hash."""
+
+    data: Optional[str] = None
+    """Conversations of the task (.jsonl messages, any format data.train accepts); the first k are the k-shot
+    examples, tokenized like the other probes (data.max_length, eot, boundary, system_prompt). None: off."""
+    k: tuple[int, ...] = (0, 4, 16, 64)
+    """Numbers of examples, non-negative and strictly increasing; k = 0 is the model itself (no training)."""
+    steps: int = 10
+    """AdamW steps on the k examples, each on all k of them (full batch)."""
+    lr: float = 1e-4
+    """Learning rate (constant, no weight decay, no warmup). Calibrate it on a checkpoint that has the task: the
+    probe must not lower that checkpoint's score (recovery/k*/ of the first stage's final checkpoint, a finding
+    of the spurious study). Measured on the demo mini-world: 1e-3 x 10 steps took the QA-tuned model from 60% to
+    17-40% at k = 4 (it measured damage, not recovery); 1e-4 x 10 steps keeps it at 61-63%."""
+    tasks: tuple[str, ...] = ()
+    """Names of eval.tasks entries measured again after each k (empty: all of eval.tasks)."""
+    every_checkpoint: bool = False
+    """Run the probe on every evaluated checkpoint (False: the base and a run's final checkpoint only, as
+    eval.tasks' final_only)."""
+    seed: int = 0
+    """Seed of the k-shot fine-tuning (dropout is off: the fine-tuning is deterministic given the seed)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.data is not None
+
+    def __post_init__(self):
+        where = "eval.recovery"
+        if self.data is not None and not str(self.data).strip():
+            raise ConfigError("is empty", where=f"{where}.data", fix="give a conversations file (or null: off)")
+        if not self.k:
+            raise ConfigError("is empty", where=f"{where}.k", fix="give at least one k, e.g. [0, 4, 16, 64]")
+        for i, k in enumerate(self.k):
+            _pos(f"{where}.k", k, allow_zero=True)
+            if i and k <= self.k[i - 1]:
+                raise ConfigError(f"must be strictly increasing, got {list(self.k)}", where=f"{where}.k",
+                                  fix=f"write them in order, each once: {sorted(set(self.k))}")
+        _pos(f"{where}.steps", self.steps)
+        _pos(f"{where}.lr", self.lr)
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"names a task twice: {list(self.tasks)}", where=f"{where}.tasks",
+                              fix="name each task once")
+        defaults = RecoveryConfig.__dataclass_fields__
+        unused = [n for n in ("k", "steps", "lr", "tasks", "every_checkpoint", "seed")
+                  if getattr(self, n) != defaults[n].default]
+        if unused and self.data is None:
+            raise ConfigError("is set but eval.recovery.data is not: the probe it configures does not run",
+                              where=f"{where}.{unused[0]}", fix="set eval.recovery.data (or drop the option)")
 
 
 @dataclass(frozen=True)
@@ -77,6 +132,8 @@ class EvalConfig:
     """torch CPU threads while evaluating; default: 1 for models under 20M parameters on CPU (their small
     ops gain nothing from more threads, and threads that share cores with other processes spin-wait: see
     benchmarks/NOTES.md), else unchanged."""
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    """The k-shot recovery probe (recovery/k{k}/...): off unless eval.recovery.data is set."""
 
     def __post_init__(self):
         _pos("eval.probe_limit", self.probe_limit)
@@ -96,3 +153,13 @@ class EvalConfig:
                               where=f"eval.{unused[0]}", fix="set eval.kl_sft: true (or drop the option)")
         if self.threads is not None:
             _pos("eval.threads", self.threads)
+        names = [t.name for t in self.tasks]
+        if self.recovery.enabled and not names:
+            raise ConfigError("is set but eval.tasks is empty: the probe measures eval.tasks again after each k",
+                              where="eval.recovery.data", fix="add the task to eval.tasks (or unset eval.recovery)")
+        for i, name in enumerate(self.recovery.tasks):
+            if name not in names:
+                # where names the item (tasks[i]): a bare 'tasks' would be re-rooted at eval.tasks by the loader
+                raise ConfigError(f"task {name!r} is not in eval.tasks (valid names: {names})"
+                                  + did_you_mean(name, names), where=f"eval.recovery.tasks[{i}]",
+                                  fix=f"name eval.tasks entries: {names}" if names else "add it to eval.tasks")

@@ -73,6 +73,11 @@ class ModelConfig:
     """Hub revision (commit) to pin; ignored for local paths."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     """Parameter-efficient fine-tuning (PEFT): which adapter, if any, is trained instead of the full weights."""
+    init_from: Optional[str] = None
+    """Start training from this checkpoint's weights instead of name_or_path's: a checkpoint directory, a run
+    directory (its final checkpoint, once DONE) or run:<run id> of this experiment, which ``stages:`` sets for
+    every stage after the first (harness/stages.py). name_or_path stays the base that KL and the forgetting
+    probes compare with, and supplies the tokenizer."""
 
     def __post_init__(self):
         _choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16", "float64", "auto"))
@@ -194,6 +199,9 @@ class ExperimentConfig:
     """Where and how runs execute."""
     grid: Any = None
     """Grid: {dotted.key: [values]} (cartesian product) or a list of such maps (their union)."""
+    stages: Any = None
+    """Sequential stages: [{name, set: {dotted.key: value}}, ...]; every grid point becomes a chain of runs,
+    each stage starting from the previous stage's final checkpoint (harness/stages.py)."""
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):

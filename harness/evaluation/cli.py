@@ -32,7 +32,12 @@ def _with_tasks(cfg: ExperimentConfig, names: list[str]) -> ExperimentConfig:
     d = to_dict(cfg)
     known = {t["name"]: t for t in d["eval"]["tasks"]}
     d["eval"]["tasks"] = [known.get(n, {"name": n}) for n in names]
-    d["grid"] = None
+    rec = d["eval"].get("recovery") or {}
+    if rec.get("tasks"):  # the recovery probe re-measures those of its tasks that are still evaluated
+        rec["tasks"] = [t for t in rec["tasks"] if t in names]
+        if not rec["tasks"]:  # none of them: the probe has nothing to measure here
+            d["eval"]["recovery"] = {}
+    d["grid"], d["stages"] = None, None
     return build(ExperimentConfig, d)
 
 

@@ -99,9 +99,13 @@ def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool =
     if in_exp:
         evaluate_base(config, exp_dir)
     ev = evaluator_for(config, base_dir)
-    # tasks marked final_only run on the final checkpoint only: the newest one once training is DONE
+    # tasks marked final_only, and the recovery probe unless eval.recovery.every_checkpoint, run on the final
+    # checkpoint only: the newest one once training is DONE
     every = [t for t in config.eval.tasks if not t.final_only]
-    ev_mid = ev if len(every) == len(config.eval.tasks) else evaluator_for(config, base_dir, every)
+    rc = config.eval.recovery
+    mid_recovery = rc.every_checkpoint or not rc.enabled
+    ev_mid = ev if len(every) == len(config.eval.tasks) and mid_recovery \
+        else evaluator_for(config, base_dir, every, recovery=mid_recovery)
     cks = rd.completed_checkpoints()
     final = cks[-1][0] if cks and rd.done.exists() else None
     epochs = rd.epochs_by_step()

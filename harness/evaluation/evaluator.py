@@ -18,6 +18,7 @@ from harness.errors import ConfigError, DataError
 from harness.evaluation import generate as G
 from harness.evaluation import kl_prompts as K
 from harness.evaluation import probes as P
+from harness.evaluation import recovery as R
 from harness.evaluation.identity import eval_hash, kl_prompt_source, probe_paths
 from harness.evaluation.lm_eval import finite_or_none, run_lm_eval, task_manager_for
 from harness.fsio import file_lock
@@ -37,10 +38,15 @@ class EvalResult:
 class Evaluator:
     """Evaluates models under one experiment config. Holds what is the same for every checkpoint: the
     tokenizer, the tokenized probes, the lm-eval task manager and the base model's cached log-probs (on the
-    pretraining-like text and on the fine-tuning prompts' continuations)."""
+    pretraining-like text and on the fine-tuning prompts' continuations).
+
+    `tasks`: the lm-eval tasks it runs (default: eval.tasks); `recovery`: whether it runs the k-shot recovery
+    probe when eval.recovery is on (evaluate_run passes eval.recovery.every_checkpoint for a run's
+    intermediate checkpoints, as it passes the tasks without final_only)."""
 
     def __init__(self, cfg: ExperimentConfig, base_dir: str | Path | None = None,
-                 tasks: Sequence[TaskConfig] | None = None, device: torch.device | None = None):
+                 tasks: Sequence[TaskConfig] | None = None, device: torch.device | None = None,
+                 recovery: bool = True):
         self.cfg = cfg
         self.tasks = list(cfg.eval.tasks if tasks is None else tasks)
         self.base_dir = Path(base_dir) if base_dir is not None else ExperimentDir(Path(cfg.results_dir) / cfg.name).base()
@@ -88,6 +94,13 @@ class Evaluator:
                 src["path"], self.tok, max_length=d.max_length, limit=e.kl_prompt_limit or e.probe_limit,
                 fmt=src["format"], split=src["split"], name=src["name"], eot=d.eot, boundary=d.boundary,
                 system_prompt=d.system_prompt, literal_content=d.literal_content)
+        self.recovery_examples = None
+        rc = e.recovery
+        if rc.enabled and recovery:  # tokenized once: the first max(k) conversations, like the other probes
+            self.recovery_examples = P.tokenize_eval_conversations(
+                rc.data, self.tok, max_length=d.max_length, limit=max(max(rc.k), 1), eot=d.eot,
+                boundary=d.boundary, system_prompt=d.system_prompt, literal_content=d.literal_content)
+            R.check_examples(self.recovery_examples, rc, rc.data)  # before any checkpoint is evaluated
         self._base_lp: P.BaseLogprobs | None = None
         self._kl_cache: K.KLCache | None = None
 
@@ -158,6 +171,7 @@ class Evaluator:
         metrics, results, samples = run_lm_eval(model, self.tok, cfg, self.tasks, self.tm) if self.tasks \
             else ({}, {}, [])
         seconds["lm_eval"] = time.perf_counter() - t
+        task_metrics = dict(metrics)  # the tasks' own numbers, before the probes add theirs
         token_rows: list = []
         probes: dict[str, Any] = {"eval_hash": self.hash}
         if self.conversations is not None:
@@ -200,6 +214,30 @@ class Evaluator:
             probes["format"] = {"path": self.paths["raw"], "questions": len(self.raw),
                                 "max_new_tokens": e.max_new_tokens, "stop": self.stop, "rule": e.format_rule}
             seconds["format"] = time.perf_counter() - t
+        if self.recovery_examples is not None:
+            t = time.perf_counter()
+            rc = e.recovery
+            # the evaluator's own tasks (so final_only holds here too), those eval.recovery.tasks names
+            rtasks = [x for x in self.tasks if not rc.tasks or x.name in rc.tasks]
+
+            def measure(mdl) -> tuple[dict, list]:
+                if not rtasks:
+                    return {}, []
+                got = run_lm_eval(mdl, self.tok, cfg, rtasks, self.tm)
+                return got[0], got[2]
+
+            reuse = len(rtasks) == len(self.tasks)  # k = 0: the tasks measured just above, when they are all
+            m, info = R.recovery_probe(model, self.recovery_examples, rc, measure, pad=self.tok.pad_token_id,
+                                       where=rc.data, k0=task_metrics if reuse else None)
+            metrics.update(m)
+            by_k = info.get("samples", {})
+            if reuse and 0 in rc.k:
+                by_k[0] = [x for x in samples if x.get("task") in {t.name for t in rtasks}]
+            samples += R.item_rows(by_k)  # per item: the findings' bootstrap resamples the probe's questions too
+            probes["recovery"] = {"path": rc.data, "k": list(rc.k), "steps": rc.steps, "lr": rc.lr,
+                                  "tasks": [x.name for x in rtasks], "examples": len(self.recovery_examples),
+                                  "supervised_tokens": info["supervised_tokens"]}
+            seconds["recovery"] = time.perf_counter() - t
         probes["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
         return EvalResult({k: finite_or_none(v) for k, v in metrics.items()}, results, samples, token_rows,
                           probes)
@@ -228,13 +266,13 @@ _EVALUATORS: dict[tuple, Evaluator] = {}
 
 
 def evaluator_for(cfg: ExperimentConfig, base_dir: str | Path | None = None,
-                  tasks: Sequence[TaskConfig] | None = None) -> Evaluator:
-    """One Evaluator per (eval hash, base dir, tasks) in this process (checkpoints of a run share it)."""
+                  tasks: Sequence[TaskConfig] | None = None, recovery: bool = True) -> Evaluator:
+    """One Evaluator per (eval hash, base dir, tasks, recovery) in this process (checkpoints of a run share it)."""
     key = (eval_hash(cfg), str(Path(base_dir).resolve()) if base_dir else None,
-           json.dumps(to_dict(list(tasks)) if tasks is not None else None))
+           json.dumps(to_dict(list(tasks)) if tasks is not None else None), recovery)
     if key not in _EVALUATORS:
         if len(_EVALUATORS) > 4:
             _EVALUATORS.clear()
-        _EVALUATORS[key] = Evaluator(cfg, base_dir, tasks)
+        _EVALUATORS[key] = Evaluator(cfg, base_dir, tasks, recovery=recovery)
     return _EVALUATORS[key]
 

@@ -57,9 +57,14 @@ def eval_hash(cfg: ExperimentConfig) -> str:
         ev.pop(key, None)
     if "tasks" in ev:  # a task's final_only says which checkpoints run it, not what it measures
         ev["tasks"] = [{k: v for k, v in t.items() if k != "final_only"} for t in ev["tasks"]]
+    rec = ev.pop("recovery", None)
+    if cfg.eval.recovery.enabled:  # only then (off, it is all defaults): other evaluations' hashes stay as they were
+        ev["recovery"] = {k: v for k, v in rec.items() if k != "every_checkpoint"}  # which checkpoints, as above
     data_keys = ("eval", "max_length", "boundary", "eot", "system_prompt", "literal_content")
     paths = probe_paths(cfg)
-    payload = {"version": EVAL_VERSION, "model": _changed(d["model"], default["model"]),
+    # model.init_from (a later stage's starting weights) is part of the weights evaluated, not of the base
+    model = {k: v for k, v in _changed(d["model"], default["model"]).items() if k != "init_from"}
+    payload = {"version": EVAL_VERSION, "model": model,
                "model_files": _file_fingerprint(cfg.model.name_or_path),
                "tokenizer_files": _file_fingerprint(cfg.model.tokenizer) if cfg.model.tokenizer else None,
                "data": _changed({k: d["data"][k] for k in data_keys}, default["data"]),
@@ -68,6 +73,8 @@ def eval_hash(cfg: ExperimentConfig) -> str:
     kl = kl_prompt_source(cfg)
     if cfg.eval.kl_sft:  # only then: the hashes of evaluations without the probe stay as they were
         payload["kl_prompts"] = [kl, _file_fingerprint(kl["path"]) if kl else None]
+    if cfg.eval.recovery.enabled:  # the k-shot examples' contents, as for the other probe files
+        payload["recovery_data"] = _file_fingerprint(cfg.eval.recovery.data)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -30,6 +30,7 @@ from harness.fsio import (
 )
 from harness.grid import RunSpec
 from harness.layout import FAILED, LOCK, ExperimentDir, RunDir, base_eval_json, valid_eval
+from harness.stages import parent_done, parent_failed
 
 # The launcher process itself never imports torch (``harness run`` plans and submits in well under a second):
 # training and evaluation are imported inside the job, in the worker process that runs them.
@@ -58,6 +59,10 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
     """Train (resuming) and evaluate one run under its lock. Writes FAILED with the traceback on error.
     `on_start` is called once the lock is held (before that, another process may take the run). As one of
     several tasks of a run (a multi-task SLURM job): :func:`execute_ranked`."""
+    if not parent_done(spec, rdir):  # a later stage waits for its previous stage's DONE (harness/stages.py)
+        failed = parent_failed(spec, rdir)
+        return {"run_id": spec.run_id, "status": "waiting",
+                "reason": f"its previous stage {failed} failed" if failed else "its previous stage is not done"}
     rank, world = task_ranks()
     if world > 1:
         return execute_ranked(spec, Path(rdir), rank, world, threads, should_stop, on_start)
@@ -192,21 +197,35 @@ def interruptible() -> None:
 
 
 class RunJob(Checkpointable):
-    """A submitit job for one run. Checkpointable: on preemption/timeout it is requeued as itself and the
-    run resumes from its newest COMPLETED checkpoint."""
+    """A submitit job for one run, and for the runs that start from it (`then`: its later stages, in order,
+    so a chain never waits on another job). Checkpointable: on preemption/timeout it is requeued as itself;
+    done runs are skipped and the interrupted one resumes from its newest COMPLETED checkpoint. Returns the
+    first run's result (the later stages' are in their run directories)."""
 
-    def __init__(self, spec: RunSpec, rdir: str, threads: int | None = None):
+    def __init__(self, spec: RunSpec, rdir: str, threads: int | None = None,
+                 then: tuple[tuple[RunSpec, str], ...] = ()):
         self.spec = spec
         self.rdir = str(rdir)
         self.threads = threads
+        self.then = tuple(then)
 
     def __call__(self) -> dict:
         interruptible()
         with stop_on_usr2() as should_stop:
-            return execute_run(self.spec, Path(self.rdir), self.threads, should_stop)
+            first = execute_run(self.spec, Path(self.rdir), self.threads, should_stop)
+            for spec, rdir in self.then:
+                if should_stop() or first.get("status") == "interrupted":
+                    break
+                try:  # its FAILED holds the traceback; a sibling stage from the same parent still runs
+                    r = execute_run(spec, Path(rdir), self.threads, should_stop)
+                except Exception:
+                    continue
+                if r.get("status") == "interrupted":
+                    first = {**first, "status": "interrupted", "stage": spec.run_id}
+            return first
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
-        return DelayedSubmission(RunJob(self.spec, self.rdir, self.threads))
+        return DelayedSubmission(RunJob(self.spec, self.rdir, self.threads, self.then))
 
 
 class LocalWorker(Checkpointable):
@@ -246,8 +265,10 @@ class LocalWorker(Checkpointable):
             for spec, rdir in zip(self.specs, map(Path, self.rdirs)):
                 if should_stop():
                     break
-                if is_complete(spec, rdir) or is_locked(rdir / LOCK):
-                    continue  # done, or another worker / launcher has it
+                if is_complete(spec, rdir) or is_locked(rdir / LOCK) or not parent_done(spec, rdir):
+                    # done, or another worker / launcher has it, or its previous stage is not done yet: the
+                    # worker training that stage walks the same list and comes to this run after it
+                    continue
                 started = now_iso()
                 try:
                     r = execute_run(spec, rdir, None, should_stop,

@@ -32,6 +32,7 @@ from harness.launch.jobs import LocalWorker, RunJob, base_done, evaluate_base_jo
 from harness.launch.slurm import sbatch_preview, slurm_executor, slurm_parameters
 from harness.launch.status import print_plan, run_status
 from harness.layout import FAILED, RunDir
+from harness.stages import chains, parent_failed
 
 # ------------------------------------------------------------------------------------------ executors
 
@@ -162,7 +163,8 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
         for spec in todo:
             try:
                 results.append(execute_run(spec, exp.run_dir(spec).path, threads))
-                out(f"  {spec.run_id}: {results[-1]['status']}")
+                out(f"  {spec.run_id}: {results[-1]['status']}" +
+                    (f" ({results[-1]['reason']})" if results[-1].get("reason") else ""))
             except Exception as exc:  # a failing run never stops the others
                 results.append({"run_id": spec.run_id, "status": "failed", "error": repr(exc)})
                 out(f"  {spec.run_id}: FAILED ({exc!r}); traceback in {exp.run_dir(spec).failed}")
@@ -176,13 +178,19 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
         base_job = base_ex.submit(evaluate_base_job, exp.config, str(exp.out_dir))
     if backend == "slurm":
         jobs_by_run = {}
+        groups = chains(todo)  # a run and its later stages are one job (a stage waits for its previous one)
+        if len(groups) < len(todo):
+            ex.update_parameters(time=exp.config.launcher.timeout_min * max(map(len, groups)))
         with ex.batch():  # one job array
-            for spec in todo:
-                jobs_by_run[spec.run_id] = ex.submit(RunJob(spec, str(exp.run_dir(spec).path), None))
-        for spec in todo:
-            job = jobs_by_run[spec.run_id]
-            _record_job(exp.run_dir(spec).path, backend, job)
-            out(f"  {spec.run_id}: job {job.job_id}  log {job.paths.stdout}")
+            for first, *then in groups:
+                jobs_by_run[first.run_id] = ex.submit(RunJob(first, str(exp.run_dir(first).path), None,
+                                                             tuple((s, str(exp.run_dir(s).path)) for s in then)))
+        for first, *then in groups:
+            job = jobs_by_run[first.run_id]
+            for spec in (first, *then):
+                _record_job(exp.run_dir(spec).path, backend, job)
+            out(f"  {first.run_id}: job {job.job_id}  log {job.paths.stdout}"
+                + (f" (then {', '.join(s.run_id for s in then)})" if then else ""))
         if not wait:
             return [{"run_id": r, "job_id": j.job_id} for r, j in jobs_by_run.items()]
         return _wait(list(jobs_by_run.items()), out) + ([] if base_job is None else _wait([("base", base_job)], out))
@@ -252,7 +260,10 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
             done = is_complete(spec, rdirs[spec.run_id])
             results[spec.run_id] = {"run_id": spec.run_id, "status": "done" if done else "not run"}
             if not done:
-                out(f"  {spec.run_id}: not run ({'cancelled' if cancelled else 'taken by another launcher'})")
+                why = "cancelled" if cancelled else "taken by another launcher"
+                if parent_failed(spec, rdirs[spec.run_id]):
+                    why = f"its previous stage {parent_failed(spec, rdirs[spec.run_id])} failed"
+                out(f"  {spec.run_id}: not run ({why})")
     return [results[s.run_id] for s in todo]
 
 

@@ -30,6 +30,7 @@ from harness.grid import RunSpec, load_experiment, select_run
 from harness.layout import RunDir
 from harness.masking import MaskedData, apply_all, regime_options
 from harness.modeling import check_model, load_model, tokenizer_for
+from harness.stages import base_weights, init_checkpoint
 from harness.provenance import file_sha256, provenance
 from harness.training.checkpoint import load_state, prune_checkpoints, save_checkpoint
 from harness.training.distributed import Dist
@@ -107,7 +108,8 @@ def setup(cfg: ExperimentConfig, run_dir: str | Path | None = None, dist: Dist |
         pad = 0
         log.warning("tokenizer has no pad or eos token: padding with id 0 (never attended to, never in the loss)")
     resume = RunDir(run_dir).latest_checkpoint() if run_dir is not None else None
-    model = load_model(cfg, resume[1] if resume else cfg.model.name_or_path, dist.device, training=True)
+    # a later stage (model.init_from) starts from the previous stage's final checkpoint, not the base
+    model = load_model(cfg, resume[1] if resume else base_weights(cfg), dist.device, training=True)
     first = data.examples[plan[0].rows[0].examples[0]]
     sample = torch.as_tensor(first.input_ids[:32], device=dist.device)[None]
     engine = Engine(model, tc, len(plan), dist, sample_ids=sample)
@@ -163,7 +165,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                     "optimizer": type(eng.opt).__name__, "device": str(dist.device)},
             params=adapters.param_counts(s.model), adapter=to_dict(cfg.model.adapter) if cfg.model.adapter.enabled
             else None, replay=None if s.replay is None else {"path": cfg.data.replay.path, "sha256": file_sha256(
-                cfg.data.replay.path), **s.replay.as_dict()}, steps=total, world_size=dist.world, started=now_iso(),
+                cfg.data.replay.path), **s.replay.as_dict()}, init_from=_init_record(cfg),
+            steps=total, world_size=dist.world, started=now_iso(),
             resumed_from=state["step"] if s.resume else None))
         _truncate_metrics(rd.metrics, state["step"])
         if s.data.drops.total:
@@ -230,6 +233,15 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
     dist.barrier()
     dist.close()
     return summary
+
+
+def _init_record(cfg) -> dict | None:
+    """Where a later stage's starting weights came from: model.init_from, its checkpoint and the weights' hash."""
+    ckpt = init_checkpoint(cfg)
+    if ckpt is None:
+        return None
+    return {"init_from": cfg.model.init_from, "checkpoint": str(ckpt),
+            "sha256": {f.name: file_sha256(f) for f in sorted(ckpt.glob("*.safetensors"))}}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
