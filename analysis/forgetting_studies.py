@@ -42,7 +42,23 @@ def lora_vs_full(df: pd.DataFrame, ev: Evidence) -> list[Finding]:
         out.append(judge(f"full - LoRA r={r:g} forgetting > 0, each at its best LR (LoRA forgets less)",
                          diff(f_full, f_lora), [f_full, f_lora], above(0), "nats", src,
                          f"full at {_num(lr_full)}, LoRA at {_num(lr_lora)}" if lr_lora else ""))
+        f_full_lrs = [ev.cell(FORGET, {ADAPTER: "none", LR: lr}) for lr in lrs]
+        f_lora_lrs = [ev.cell(FORGET, {**where, LR: lr}) for lr in lrs]
+        out.append(judge(f"on the learning-forgetting front, LoRA r={r:g} forgets less than full at equal learning: "
+                         "full's - LoRA's least forgetting among points reaching the highest QA both reach > 0",
+                         lambda v, a=(full, f_full_lrs), b=(lora, f_lora_lrs): _front_gap(v, a, b),
+                         [*full, *lora, *f_full_lrs, *f_lora_lrs], above(0), "nats", src))
     return out
+
+
+def _front_gap(v, a: tuple[list, list], b: tuple[list, list]) -> np.ndarray:
+    """Per draw: the least forgetting of method a's points (one per LR: (learning cells, forgetting cells)) that
+    reach learning level L, minus method b's, where L is the highest learning level both methods reach (the
+    right end of the stretch of the Pareto front where both have points): forgetting compared at equal learning."""
+    (qa_a, f_a), (qa_b, f_b) = ([np.stack([v(c) for c in cs]) for cs in m] for m in (a, b))
+    level = np.minimum(qa_a.max(0), qa_b.max(0))
+    least = [np.where(q >= level - 1e-12, f, np.inf).min(0) for q, f in ((qa_a, f_a), (qa_b, f_b))]
+    return least[0] - least[1]
 
 
 FRACTION = "data.replay.fraction"

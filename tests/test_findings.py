@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis.claims import Evidence
 from analysis.findings import findings_for, to_markdown
@@ -168,10 +169,27 @@ def test_lora_vs_full_learns_less_and_forgets_less_only_when_built_in():
         return out
 
     shape = {f.claim: f.verdict for f in _found("lora_vs_full", cells(0.45, 0.02))}  # the published shape
-    assert set(shape.values()) == {"yes"} and len(shape) == 2
+    assert set(shape.values()) == {"yes"} and len(shape) == 3
     opposite = {f.claim: f.verdict for f in _found("lora_vs_full", cells(0.75, 0.4))}  # learns more, forgets more
     assert set(opposite.values()) == {"no"}
     assert any("LoRA r=8" in c for c in shape)
+
+
+def test_lora_forgets_less_at_equal_learning_only_if_the_front_says_so():
+    """Full fine-tuning at a low LR learns as much as LoRA's best with almost no forgetting: at each method's best
+    LR LoRA forgets less, but on the front, at equal learning, it forgets more."""
+    QA, F = "world_qa/exact_match", "forgetting/pretrain_nll_delta"
+    A, R, LRK = "model.adapter.method", "model.adapter.r", "train.lr"
+    cells = {}
+    for lr, (q, f) in {1e-5: (0.4, 0.01), 1e-4: (0.6, 0.5)}.items():
+        cells[(((A, "none"), (R, np.nan), (LRK, lr)), QA)], cells[(((A, "none"), (R, np.nan), (LRK, lr)), F)] = q, f
+    for lr, (q, f) in {1e-5: (0.2, 0.05), 1e-4: (0.4, 0.1)}.items():
+        cells[(((A, "lora"), (R, 8.0), (LRK, lr)), QA)], cells[(((A, "lora"), (R, 8.0), (LRK, lr)), F)] = q, f
+    got = {f.claim: f for f in _found("lora_vs_full", cells)}
+    best_lr = next(f for c, f in got.items() if "each at its best LR" in c)
+    front = next(f for c, f in got.items() if "at equal learning" in c)
+    assert best_lr.verdict == "yes" and front.verdict == "no"
+    assert front.estimate == pytest.approx(0.01 - 0.1, abs=0.02)
 
 
 def test_replay_keeps_pretraining_nll_flat_only_when_built_in():
