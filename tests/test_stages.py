@@ -224,3 +224,16 @@ def test_a_lora_stage_on_a_full_stage_adapts_the_previous_stage_weights(tiny):
     assert 0 < (lt - la).abs().max() < (lt - lb).abs().max()
     adapter_cfg = json.loads((ckpt / "adapter_config.json").read_text())
     assert Path(adapter_cfg["base_model_name_or_path"]) == final(e.run_dir(a).path).resolve()
+
+
+def test_status_says_why_a_later_stage_waits(tiny):
+    from harness.launch.status import status_rows
+
+    root, exp = tiny
+    e = load_experiment(write_exp(root, exp, "status", grid={}))
+    a, b = e.runs
+    rows = {r["run_id"]: r for r in status_rows(e)}
+    assert rows[b.run_id]["waiting"] == f"waits for its previous stage {a.run_id}" and rows[a.run_id]["waiting"] is None
+    e.run_dir(a).path.mkdir(parents=True)
+    (e.run_dir(a).path / "FAILED").write_text("boom")
+    assert status_rows(e)[1]["waiting"] == f"its previous stage {a.run_id} failed"

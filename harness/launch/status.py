@@ -17,6 +17,7 @@ from rich.table import Table
 from harness.fsio import lock_holder
 from harness.grid import Experiment, RunSpec
 from harness.layout import RunDir
+from harness.stages import init_run_id, parent_done, parent_failed
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RunStatus:
     last: dict | None = None  # last metrics.jsonl row
     job: dict | None = None  # launcher.json
     error: str | None = None  # last line of FAILED
+    waiting: str | None = None  # a later stage that cannot start yet: why
 
 
 def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
@@ -45,6 +47,10 @@ def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
         st.progress = 1.0
     elif rs.state == "failed":
         st.error = rs.detail
+    elif rs.state == "pending" and not parent_done(run, rd.path):  # a later stage: why it has not started
+        failed = parent_failed(run, rd.path)
+        st.waiting = f"its previous stage {failed} failed" if failed else \
+            f"waits for its previous stage {init_run_id(run.config.model.init_from)}"
     return st
 
 
@@ -70,7 +76,7 @@ def status_rows(exp: Experiment) -> list[dict]:
                      "progress": None if s.progress is None else round(100 * s.progress),
                      "step": s.step, "loss": last.get("loss"), "loss_response": last.get("loss_response"),
                      "job_id": (s.job or {}).get("job_id"), "log": (s.job or {}).get("stdout"),
-                     "error": s.error, "detail": s.detail})
+                     "error": s.error, "detail": s.detail, "waiting": s.waiting})
     return rows
 
 
@@ -86,7 +92,7 @@ def print_status(exp: Experiment, console=None) -> dict:
                       f"[{colours[r['state']]}]{r['state']}[/]",
                       "" if r["progress"] is None else f"{r['progress']}%", str(r["step"] or ""),
                       "" if r["loss"] is None else f"{r['loss']:.4f}", r["job_id"] or "",
-                      r["error"] or (r["detail"] if r["state"] == "partial" else "") or r["log"] or "")
+                      r["error"] or r["waiting"] or (r["detail"] if r["state"] == "partial" else "") or r["log"] or "")
     console.print(table)
     counts = Counter(r["state"] for r in rows)
     console.print(" · ".join(f"{n} {s}" for s, n in counts.items()) + f" · {len(rows)} runs")
