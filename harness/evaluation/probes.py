@@ -18,7 +18,6 @@ Models are any HF causal LM; tokenizers any fast HF tokenizer with a pad token.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import ConversationTokenizer, load_conversations, tokenize_all
+from harness.data.formats import iter_rows
 from harness.data.tokenize import PROMPT_SEGMENTS, RESPONSE_SEGMENTS, Segment, Tokenized
 from harness.errors import DataError
 
@@ -48,15 +48,9 @@ def read_jsonl(path: str | Path, key: str, limit: int | None = None) -> list[dic
         raise DataError("probe file not found", where=str(p),
                         fix="check the eval.* probe paths (build the mini-world first: harness world build)")
     rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise DataError("malformed JSON", where=f"{p}:{i}", fix="one JSON object per line") from None
-        if not isinstance(row, dict) or key not in row:
-            raise DataError(f"row has no '{key}' field", where=f"{p}:{i}", fix=f"each row needs a '{key}' field")
+    for row, where in iter_rows(str(p)):  # the data files' one reader: UTF-8, JSON and object checks per line
+        if key not in row:
+            raise DataError(f"row has no '{key}' field", where=where, fix=f"each row needs a '{key}' field")
         if not str(row[key]).strip():
             continue
         rows.append(row)

@@ -14,13 +14,13 @@ function of the data, the plan and ``train.seed``: a resumed run sees the same p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from harness.config import ExperimentConfig
+from harness.data.formats import iter_rows
 from harness.data.tokenize import Segment, Tokenized
 from harness.errors import DataError
 from harness.masking import Masked, MaskedData
@@ -36,15 +36,9 @@ def replay_stream(path: str | Path, tok, seed: int, key: str = "text") -> np.nda
     if not p.is_file():
         raise DataError("replay file not found", where=str(p), fix="set data.replay.path to a .jsonl with 'text'")
     docs = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise DataError("malformed JSON", where=f"{p}:{i}", fix="one JSON object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get(key), str):
-            raise DataError(f"row has no '{key}' string", where=f"{p}:{i}", fix=f"each row needs a '{key}' field")
+    for row, where in iter_rows(str(p)):  # the data files' one reader: UTF-8, JSON and object checks per line
+        if not isinstance(row.get(key), str):
+            raise DataError(f"row has no '{key}' string", where=where, fix=f"each row needs a '{key}' field")
         if row[key].strip():
             docs.append(row[key])
     if not docs:
