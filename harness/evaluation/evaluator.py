@@ -110,22 +110,29 @@ class Evaluator:
     def base_cache_path(self) -> Path:
         return self.base_dir / "eval" / f"base_logprobs-{self.hash}.npz"
 
+    def _on_disk(self, path: Path, cls, compute):
+        """`cls.load(path)`, or `compute(base model)` saved to `path`: once per experiment, under a lock shared by
+        every process that evaluates against this base (a half-written or unreadable file is computed again)."""
+        with file_lock(self.base_dir / ".logprobs.lock"):
+            if path.exists():
+                try:
+                    return cls.load(path)
+                except (OSError, ValueError, KeyError):
+                    pass
+            obj = compute()
+            obj.save(path)
+            return obj
+
+    def _base_model(self, base_model):
+        return base_model if base_model is not None else load_model(
+            self.cfg, self.cfg.model.name_or_path, self.device, training=False)
+
     def base_logprobs(self, base_model=None) -> P.BaseLogprobs | None:
         if self.text_ids is None:
             return None
         if self._base_lp is None:
-            path = self.base_cache_path
-            with file_lock(self.base_dir / ".logprobs.lock"):
-                if path.exists():
-                    try:
-                        self._base_lp = P.BaseLogprobs.load(path)
-                    except (OSError, ValueError, KeyError):
-                        self._base_lp = None
-                if self._base_lp is None:
-                    model = base_model if base_model is not None else load_model(
-                        self.cfg, self.cfg.model.name_or_path, self.device, training=False)
-                    self._base_lp = P.base_logprobs(model, self.tok, self.text_ids, self.cfg.eval.kl_top_k)
-                    self._base_lp.save(path)
+            self._base_lp = self._on_disk(self.base_cache_path, P.BaseLogprobs, lambda: P.base_logprobs(
+                self._base_model(base_model), self.tok, self.text_ids, self.cfg.eval.kl_top_k))
         return self._base_lp
 
     @property
@@ -138,23 +145,15 @@ class Evaluator:
         if self.kl_examples is None:
             return None
         if self._kl_cache is None:
-            path = self.kl_cache_path
-            with file_lock(self.base_dir / ".logprobs.lock"):
-                if path.exists():
-                    try:
-                        self._kl_cache = K.KLCache.load(path)
-                    except (OSError, ValueError, KeyError):
-                        self._kl_cache = None
-                if self._kl_cache is None:
-                    cfg = self.cfg
-                    model = base_model if base_model is not None else load_model(
-                        cfg, cfg.model.name_or_path, self.device, training=False)
-                    vocab = self.tok.get_vocab()
-                    stop_ids = [vocab[s] for s in self.stop if s in vocab]
-                    kp = K.build_kl_prompts(self.kl_examples, cfg.eval.kl_continuations, cfg.data.max_length,
-                                            base=model, max_new_tokens=cfg.eval.max_new_tokens, stop_ids=stop_ids)
-                    self._kl_cache = K.base_kl_cache(model, self.tok, kp, cfg.eval.kl_top_k)
-                    self._kl_cache.save(path)
+            def compute() -> K.KLCache:
+                cfg, model = self.cfg, self._base_model(base_model)
+                vocab = self.tok.get_vocab()
+                stop_ids = [vocab[s] for s in self.stop if s in vocab]
+                kp = K.build_kl_prompts(self.kl_examples, cfg.eval.kl_continuations, cfg.data.max_length,
+                                        base=model, max_new_tokens=cfg.eval.max_new_tokens, stop_ids=stop_ids)
+                return K.base_kl_cache(model, self.tok, kp, cfg.eval.kl_top_k)
+
+            self._kl_cache = self._on_disk(self.kl_cache_path, K.KLCache, compute)
         return self._kl_cache
 
     # ---- everything for one model
