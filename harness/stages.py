@@ -120,12 +120,15 @@ def parent_done(spec: Any, rdir: str | Path) -> bool:
     return parent is None or (Path(rdir).parent / parent / DONE).exists()
 
 
-def parent_failed(spec: Any, rdir: str | Path) -> str | None:
-    """The previous stage's run id when it FAILED (so this run cannot start), else None."""
+def waits_for(spec: Any, rdir: str | Path) -> str | None:
+    """Why the run cannot start yet ("waits for its previous stage X", or "its previous stage X failed"), or
+    None when it can: the one wording of the launcher's, the debug backend's and ``harness status``'s."""
+    if parent_done(spec, rdir):
+        return None
     parent = init_run_id(spec.config.model.init_from)
-    if parent and RunDir(Path(rdir).parent / parent).failed.exists():
-        return parent
-    return None
+    if RunDir(Path(rdir).parent / parent).failed.exists():
+        return f"its previous stage {parent} failed"
+    return f"waits for its previous stage {parent}"
 
 
 def chains(specs: Sequence[Any]) -> list[list[Any]]:

@@ -77,8 +77,7 @@ def fig_recovery_curves(ctx: Context):
     curve["variant"] = curve.apply(lambda r: _label(r, keys), axis=1)
     variants = sorted(curve["variant"].unique())
     colours = dict(zip(variants, plt.get_cmap("tab10").colors))
-    rec = d[d["metric"].str.match(_K.pattern) & (d["metric"].map(lambda m: _K.match(m).group(2)
-                                                                  if _K.match(m) else None) == ctx.target)]
+    rec = d[d["metric"].map(lambda m: bool((x := _K.match(m)) and x.group(2) == ctx.target))]  # its k-shot rows
     fig, axs = _grid(1, 2 if len(rec) else 1, w=3.6, h=2.8)
     ax = axs[0, 0]
     agg = ci_frame(curve, "step")

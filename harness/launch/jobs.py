@@ -30,7 +30,7 @@ from harness.fsio import (
 )
 from harness.grid import RunSpec
 from harness.layout import FAILED, LOCK, ExperimentDir, RunDir, base_eval_json, valid_eval
-from harness.stages import parent_done, parent_failed
+from harness.stages import parent_done, waits_for
 
 # The launcher process itself never imports torch (``harness run`` plans and submits in well under a second):
 # training and evaluation are imported inside the job, in the worker process that runs them.
@@ -59,10 +59,8 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
     """Train (resuming) and evaluate one run under its lock. Writes FAILED with the traceback on error.
     `on_start` is called once the lock is held (before that, another process may take the run). As one of
     several tasks of a run (a multi-task SLURM job): :func:`execute_ranked`."""
-    if not parent_done(spec, rdir):  # a later stage waits for its previous stage's DONE (harness/stages.py)
-        failed = parent_failed(spec, rdir)
-        return {"run_id": spec.run_id, "status": "waiting",
-                "reason": f"its previous stage {failed} failed" if failed else "its previous stage is not done"}
+    if (why := waits_for(spec, rdir)) is not None:  # a later stage starts once its previous stage is DONE
+        return {"run_id": spec.run_id, "status": "waiting", "reason": why}
     rank, world = task_ranks()
     if world > 1:
         return execute_ranked(spec, Path(rdir), rank, world, threads, should_stop, on_start)

@@ -17,7 +17,7 @@ from rich.table import Table
 from harness.fsio import lock_holder
 from harness.grid import Experiment, RunSpec
 from harness.layout import RunDir
-from harness.stages import init_run_id, parent_done, parent_failed
+from harness.stages import waits_for
 
 
 @dataclass
@@ -47,10 +47,8 @@ def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
         st.progress = 1.0
     elif rs.state == "failed":
         st.error = rs.detail
-    elif rs.state == "pending" and not parent_done(run, rd.path):  # a later stage: why it has not started
-        failed = parent_failed(run, rd.path)
-        st.waiting = f"its previous stage {failed} failed" if failed else \
-            f"waits for its previous stage {init_run_id(run.config.model.init_from)}"
+    elif rs.state == "pending":  # a later stage: why it has not started
+        st.waiting = waits_for(run, rd.path)
     return st
 
 

@@ -32,7 +32,7 @@ from harness.launch.jobs import LocalWorker, RunJob, base_done, evaluate_base_jo
 from harness.launch.slurm import sbatch_preview, slurm_executor, slurm_parameters
 from harness.launch.status import print_plan, run_status
 from harness.layout import FAILED, RunDir
-from harness.stages import chains, parent_failed
+from harness.stages import chains, waits_for
 
 # ------------------------------------------------------------------------------------------ executors
 
@@ -260,9 +260,9 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
             done = is_complete(spec, rdirs[spec.run_id])
             results[spec.run_id] = {"run_id": spec.run_id, "status": "done" if done else "not run"}
             if not done:
-                why = "cancelled" if cancelled else "taken by another launcher"
-                if parent_failed(spec, rdirs[spec.run_id]):
-                    why = f"its previous stage {parent_failed(spec, rdirs[spec.run_id])} failed"
+                why = waits_for(spec, rdirs[spec.run_id]) or ""
+                if not why.endswith("failed"):  # a stage that failed says so; else, as for any run
+                    why = "cancelled" if cancelled else "taken by another launcher"
                 out(f"  {spec.run_id}: not run ({why})")
     return [results[s.run_id] for s in todo]
 
