@@ -17,20 +17,13 @@ from harness.errors import ConfigError
 from harness.grid import load_experiment
 from harness.modeling import load_model
 from harness.training.loop import train
+from tests.tiny import spec_of, weights
 
 peft = pytest.importorskip("peft", reason="model.adapter needs the peft extra")
 
 LORA = ["model.adapter.method=lora", "model.adapter.r=4", "model.adapter.alpha=8"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread each (conftest)
-
-
-def spec_of(exp, *overrides):
-    return load_experiment(exp, list(overrides)).runs[0]
-
-
-def base_weights(root):
-    return load_file(str(root / "model/model.safetensors"))
 
 
 def test_grid_over_rank_without_adapter_is_one_run(tiny, tmp_path):
@@ -66,7 +59,7 @@ def test_missing_target_module_is_a_clear_error(tiny, tmp_path):
 def test_adapter_run_trains_only_the_adapter_and_saves_a_peft_directory(tiny, tmp_path, method):
     root, exp = tiny
     spec = spec_of(exp, *LORA, f"model.adapter.method={method}")
-    before = base_weights(root)
+    before = weights(root / "model")
     rdir = tmp_path / "run"
     summary = train(spec, rdir)
     n = summary["steps"]
@@ -101,7 +94,7 @@ def test_adapter_run_trains_only_the_adapter_and_saves_a_peft_directory(tiny, tm
         assert (got(input_ids=ids).logits - want).abs().max() < 1e-5
         assert (base(input_ids=ids).logits - want).abs().max() > 1e-4  # and it is not the base
     # the base's weights on disk were never touched, and the merged model differs from them only where adapted
-    after = base_weights(root)
+    after = weights(root / "model")
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     sd = got.state_dict()
     assert torch.equal(sd["model.embed_tokens.weight"], before["model.embed_tokens.weight"])

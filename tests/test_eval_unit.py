@@ -61,21 +61,28 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def write_tiny_tasks(root: Path) -> list[tuple[int, int]]:
+    """Two local lm-eval tasks over the sums a+b (a < 4, b < 3) in root/tasks: tiny_qa (generate the answer)
+    and tiny_mc (pick it of two). Returns the sums."""
+    sums = [(a, b) for a in range(4) for b in range(3)]
+    _jsonl(root / "qa.jsonl", [{"question": f"What is {a}+{b}?", "answer": str(a + b)} for a, b in sums])
+    _jsonl(root / "mc.jsonl", [{"prompt": f"{a}+{b}=", "choices": [f" {a + b}", f" {a + b + 1}"], "label": 0}
+                               for a, b in sums])
+    (root / "tasks").mkdir()
+    (root / "tasks" / "tiny_qa.yaml").write_text(QA_TASK.format(data=root / "qa.jsonl"))
+    (root / "tasks" / "tiny_mc.yaml").write_text(MC_TASK.format(data=root / "mc.jsonl"))
+    return sums
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny model + experiment whose eval section has two local lm-eval tasks and every probe."""
     root = tmp_path_factory.mktemp("tinyeval")
     exp_path = build_tiny(root)
-    sums = [(a, b) for a in range(4) for b in range(3)]
-    _jsonl(root / "qa.jsonl", [{"question": f"What is {a}+{b}?", "answer": str(a + b)} for a, b in sums])
-    _jsonl(root / "mc.jsonl", [{"prompt": f"{a}+{b}=", "choices": [f" {a + b}", f" {a + b + 1}"], "label": 0}
-                               for a, b in sums])
+    sums = write_tiny_tasks(root)
     _jsonl(root / "bios.jsonl", [{"text": f"the quick brown fox jumps over the lazy dog {i}. 2+2=4."}
                                  for i in range(8)])
     _jsonl(root / "raw.jsonl", [{"prompt": f"What is {a}+{b}?\n", "answer": str(a + b)} for a, b in sums])
-    (root / "tasks").mkdir()
-    (root / "tasks" / "tiny_qa.yaml").write_text(QA_TASK.format(data=root / "qa.jsonl"))
-    (root / "tasks" / "tiny_mc.yaml").write_text(MC_TASK.format(data=root / "mc.jsonl"))
     exp_path.write_text(exp_path.read_text() + EVAL.format(root=root))
     return load_experiment(exp_path)
 

@@ -22,7 +22,7 @@ from harness.errors import ConfigError, DataError
 from harness.evaluation import probes as P
 from harness.evaluation import recovery as R
 from harness.grid import load_experiment
-from tests.test_eval_unit import MC_TASK, QA_TASK, _checkpoint, _jsonl
+from tests.test_eval_unit import _checkpoint, _jsonl, write_tiny_tasks
 from tests.tiny import build_tiny, conversations
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,13 +42,7 @@ def rec(tmp_path_factory):
     """A tiny model + experiment with two local lm-eval tasks and a file of k-shot conversations."""
     root = tmp_path_factory.mktemp("recovery")
     exp_path = build_tiny(root)
-    sums = [(a, b) for a in range(4) for b in range(3)]
-    _jsonl(root / "qa.jsonl", [{"question": f"What is {a}+{b}?", "answer": str(a + b)} for a, b in sums])
-    _jsonl(root / "mc.jsonl", [{"prompt": f"{a}+{b}=", "choices": [f" {a + b}", f" {a + b + 1}"], "label": 0}
-                               for a, b in sums])
-    (root / "tasks").mkdir()
-    (root / "tasks" / "tiny_qa.yaml").write_text(QA_TASK.format(data=root / "qa.jsonl"))
-    (root / "tasks" / "tiny_mc.yaml").write_text(MC_TASK.format(data=root / "mc.jsonl"))
+    write_tiny_tasks(root)
     _jsonl(root / "kshot.jsonl", conversations(10, seed=2))
     exp_path.write_text(exp_path.read_text() + EVAL.format(root=root))
     return root, exp_path

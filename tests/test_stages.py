@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from harness.errors import ConfigError
 from harness.grid import load_experiment
@@ -17,6 +16,7 @@ from harness.launch.jobs import RunJob, execute_run
 from harness.launch.submit import launch
 from harness.stages import chains, init_checkpoint
 from harness.training.loop import train
+from tests.tiny import weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,10 +33,6 @@ def write_exp(root: Path, exp: Path, name: str, stages=STAGES, grid=None, **trai
     p = root / f"{name}.yaml"
     p.write_text(yaml.safe_dump(raw))
     return p
-
-
-def weights(ckpt: Path) -> dict:
-    return load_file(str(ckpt / "model.safetensors"))
 
 
 def final(rdir: Path) -> Path:

@@ -19,16 +19,9 @@ from harness.grid import load_experiment
 from harness.training.engine import TrainingError
 from harness.training.loop import train
 from harness.versions import EVAL_SCHEMA
+from tests.tiny import spec_of, weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread each (conftest)
-
-
-def spec_of(exp_path, *overrides):
-    return load_experiment(exp_path, list(overrides)).runs[0]
-
-
-def weights(ckpt):
-    return load_file(str(ckpt / "model.safetensors"))
 
 
 def test_smoke_run_directory_file_set(tiny, tmp_path):

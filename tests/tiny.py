@@ -63,3 +63,17 @@ def build_tiny(root: Path, n_train: int = 48, layers: int = 2, hidden: int = 32)
     exp = root / "tiny.yaml"
     exp.write_text(EXPERIMENT.format(root=root))
     return exp
+
+
+def spec_of(exp_path, *overrides):
+    """The first run of an experiment file, with `-o` style overrides."""
+    from harness.grid import load_experiment
+
+    return load_experiment(exp_path, list(overrides)).runs[0]
+
+
+def weights(ckpt: Path) -> dict:
+    """The tensors of a checkpoint (or model) directory's model.safetensors."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(ckpt) / "model.safetensors"))
