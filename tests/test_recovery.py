@@ -337,3 +337,23 @@ def test_two_stages_with_recovery_end_to_end_report_draws_the_recovery_curves(re
     rep = build_report(exp.out_dir, tmp_path / "report", formats=("png",), experiment=exp)
     drawn = {f.name: f for f in rep.figures}
     assert "recovery_curves" in drawn and drawn["recovery_curves"].skipped is None, drawn.get("recovery_curves")
+
+
+def test_the_kshot_batches_supervise_exactly_the_assistant_text(model_and_examples):
+    """What the probe's loss sees, decoded from the padded batches it trains on: each of the first k
+    conversations' assistant contents, each followed by its end of turn, and nothing else."""
+    from tests.test_masking import expected_response
+
+    model, tok, ex, path = model_and_examples
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    labels = R.kshot_labels(ex[:6])
+    batches = R._micro_batches(ex[:6], labels, tok.pad_token_id, 40)  # several micro-batches, right-padded
+    got = {}
+    for idx, (ids, att, lab) in zip((i for i, _, _ in P._batches([t.input_ids for t in ex[:6]],
+                                                               tok.pad_token_id, 40)), batches):
+        for r, j in enumerate(idx):
+            keep = lab[r] != R.IGNORE_INDEX
+            got[j] = tok.decode(ids[r][keep].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    assert sorted(got) == list(range(6))
+    for j in range(6):
+        assert got[j] == expected_response(tok, rows[j]["messages"]), j
