@@ -10,6 +10,7 @@ the observed text says 1 item.
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import Sequence
 
@@ -150,3 +151,22 @@ def to_markdown(found: list[Finding]) -> list[str]:
                      f"{f.source} |")
         L.append("")
     return L
+
+
+def findings_html(found: list[Finding]) -> str:
+    """The report's Findings section in HTML: preregistered claims, then post hoc ones, each a scrolling table."""
+    e = escape
+    mark = {"yes": "yes", "no": "<strong>no</strong>", "inconclusive": "<em>inconclusive</em>", "n/a": "n/a", "": ""}
+    H = [f"<h2>Findings: does the claimed shape appear?</h2><p>{e(FINDINGS_NOTE)}</p>"]
+    for title, pre in (("Preregistered", True), ("Post hoc (exploratory)", False)):
+        rows = [f for f in found if (f.status == "preregistered") == pre]
+        if not rows:
+            continue
+        H.append(f"<h3>{title}</h3><div class='scroll'><table><tr><th>claim</th><th>family</th>"
+                 "<th>observed (effect [95% CI])</th><th>verdict</th><th>adjusted</th><th>source</th></tr>" + "".join(
+                     f"<tr><td><code>{e(f.id)}</code>: {e(f.claim)}</td><td>{e(f.family)}</td><td>{e(f.observed)}</td>"
+                     f"<td>{mark[f.verdict]}" + (f"<br><small>{e(f.decide)}</small>" if f.decide else "")
+                     + f"</td><td>{mark[f.adjusted]}" + (f"<br><small>{e(f.correction)} p={f.p_adjusted:.3g}</small>"
+                                                        if f.p_adjusted is not None else "")
+                     + f"</td><td>{e(f.source)}</td></tr>" for f in rows) + "</table></div>")
+    return "".join(H)
