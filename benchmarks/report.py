@@ -251,6 +251,13 @@ def coverage_section(cov: dict | None) -> list[str]:
         fd = "" if c["false_decisions"] is None else f"{c['false_decisions']:.3f}"
         lines.append(f"| {c['seed_sd_pts']} | {c['seeds']} | {c['true_effect_pts']:+.2f} | {c['coverage']:.3f} | "
                      f"{c['yes']:.3f} | {c['no']:.3f} | {fd} | {c['mean_half_width_pts']:.1f} |")
+    focus = _load("coverage_seed_dominated")
+    if focus:
+        lines += ["", f"Focused rerun of the seed-dominated cells, {focus['repeats']} studies each "
+                  "(`--seed-sds 6,12 --seeds 5 --effects 0 --rng 1`): " + "; ".join(
+                      f"seed SD {c['seed_sd_pts']} pts, {c['seeds']} seeds: coverage {c['coverage']:.3f}, false yes/no "
+                      f"{c['false_decisions']:.3f}" for c in focus["cells"])
+                  + " (an exact 95% interval: 0.950 and 0.050 in expectation; see the notes)."]
     return lines + [""]
 
 

@@ -126,7 +126,7 @@ def _claim(c: Any, here: str, lines: LineMap | None, i: int) -> Claim:
     name = f"claim {cid!r}"
     metric = c.get("metric")
     if not isinstance(metric, str) or "/" not in metric:
-        raise ConfigError(f"{name}: metric must be a per-item metric such as world_qa/exact_match",
+        raise ConfigError(f"{name}: metric must be a per-item metric such as <task>/exact_match",
                           where=at("metric"), fix="write metric: <task>/<metric> (harness report lists the metrics)")
     effects = [e for e in EFFECTS if e in c]
     if len(effects) != 1:
@@ -170,7 +170,7 @@ def _claim(c: Any, here: str, lines: LineMap | None, i: int) -> Claim:
     by = c.get("by")
     if by is not None and (not isinstance(by, str) or "/" not in by):
         raise ConfigError(f"{name}: by must be a metric (the one best/worst are chosen by)", where=at("by"),
-                          fix="e.g. by: world_qa/exact_match")
+                          fix="e.g. by: <task>/exact_match")
     return Claim(cid, metric, effect, spec, kind, float(bound), unit, family, str(c.get("text") or ""),
                  checkpoint, dict(where), tuple(per), pick, by, str(c.get("source") or ""), dict(c), here)
 
@@ -195,7 +195,7 @@ def _side(side: Any, name: str, where: str, allow_base: bool = True) -> None:
             if k == "metric":
                 if not isinstance(v, str) or "/" not in v:
                     raise ConfigError(f"{name}: a side's metric must be a per-item metric", where=where,
-                                      fix="e.g. {stage: qa, metric: recovery/k16/world_qa/exact_match}")
+                                      fix="e.g. {stage: qa, metric: recovery/k16/<task>/exact_match}")
                 continue
             _axis(k, where)
             if k == "checkpoint" and not _CHECKPOINT.match(str(v)):
