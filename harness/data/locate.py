@@ -79,7 +79,7 @@ def prepare(template: str, msgs: Sequence[dict], tools: Any, where: str) -> tupl
     return out, inlined
 
 
-def _common(a: str, b: str, suffix: bool) -> int:
+def common_length(a: str, b: str, suffix: bool = False) -> int:
     """Length of the common prefix (or suffix) of a and b, by binary search on slice equality (C speed)."""
     lo, hi = 0, min(len(a), len(b))
     while lo < hi:
@@ -95,7 +95,7 @@ def _diff(a: str, b: str) -> tuple[int, int]:
     """The span of `a` that `b` lacks. When `a` is `b` with a block inserted and the block's edges repeat the
     text around it (inserting "<tool_call>...</tool_call>" before "<|im_end|>" shares a "<"), the insertion is
     ambiguous: take its leftmost place, the block as the template wrote it."""
-    p, s = _common(a, b, False), _common(a, b, True)
+    p, s = common_length(a, b), common_length(a, b, True)
     if p + s > min(len(a), len(b)) and len(b) - s >= 0:
         return len(b) - s, len(a) - s
     return p, len(a) - s
