@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from harness.data.prepare import Drops
-from harness.data.tokenize import PROMPT_SEGMENTS, Segment, Tokenized
+from harness.data.tokenize import PROMPT_SEGMENTS, RESPONSE_SEGMENTS, Segment, Tokenized
 from harness.errors import ConfigError, did_you_mean
 
 IGNORE_INDEX = -100
@@ -184,6 +184,8 @@ def regime_options(rc) -> dict:
     """The keyword options a ``regime:`` config section passes to its regime function (those it takes)."""
     check_regime(rc.name)
     out = {k: getattr(rc, k) for k in REGIME_OPTIONS[rc.name]}
+    if getattr(rc, "multiturn", "render") == "per_turn" and "turns" in out:
+        out["turns"] = "last"  # what apply_regime does with per-turn examples, said where the options are shown
     return {**out, **{k: getattr(rc, k) for k, vals in COMMON_OPTIONS.items() if getattr(rc, k, vals[0]) != vals[0]}}
 
 
@@ -251,7 +253,7 @@ class MaskedData:
         n_tok = int(sum(len(t) for t in self.examples))
         n_sup = int(sum(m.n_supervised for m in self.masks))
         w_sum = float(sum(float(m.weights.sum()) for m in self.masks))
-        resp = int(sum(int(np.isin(t.segments, [Segment.ASSISTANT, Segment.EOT]).sum()) for t in self.examples))
+        resp = int(sum(int(np.isin(t.segments, RESPONSE_SEGMENTS).sum()) for t in self.examples))
         return {
             "regime": self.regime, "options": dict(self.options),
             "examples": len(self.examples), "dropped": self.drops.total, "drop_reasons": dict(self.drops.counts),

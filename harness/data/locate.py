@@ -30,6 +30,7 @@ ASSISTANT, TOOL_CALL, REASONING, EMPTY_REASONING = 3, 7, 8, 9
 _PH = "\ue000{}\ue001"
 _PH_RE = re.compile("\ue000(\\d+)\ue001")
 _EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
+_THINK_AT = re.compile(INLINE_THINK.pattern.removeprefix("\\A"), re.S)  # for match(text, pos): \A never matches there
 
 
 @dataclass
@@ -133,7 +134,7 @@ def inline_think_marks(text: str, spans: Sequence[tuple[int, int]], roles: Seque
     """Reasoning written inline at the start of assistant contents (templates that render it as content)."""
     marks = []
     for k, ((s, e), role) in enumerate(zip(spans, roles)):
-        if role == "assistant" and e > s and (hit := INLINE_THINK.match(text, s, e)):
+        if role == "assistant" and e > s and (hit := _THINK_AT.match(text, s, e)):
             end = hit.end()
             while end < e and text[end].isspace():
                 end += 1
@@ -143,9 +144,11 @@ def inline_think_marks(text: str, spans: Sequence[tuple[int, int]], roles: Seque
 
 
 def _contents(render, msgs: list[dict], text: str, where: str) -> list[tuple[int, int] | None]:
-    """Spans of the non-empty contents (None for empty ones) from one placeholder rendering, else by search."""
-    idx = [i for i, m in enumerate(msgs) if m["content"]]
-    layout = render([{**m, "content": _PH.format(i)} if m["content"] else m for i, m in enumerate(msgs)])
+    """Spans of the contents from one placeholder rendering, else by search; None for an empty assistant content
+    (templates test it, e.g. to render only the tool call: it gets no placeholder, and its place is set later)."""
+    idx = [i for i, m in enumerate(msgs) if m["content"] or m["role"] != "assistant"]
+    keep = set(idx)
+    layout = render([{**m, "content": _PH.format(i)} if i in keep else m for i, m in enumerate(msgs)])
     parts = _PH_RE.split(layout)
     spans: list[tuple[int, int] | None] = [None] * len(msgs)
     if [int(x) for x in parts[1::2]] == idx:
