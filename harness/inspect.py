@@ -152,7 +152,9 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
         legend.append(" ")
     legend.append("   in loss: ", style="")
     legend.append("bold underlined", style="bold underline")
-    legend.append(", not in loss: ", style="")
+    legend.append(" (weight < 1: ", style="")
+    legend.append("underlined", style="underline")
+    legend.append("), not in loss: ", style="")
     legend.append("dim", style="dim")
     console.print(legend)
     for i, t in enumerate(a.examples[:n]):
@@ -164,7 +166,7 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
             for j, (s, seg) in enumerate(zip(toks, shown.segments.tolist())):
                 w = 0.0 if m is None else float(m.weights[j])
                 style = f"{SEGMENT_COLOURS[Segment(seg)]}"
-                style += " bold underline" if w > 0 else " dim"
+                style += " bold underline" if w >= 1 else " underline" if w > 0 else " dim"
                 text.append(s.replace("\n", "⏎\n"), style=style)
             n_sup = 0 if m is None else m.n_supervised
             title = f"{r.label}: {n_sup}/{len(shown)} in loss" + (" [DROPPED]" if m is None else "")

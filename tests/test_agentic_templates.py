@@ -189,3 +189,35 @@ def test_gemma3_official_template(gemma_tok):
     assert t.meta["reasoning_inlined"] == 2
     assert supervised(gemma_tok, t, reasoning="mask")[0] == "A1<end_of_turn>A2<end_of_turn>"
     assert check_parity([Conversation(tuple(msgs), "d:1")], ConversationTokenizer(gemma_tok), "prompt_masked").ok
+
+
+def test_sharegpt_and_dataset_tools_decode_to_the_assistant_text(tmp_path, bpe_chatml):
+    """ShareGPT function_call/observation rows and a data set's tools file, loaded and tokenized: the supervised
+    tokens are the call and the answer, each with its end of turn; the tools are in the system turn."""
+    import json
+
+    from harness.data import load_conversations, tokenize_all
+
+    row = {"system": "Use tools.", "conversations": [
+        {"from": "human", "value": "Weather in Paris?"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+        {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+    convs = load_conversations(str(tmp_path / "d.jsonl"), tools=str(tmp_path / "tools.json"))
+    (t,), _ = tokenize_all(convs, ConversationTokenizer(bpe_chatml))
+    got, m = supervised(bpe_chatml, t)
+    assert got == CALL_TEXT + "<|im_end|>Sunny.<|im_end|>"  # the final empty <think></think> is masked by default
+    check_never_prompt(t, m)
+    assert '"name": "get_weather", "description": "Weather now"' in t.text.split("<|im_start|>user")[0]
+
+
+def test_inline_think_under_a_template_without_reasoning(chatml_tok):
+    """The builtin ChatML template renders inline reasoning as content: it is located inside the content."""
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nSay hi.\n</think>\n\nHello."},
+            {"role": "user", "content": "Again"}, {"role": "assistant", "content": "<think></think>Hello again."}]
+    t = tokenize_conversation(msgs, chatml_tok)
+    assert supervised(chatml_tok, t, empty_reasoning="train")[0] == msgs[1]["content"] + "<|im_end|>" + msgs[3][
+        "content"] + "<|im_end|>"
+    assert supervised(chatml_tok, t)[0] == msgs[1]["content"] + "<|im_end|>Hello again.<|im_end|>"
+    assert supervised(chatml_tok, t, reasoning="mask")[0] == "Hello.<|im_end|>Hello again.<|im_end|>"

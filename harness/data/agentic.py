@@ -161,10 +161,6 @@ def tools_list(tools: Any, where: str) -> list[dict] | None:
     return tools
 
 
-def has_agentic(messages: list[dict]) -> bool:
-    return any(k in m for m in messages for k in ("tool_calls", "reasoning_content", "weight"))
-
-
 def validate_tools(messages: list[dict], where: str) -> None:
     """Order rules of tool use: every tool result answers a call of the assistant turn before it, and a
     conversation does not end on a tool result (nothing after it to supervise)."""
