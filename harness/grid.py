@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from harness.claims import Claim, parse_claims, registration
 from harness.config import ExperimentConfig, to_dict
 from harness.config.load import (
     LineMap,
@@ -35,7 +36,7 @@ from harness.config.load import (
 from harness.errors import ConfigError, HarnessError
 from harness.evaluation.identity import eval_hash
 from harness.fsio import atomic_write_json, now_iso
-from harness.layout import ExperimentDir
+from harness.layout import ExperimentDir, base_eval_json
 from harness.masking import check_regime
 from harness.stages import RUN_PREFIX, Stage, init_run_id, parse_stages
 from harness.versions import SCHEMA_VERSION
@@ -179,6 +180,8 @@ class Experiment:
     config: ExperimentConfig
     path: str
     runs: tuple[RunSpec, ...]
+    claims: tuple[Claim, ...] = ()
+    """What the study claims (``claims:``, harness/claims.py): judged by the report, registered by `harness run`."""
 
     @property
     def out_dir(self) -> Path:
@@ -230,7 +233,7 @@ def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
 
 def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lines: LineMap | None) -> RunSpec:
     raw = copy.deepcopy(cfg_raw)
-    raw["grid"], raw["stages"] = None, None
+    raw["grid"], raw["stages"], raw["claims"] = None, None, None
     for k, v in pt.items():
         _set_dotted(raw, k, v)
     label = ", ".join(f"{k}={v}" for k, v in pt.items())
@@ -267,7 +270,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     base = _build_checked(raw, lines)
     _check_regime(base, lines, "")
     runs = expand(raw, lines)
-    return Experiment(base, str(path), tuple(runs))
+    return Experiment(base, str(path), tuple(runs), tuple(parse_claims(raw.get("claims"), lines)))
 
 
 def _check_regime(cfg: ExperimentConfig, lines: LineMap | None, label: str) -> None:
@@ -322,13 +325,25 @@ def write_plan(exp: Experiment) -> Path:
             hashes[key] = eval_hash(cfg)
         return hashes[key]
 
+    old = exp.dir.read_plan() or {}
     plan = {"schema": SCHEMA_VERSION, "experiment": exp.config.name, "experiment_file": exp.path,
             "created": now_iso(), "axes": axes, "base_eval_hash": ehash(exp.config),
+            # before any run of this launch trains: a claim first seen once results exist is post hoc for good
+            "claims": registration(list(exp.claims), old.get("claims"), results_exist(exp), now_iso()),
             "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash, "eval_hash": ehash(r.config),
                       **({"after": a} if (a := init_run_id(r.config.model.init_from)) else {})}
                      for r in exp.runs]}
     atomic_write_json(exp.dir.plan, plan)
     return exp.dir.plan
+
+
+def results_exist(exp: Experiment) -> bool:
+    """Whether any result of this experiment is on disk (a checkpoint or an evaluation of a run, or the base's):
+    what a claim registered now could have been written after seeing."""
+    d = exp.dir
+    if base_eval_json(d.base()).exists():
+        return True
+    return any(d.run(r).eval_files() or d.run(r).completed_checkpoints() for r in d.run_ids_on_disk())
 
 
 def check_schema(exp: Experiment) -> None:
