@@ -17,6 +17,7 @@ missing; the reason is given).
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import math
 from dataclasses import dataclass, field, replace
@@ -93,6 +94,8 @@ def _match(col: pd.Series, v) -> pd.Series:
         return np.logical_or.reduce([_match(col, x) for x in v]) if v else col.isna() & False
     if v is None:
         return col.isna()
+    if isinstance(v, str) and any(ch in v for ch in "*?["):  # a glob: data paths by their file name
+        return col.astype(str).map(lambda x: fnmatch.fnmatch(x, v)).astype(bool)
     num = pd.to_numeric(col, errors="coerce")
     try:
         f = float(v)
@@ -126,7 +129,9 @@ class Side:
         self.base = spec == BASE
         specs = [] if self.base else (spec if isinstance(spec, list) else [spec])
         self.checkpoint = next((str(s["checkpoint"]) for s in specs if "checkpoint" in s), checkpoint)
-        self.maps = [{k: v for k, v in {**where, **s}.items() if k != "checkpoint"} for s in specs] or [dict(where)]
+        self.metric = next((str(s["metric"]) for s in specs if "metric" in s), None)
+        self.maps = [{k: v for k, v in {**where, **s}.items() if k not in ("checkpoint", "metric")} for s in specs] \
+            or [dict(where)]
         self.selects_step = False
         self.configs: list[dict] = []
         self._rows: dict = {}
@@ -200,7 +205,7 @@ class View:
         self.ev, self.mode, self.seeds, self.fold, self.selected = ev, mode, seeds, fold, selected
 
     def weights(self, metric: str, role: str) -> np.ndarray:
-        n = len(self.ev.docs(metric))
+        n = self.ev.groups(metric)[1]
         w = np.ones((1, n)) if self.mode == "point" else self.ev.counts(metric)
         if self.fold is None or item_source(metric) not in self.selected:
             return w
@@ -248,8 +253,9 @@ class Compiler:
         return cell
 
     def side(self, spec, metric: str | None = None, pick: str | None = None) -> Callable[[View, str], np.ndarray]:
-        c, metric, pick = self.c, metric or self.c.metric, pick or self.c.pick
+        c, pick = self.c, pick or self.c.pick
         side = Side(self.ev, spec, c.where, c.checkpoint)
+        metric = metric or side.metric or c.metric
         why = side.resolve(metric)
         if why:
             self.missing = self.missing or why
@@ -366,7 +372,7 @@ def estimate(ev: Evidence, claim: Claim) -> tuple[IV.Interval | None, str]:
         return np.mean([stat(View(ev, mode, seeds, f, comp.selected)) for f in folds], axis=0)  # [S, B]
     with np.errstate(invalid="ignore", divide="ignore"):
         point = run("point")[:, 0]
-        boot = run("boot").mean(0)
+        boot = run("boot")
     groups = min(ev.groups(x.metric)[1] for x in comp.cells)
     items = min(len(ev.docs(x.metric)) for x in comp.cells)
     iv = IV.interval(point, boot, len(seeds) if trained else 0, groups, items)
@@ -422,7 +428,7 @@ def expand(ev: Evidence, claim: Claim) -> list[Claim | list[Claim]]:
         for k, v in claim.where.items():
             d = d[_match(d[k], v)] if k in d else d.iloc[0:0]
         axes = [a for a in claim.per if a in d]
-        combos = [dict(zip(axes, k)) for k in d[axes].drop_duplicates().itertuples(index=False, name=None)] \
+        combos = [dict(zip(axes, k)) for k in d[axes].dropna().drop_duplicates().itertuples(index=False, name=None)] \
             if axes and len(d) else [{}]
     for combo in combos:
         c = replace(claim, where={**claim.where, **combo},

@@ -100,8 +100,8 @@ def config_interval(ev: Evidence, metric: str, run_ids: Sequence[str]) -> tuple[
     cell = ev.cell(metric, d, {})
     if cell is None:
         return None
-    point = cell.values(np.ones((1, cell.num.shape[1])))[:, 0]
-    boot = cell.values(ev.counts(metric)).mean(0)
+    point = cell.values(np.ones((1, ev.groups(metric)[1])))[:, 0]
+    boot = cell.values(ev.counts(metric))
     iv = IV.interval(point, boot, len(point), ev.groups(metric)[1], cell.num.shape[1])
     return (iv.low, iv.high) if iv is not None else None
 
@@ -120,7 +120,7 @@ def with_item_cis(summ: pd.DataFrame, ev: Evidence) -> pd.DataFrame:
 FINDINGS_NOTE = ("Each claim is declared in the experiment file (`claims:`). Its effect is computed per seed (runs "
                  "paired by seed, the base shared) and its 95% interval is estimate +- t x SE, SE^2 = the seed "
                  "variance / seeds + the variance over a bootstrap of the evaluation items by group (person, "
-                 "subject), t on Welch-Satterthwaite's degrees of freedom: with 2 seeds the interval is wide, as "
+                 "subject), t on the seeds' degrees of freedom (S - 1): with 2 seeds the interval is wide, as "
                  "it must be. A best/worst choice (an LR, a checkpoint) is made on half the item groups and judged "
                  "on the other half, both ways. yes / no: the interval lies on one side of the boundary; "
                  "inconclusive: it spans it (with the seeds and items 80% power would need). Adjusted: Holm "

@@ -19,7 +19,9 @@ Effects (exactly one per claim)::
                                          another metric), each configuration's seed mean one point
 
 SIDE is ``base`` (the base model) or a mapping {axis: value | [values]} (a list: several levels; a list of
-mappings: their union); the key ``checkpoint`` inside a side picks that side's checkpoint. Axes a side leaves
+mappings: their union; a value with * or ? is a glob, e.g. data.train.path: "*longprompt*"); the keys
+``checkpoint`` and ``metric`` inside a side pick that side's checkpoint and metric (e.g. the k-shot recovery
+probe's re-asked questions against the task's own: paired by item). Axes a side leaves
 free (besides the seed) are reduced by ``pick``: ``best`` / ``worst`` (the level chosen on one half of the item
 groups and judged on the other, both ways: cross-fitting), ``mean`` (over the levels), ``all`` (the least
 favourable level: the claim must hold at every one), ``each`` (one claim per level of the free axes).
@@ -190,6 +192,11 @@ def _side(side: Any, name: str, where: str, allow_base: bool = True) -> None:
             raise ConfigError(f"{name}: a side must be 'base' or a mapping {{axis: value}} (or a list of them)",
                               where=where, fix="e.g. a: {regime.name: prompt_masked}")
         for k, v in s.items():
+            if k == "metric":
+                if not isinstance(v, str) or "/" not in v:
+                    raise ConfigError(f"{name}: a side's metric must be a per-item metric", where=where,
+                                      fix="e.g. {stage: qa, metric: recovery/k16/world_qa/exact_match}")
+                continue
             _axis(k, where)
             if k == "checkpoint" and not _CHECKPOINT.match(str(v)):
                 raise ConfigError(f"{name}: checkpoint {v!r} not understood", where=where,

@@ -104,9 +104,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_replicate(sub: argparse._SubParsersAction) -> None:
+    from analysis.replicate import add_parser
+
+    add_parser(sub)
+
+
 # Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
 _REGISTRARS = [_add_world, _add_model, _add_realdata, _add_inspect, _add_config, _add_launch, _add_train, _add_eval,
-               _add_export, _add_report, _add_doctor]
+               _add_export, _add_report, _add_replicate, _add_doctor]
 
 
 # Which registrar defines each command: `harness run` then imports the launcher only, not torch, transformers,
@@ -115,7 +121,7 @@ _REGISTRARS = [_add_world, _add_model, _add_realdata, _add_inspect, _add_config,
 _COMMANDS = {"world": _add_world, "inspect": _add_inspect, "config": _add_config, "run": _add_launch,
              "status": _add_launch, "cancel": _add_launch, "train": _add_train, "eval": _add_eval,
              "report": _add_report, "doctor": _add_doctor, "model": _add_model,
-             "realdata": _add_realdata, "export": _add_export}
+             "realdata": _add_realdata, "export": _add_export, "replicate": _add_replicate}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
