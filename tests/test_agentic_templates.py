@@ -221,3 +221,18 @@ def test_inline_think_under_a_template_without_reasoning(chatml_tok):
         "content"] + "<|im_end|>"
     assert supervised(chatml_tok, t)[0] == msgs[1]["content"] + "<|im_end|>Hello again.<|im_end|>"
     assert supervised(chatml_tok, t, reasoning="mask")[0] == "Hello.<|im_end|>Hello again.<|im_end|>"
+
+
+def test_parity_flags_a_generation_prompt_unlike_the_history_header():
+    """A template whose generation prompt is not the header its history turns start with (here one newline more,
+    as a Qwen3 `enable_thinking=False` prompt adds an empty think block): every trained turn is flagged."""
+    from harness.data.templates import CHATML
+
+    odd = CHATML.replace("'<|im_start|>assistant\n' }}{% endif %}", "'<|im_start|>assistant\n\n' }}{% endif %}")
+    assert odd != CHATML
+    tok = train_bpe(template=odd)
+    msgs = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "A2"}]
+    p = check_parity([Conversation(tuple(msgs), "d:1")], ConversationTokenizer(tok), "prompt_masked", template="odd")
+    assert (p.turns_checked, p.mismatches) == (2, 2) and "not the prompt inference builds" in p.issues[0].reason
+    assert check_parity([Conversation(tuple(msgs), "d:1")], ConversationTokenizer(train_bpe()), "prompt_masked").ok
