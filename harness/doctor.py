@@ -67,7 +67,17 @@ def disk_forecast(exp, model_bytes: int) -> tuple[int, int]:
 
 
 def report_parity(r: Report, a) -> None:
-    """Per regime: do the trained turns follow exactly the prompt inference builds (harness/parity.py)?"""
+    """Per regime: do the trained turns follow exactly the prompt inference builds (harness/parity.py)? And what
+    the data carries that is not trained as written: ignored fields, reasoning a template drops or inlines."""
+    st = a.stats()[0] if a.regimes else {}
+    if st.get("ignored_fields"):
+        r.warn(f"data: fields the harness does not read (rows per field): {st['ignored_fields']}")
+    if st.get("reasoning_dropped_turns"):
+        r.warn(f"data: {st['reasoning_dropped_turns']} assistant turns whose reasoning the template drops (history "
+               "before a later user query; regime.multiturn: per_turn keeps it)")
+    if st.get("reasoning_inlined_turns"):
+        r.ok(f"data: {st['reasoning_inlined_turns']} assistant turns' reasoning_content written inline as "
+             "<think>...</think> (the template has no such field)")
     for spec, p in zip(a.regimes, a.parity):
         if p.ok:
             r.ok(f"parity {spec.label}: {p.describe()}")
