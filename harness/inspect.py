@@ -7,7 +7,7 @@
   why, boundary handling, mask hash);
 * ``--html``: a self-contained page like the seed chapter's visualiser (switch regime, see the mask);
 * ``--json``: per example ``input_ids``, ``tokens``, ``segments``, ``turns`` and per regime ``labels`` and
-  ``weights``, plus the statistics.
+  ``weights`` (under ``multiturn: per_turn`` also the ``example`` that regime trains), plus the statistics.
 
 Regimes are written ``name`` or ``name:option=value,...`` (``prompt_weight:prompt_weight=0.1``,
 ``prompt_masked:turns=last``). From an experiment file, the default is every distinct regime of its grid.
@@ -209,18 +209,20 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
 # ----------------------------------------------------------------------------------------------- json / html
 
 
+def _example_json(a: Audit, t: Tokenized) -> dict:
+    return {"source": t.source, "input_ids": t.input_ids.tolist(), "tokens": _token_strings(a.tokenizer, t),
+            "segments": [SEGMENT_NAMES[s] for s in t.segments.tolist()], "turns": t.turns.tolist()}
+
+
 def to_json(a: Audit, n: int | None = None) -> dict:
     out_examples = []
     for i, t in enumerate(a.examples[: n if n is not None else len(a.examples)]):
-        ex: dict[str, Any] = {
-            "source": t.source, "input_ids": t.input_ids.tolist(), "tokens": _token_strings(a.tokenizer, t),
-            "segments": [SEGMENT_NAMES[s] for s in t.segments.tolist()], "turns": t.turns.tolist(),
-            "boundary": t.boundary, "truncated": t.truncated, "regimes": {},
-        }
+        ex: dict[str, Any] = {**_example_json(a, t), "boundary": t.boundary, "truncated": t.truncated, "regimes": {}}
         for k, r in enumerate(a.regimes):
             shown, m = _shown(a, k, i)
-            ex["regimes"][r.label] = None if m is None or shown is not t else {
-                "labels": m.labels.tolist(), "weights": [round(float(w), 6) for w in m.weights]}
+            ex["regimes"][r.label] = None if m is None else {
+                "labels": m.labels.tolist(), "weights": [round(float(w), 6) for w in m.weights],
+                **({} if shown is t else {"example": _example_json(a, shown)})}
         out_examples.append(ex)
     return {"source": a.source, "segment_colours": {SEGMENT_NAMES[s.value]: c for s, c in SEGMENT_COLOURS.items()},
             "stats": a.stats(), "examples": out_examples,
@@ -261,13 +263,14 @@ function draw(){
   DATA.examples.forEach((ex,i)=>{
     const m = ex.regimes[current]; const div=document.createElement('div'); div.className='ex';
     const nsup = m ? m.weights.filter(w=>w>0).length : 0;
-    let loss = m ? `${nsup} / ${ex.tokens.length} tokens in loss` : 'DROPPED under this regime';
+    const x = (m && m.example) || ex;  // a per_turn regime trains its own example (the conversation's last turn)
+    let loss = m ? `${nsup} / ${x.tokens.length} tokens in loss` : 'DROPPED under this regime';
     div.innerHTML = `<h3>example ${i} <span class="meta">${ex.source} &middot; ${loss} &middot; boundary ${ex.boundary}</span></h3>`;
     const p=document.createElement('div');
-    ex.tokens.forEach((t,j)=>{const s=document.createElement('span'); const w=m?m.weights[j]:0;
-      s.className='tok'+(w>0?' in':''); s.style.background=DATA.segment_colours[ex.segments[j]];
+    x.tokens.forEach((t,j)=>{const s=document.createElement('span'); const w=m?m.weights[j]:0;
+      s.className='tok'+(w>0?' in':''); s.style.background=DATA.segment_colours[x.segments[j]];
       if(w>0&&w<1){s.style.opacity=0.35+0.65*w;}
-      s.title=`${ex.segments[j]} | turn ${ex.turns[j]} | id ${ex.input_ids[j]} | weight ${w}`;
+      s.title=`${x.segments[j]} | turn ${x.turns[j]} | id ${x.input_ids[j]} | weight ${w}`;
       s.textContent=t.replace(/\\n/g,'⏎\\n'); p.appendChild(s);});
     div.appendChild(p); root.appendChild(div);});
   document.querySelectorAll('#buttons button').forEach(b=>b.classList.toggle('active', b.textContent===current));

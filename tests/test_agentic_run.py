@@ -90,6 +90,8 @@ def test_agentic_grid_runs_inspects_and_checks_parity(tmp_path, capsys):
     w = ex["regimes"]["prompt_masked:turns=all,eot=True"]["weights"]
     trained = {s for s, x in zip(ex["segments"], w) if x > 0}
     assert trained == {"reasoning", "tool_call", "assistant", "eot"}
+    per = ex["regimes"]["prompt_masked:turns=last,eot=True,multiturn=per_turn"]  # its own example: the last turn
+    assert per["example"]["source"] == ex["source"] + "#turn3" and len(per["weights"]) == len(per["example"]["tokens"])
     assert ex["tokens"].count("<|im_end|>") == 5 and sum(  # system (tools), user, call, tool, answer
         1 for t, x in zip(ex["tokens"], w) if x > 0 and t == "<|im_end|>") == 2  # one end of turn per assistant turn
     assert main(["doctor", str(exp)]) == 0
