@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
-from pathlib import Path
 
 from harness.errors import ConfigError
 from harness.fsio import atomic_write_json, atomic_write_text

@@ -146,3 +146,23 @@ def test_an_experiment_written_from_scratch_gets_findings_and_an_edit_is_post_ho
     md = (rep / "report.md").read_text()
     assert md.index("**Post hoc") < md.index("`masked_below_full`")
     assert np.isfinite(found["training_lowers_nll"]["estimate"])
+
+
+def test_replicate_renames_reseeds_every_subgrid_and_compares_verdicts(tmp_path):
+    from analysis.replicate import compare, with_seeds
+
+    raw = yaml.safe_load((ROOT / "experiments" / "replay.yaml").read_text())
+    rep = with_seeds(raw, [4, 5, 6])
+    assert rep["name"] == "replay_rep_s4-5-6" and all(g["train.seed"] == [4, 5, 6] for g in rep["grid"])
+    assert raw["grid"][0]["train.seed"] == [1, 2]  # the original is left alone
+    ref = {c: {"verdict": v, "claim": c, "family": "primary"} for c, v in
+           (("a", "yes"), ("b", "no"), ("c", "yes"), ("d", "inconclusive"))}
+    new = {"a": {"verdict": "yes"}, "b": {"verdict": "yes"}, "c": {"verdict": "inconclusive"}}
+    got = {r["id"]: r["outcome"] for r in compare(ref, new)}
+    assert got == {"a": "confirmed", "b": "not confirmed", "c": "inconclusive", "d": "inconclusive"}
+
+
+def test_replicate_refuses_seeds_the_study_used():
+    from harness.cli import main
+
+    assert main(["replicate", str(ROOT / "experiments" / "mini_lima.yaml"), "--seeds", "3,4", "--dry-run"]) == 2
