@@ -36,7 +36,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.evaluation.identity import eval_hash
 from harness.fsio import atomic_write_json, now_iso
 from harness.layout import ExperimentDir
-from harness.masking import check_regime
+from harness.masking import REGIME_OPTIONS, check_regime
 from harness.stages import RUN_PREFIX, Stage, init_run_id, parse_stages
 from harness.versions import SCHEMA_VERSION
 
@@ -196,13 +196,22 @@ class Experiment:
 def inapplicable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, tuple[str, ...]]:
     """(`cfg` with the fields that do not apply under its other values reset to their defaults, the dotted keys
     of those fields). Without an adapter (model.adapter.method: none) its rank, alpha, dropout and targets mean
-    nothing: a grid over them collapses to one run, whose id and hash are those of a config that never set them."""
+    nothing; a regime option its regime does not take (regime.prompt_weight under prompt_masked, regime.turns
+    under full) changes no weight. A grid over either collapses to one run, whose id and hash are those of a
+    config that never set them (a config without such values keeps the id it had)."""
+    unused: list[str] = []
     ac = cfg.model.adapter
-    if not ac.enabled and ac != type(ac)():
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=type(ac)()))
-    if ac.enabled:
-        return cfg, ()
-    return cfg, tuple(f"model.adapter.{f.name}" for f in dataclasses.fields(ac) if f.name != "method")
+    if not ac.enabled:
+        if ac != type(ac)():
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=type(ac)()))
+        unused += [f"model.adapter.{f.name}" for f in dataclasses.fields(ac) if f.name != "method"]
+    rc, takes = cfg.regime, REGIME_OPTIONS.get(cfg.regime.name, ())
+    off = [f.name for f in dataclasses.fields(rc) if f.name != "name" and f.name not in takes]
+    reset = {k: getattr(type(rc)(), k) for k in off}
+    if any(getattr(rc, k) != v for k, v in reset.items()):
+        cfg = dataclasses.replace(cfg, regime=dataclasses.replace(rc, **reset))
+    unused += [f"regime.{k}" for k in off]
+    return cfg, tuple(unused)
 
 
 def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
@@ -259,7 +268,10 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError("experiment file not found", where=str(path), fix="check the path (see experiments/)")
     text = path.read_text(encoding="utf-8")
     lines = LineMap(text, str(path))
-    raw = yaml.safe_load(text) or {}
+    raw = yaml.safe_load(text)
+    if raw is None or raw == {}:  # all defaults is no experiment: a truncated or wrong file, not a study
+        raise ConfigError("the experiment file is empty", where=str(path.resolve()),
+                          fix="write at least name:, model: and data: (see experiments/smoke.yaml)")
     if not isinstance(raw, dict):
         raise ConfigError("the experiment file must be a mapping of sections", where=str(path),
                           fix="start with 'name: ...' and sections such as model:, data:, train:")

@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from harness import fingerprint
 from harness.config import ExperimentConfig, to_dict
 from harness.layout import ExperimentDir
 from harness.versions import EVAL_VERSION
@@ -32,23 +33,15 @@ def kl_prompt_source(cfg: ExperimentConfig) -> dict | None:
 
 
 def _file_fingerprint(path: str | Path) -> str | None:
-    p = Path(path)
-    if p.is_file():
-        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    if p.is_dir():  # a model directory: its weight and config files' names, sizes and mtimes
-        parts = []
-        for f in sorted(p.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
-                st = f.stat()
-                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-    return None
+    """A file's or model directory's content digest (16 hex digits; None when missing): never its mtime, so
+    touching or copying the base model leaves the eval hash (and the cached base results) as they were."""
+    return fingerprint.short(path)
 
 
 def eval_hash(cfg: ExperimentConfig) -> str:
     """Hash of everything that determines an evaluation except the weights being evaluated: base model and
-    tokenizer (with a fingerprint of local files), eval-data tokenization, the eval section and the probe
-    files' contents. Equal hashes: comparable rows; the base is re-evaluated when it changes."""
+    tokenizer (with the contents of local files: harness/fingerprint.py), eval-data tokenization, the eval
+    section and the probe files' contents. Equal hashes: comparable rows; the base is re-evaluated when it changes."""
     d, default = to_dict(cfg), to_dict(ExperimentConfig())
     # only what differs from the defaults, as for run ids: a new eval option leaves every eval hash (and so
     # every cached base result) as it was
