@@ -40,6 +40,8 @@ def _config(args: argparse.Namespace) -> int:
     from harness.grid import load_experiment
 
     if args.explain or not args.experiment:
+        print("# relative paths in an experiment file resolve against the file's folder joined with its root: "
+              "(harness/config/paths.py); errors name the absolute path")
         for key, tp, default, doc in explain():
             print(f"{key:34s} {tp:22s} {default:28s} {doc}")
         return 0
@@ -138,6 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
     from harness.grid import load_experiment
     from harness.launch.status import print_status
     from harness.launch.submit import launch
+    from harness.preflight import check_experiment, refuse
     from harness.world import build_world
 
     t0 = time.perf_counter()
@@ -149,6 +152,7 @@ def _demo(args: argparse.Namespace) -> int:
     main(["inspect", args.experiment, "--n", "2", "--json", str(exp.out_dir / "audit.json"),
           "--html", str(exp.out_dir / "audit.html")])
     print(f"[3/4] grid: {len(exp.runs)} runs", flush=True)
+    refuse(exp, check_experiment(exp))
     summary = launch(exp, parallel=args.parallel)
     print_status(exp)
     print("[4/4] report", flush=True)

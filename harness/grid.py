@@ -32,6 +32,7 @@ from harness.config.load import (
     _set_dotted,
     apply_overrides,
 )
+from harness.config.paths import resolve_paths, root_of
 from harness.errors import ConfigError, HarnessError
 from harness.evaluation.identity import eval_hash
 from harness.fsio import atomic_write_json, now_iso
@@ -48,10 +49,11 @@ class RunSpec:
     run_id: str
     axes: dict
     config: ExperimentConfig
+    hashed: str | None = None  # the config hash of the run id: of the paths as written (config has them absolute)
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.config)
+        return self.hashed or config_hash(self.config)
 
 
 _ABBREV_VALUES = {"prompt_masked": "masked", "prompt_only": "promptonly", "prompt_weight": "plw", "full": "full"}
@@ -214,16 +216,17 @@ def inapplicable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, tuple[str, ..
     return cfg, tuple(unused)
 
 
-def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
+def expand(cfg_raw: dict, lines: LineMap | None = None, root: Path | None = None) -> list[RunSpec]:
     """Expand the grid of a raw (dict) experiment into run specs with stable, unique ids (with ``stages:``,
-    one chain of runs per grid point, each stage's run after its previous stage's: harness/stages.py)."""
+    one chain of runs per grid point, each stage's run after its previous stage's: harness/stages.py). With
+    `root`, each run's relative paths resolve against it (harness/config/paths.py); ids hash them as written."""
     points = _grid_points(cfg_raw.get("grid"), lines)
     stages = parse_stages(cfg_raw.get("stages"), lines) or [None]
     runs, seen = [], {}
     for pt in points:
         parent = None
         for i, stage in enumerate(stages):
-            spec = _point(cfg_raw, pt, stage, parent, lines)
+            spec = _point(cfg_raw, pt, stage, parent, lines, root)
             if stage is not None and i < len(stages) - 1 and spec.config.train.keep == "none":
                 raise ConfigError(f"stage {stage.name!r} keeps no weights (train.keep: none), but stage "
                                   f"{stages[i + 1].name!r} starts from its final checkpoint",
@@ -237,7 +240,8 @@ def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
     return runs
 
 
-def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lines: LineMap | None) -> RunSpec:
+def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lines: LineMap | None,
+           root: Path | None) -> RunSpec:
     raw = copy.deepcopy(cfg_raw)
     raw["grid"], raw["stages"] = None, None
     for k, v in pt.items():
@@ -258,7 +262,8 @@ def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lin
     prefix = "-".join(axis_label(k, v) for k, v in pt.items() if k not in _UNLABELLED_AXES)
     if stage is not None:
         prefix, pt = "-".join(p for p in (stage.name, prefix) if p), {"stage": stage.name, **pt}
-    return RunSpec(f"{prefix or 'run'}-{config_hash(cfg)}", dict(pt), cfg)
+    h = config_hash(cfg)
+    return RunSpec(f"{prefix or 'run'}-{h}", dict(pt), cfg if root is None else resolve_paths(cfg, root), h)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
@@ -278,8 +283,12 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     raw = apply_overrides(raw, overrides)
     base = _build_checked(raw, lines)
     _check_regime(base, lines, "")
-    runs = expand(raw, lines)
-    return Experiment(base, str(path), tuple(runs))
+    root = root_of(path, base.root)
+    if not root.is_dir():
+        raise ConfigError(f"root {base.root!r} is not a folder: {root}", where=lines.where("root"),
+                          fix="root is relative to the experiment file's folder (.. for the shipped experiments)")
+    runs = expand(raw, lines, root)
+    return Experiment(resolve_paths(base, root), str(path), tuple(runs))
 
 
 def _check_regime(cfg: ExperimentConfig, lines: LineMap | None, label: str) -> None:

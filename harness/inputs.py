@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness import fingerprint
 from harness.config import ExperimentConfig
+from harness.config.paths import TEMPLATE_SUFFIXES
 from harness.errors import HarnessError
 from harness.evaluation.identity import kl_prompt_source, probe_paths
 from harness.fsio import atomic_write_json, is_local_path, now_iso
@@ -39,7 +40,7 @@ def input_paths(cfg: ExperimentConfig) -> dict[str, tuple[str, tuple[str, ...] |
     m, d = cfg.model, cfg.data
     add("model.name_or_path", m.name_or_path)
     add("model.tokenizer", m.tokenizer)
-    if m.chat_template and m.chat_template.endswith(".jinja"):
+    if m.chat_template and m.chat_template.endswith(TEMPLATE_SUFFIXES) and "{" not in m.chat_template:
         add("model.chat_template", m.chat_template)
     add("data.train.path", d.train.path)
     add("data.eval.path", d.eval.path if d.eval else None)
