@@ -6,12 +6,14 @@ file's folder and its ``root:``, harness/config/paths.py) and the fix. Checked f
 a grid may vary the model, the data or max_length: local model and tokenizer directories exist and hold a
 config / tokenizer files and a chat template (or model.chat_template is set); data.max_length fits the model's
 positions; every data, replay, probe, k-shot, task-folder, template and init_from path exists. Hub names are
-left to the hub client (``harness doctor`` tries to load them).
+left to the hub client (``harness doctor`` tries to load them), except offline, where one not in the local cache
+(often a misspelled local folder) fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from harness.config import ExperimentConfig
@@ -72,9 +74,41 @@ def _has_template(tok_dir: Path) -> bool:
         return False
 
 
-def check_config(cfg: ExperimentConfig) -> list[str]:
-    """Problems of one run's config that would fail it at start (each once, with the absolute path)."""
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_cached(name: str, kind: str) -> bool:
+    """Whether a hub repository is in the local Hugging Face cache (where an offline load looks)."""
+    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    if (Path(hub) / f"{kind}s--{name.replace('/', '--')}").is_dir():
+        return True
+    if kind == "dataset":  # the datasets library's own cache
+        ds = Path(os.environ.get("HF_DATASETS_CACHE") or Path(hub).parent / "datasets")
+        return any(ds.glob(name.replace("/", "___") + "*"))
+    return False
+
+
+def _hub_names(cfg: ExperimentConfig, root: Path | None) -> list[str]:
+    """Offline (HF_HUB_OFFLINE=1, as `make` sets it), a name that is no local path and not in the hub cache
+    fails every run: a misspelled local folder ('model-typo') reads as a hub name."""
+    if not _offline():
+        return []
     problems = []
+    for key, kind in (("model.name_or_path", "model"), ("model.tokenizer", "model"), ("data.train.path", "dataset"),
+                      ("data.eval.path", "dataset")):
+        value = _get(cfg, key)
+        if value and not is_local_path(value) and not _hub_cached(value, kind):
+            where = f" ({(root or Path.cwd()) / value} not found)"
+            problems.append(f"{key}: {value!r} is no local path{where} and, offline (HF_HUB_OFFLINE=1), no cached "
+                            f"hub {kind}: check the spelling, or download it first")
+    return problems
+
+
+def check_config(cfg: ExperimentConfig, root: Path | None = None) -> list[str]:
+    """Problems of one run's config that would fail it at start (each once, with the absolute path); `root`:
+    where its relative paths resolved (named when a hub-like name is neither local nor cached)."""
+    problems = _hub_names(cfg, root)
     for key, value in _used_paths(cfg):
         p = Path(value).expanduser().absolute()
         want = _KIND.get(key, "file")
@@ -112,8 +146,9 @@ def refuse(exp, problems: list[str]) -> None:
 def check_experiment(exp) -> list[str]:
     """Every run's problems, each said once with the runs it concerns."""
     seen: dict[str, list[str]] = {}
+    root = root_of(exp.path, exp.config.root)
     for run in exp.runs:
-        for problem in check_config(run.config):
+        for problem in check_config(run.config, root):
             seen.setdefault(problem, []).append(run.run_id)
     n = len(exp.runs)
     out = [p + ("" if len(ids) == n else f" [runs: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''}]")
