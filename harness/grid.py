@@ -270,7 +270,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     """Load an experiment YAML (safe_load), apply `-o` overrides, validate, and expand its grid."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError("experiment file not found", where=str(path), fix="check the path (see experiments/)")
+        raise ConfigError("experiment file not found", where=str(path.absolute()), fix="check the path (see experiments/)")
     text = path.read_text(encoding="utf-8")
     lines = LineMap(text, str(path))
     raw = yaml.safe_load(text)

@@ -274,3 +274,39 @@ def test_inspect_prompt_weight_without_its_lambda_is_a_clear_error(tiny, capsys)
         from harness.inspect import parse_regime
 
         parse_regime("prompt_masked:prompt_weight=0.1")
+
+
+def test_eval_hash_follows_contents_not_where_the_study_folder_lies(tmp_path, cache):
+    study = tmp_path / "study"
+    (study / "model").mkdir(parents=True)
+    (study / "model" / "config.json").write_text("{}")
+    (study / "tasks").mkdir()
+    (study / "tasks" / "t.yaml").write_text("task: t\n")
+    (study / "bios.jsonl").write_text('{"text": "a"}\n')
+    (study / "s.yaml").write_text("name: s\nmodel: {name_or_path: model}\ndata: {train: {path: bios.jsonl}}\n"
+                                  "eval: {pretrain_text: bios.jsonl, include_path: [tasks], kl_sft: true}\n")
+    h = eval_hash(load_experiment(study / "s.yaml").runs[0].config)
+    shutil.copytree(study, tmp_path / "elsewhere")
+    assert eval_hash(load_experiment(tmp_path / "elsewhere" / "s.yaml").runs[0].config) == h
+    for edit in ("bios.jsonl", "tasks/t.yaml", "model/config.json"):  # but every file's contents count
+        f = tmp_path / "elsewhere" / edit
+        f.write_text(f.read_text() + " ")
+        assert eval_hash(load_experiment(tmp_path / "elsewhere" / "s.yaml").runs[0].config) != h, edit
+        h = eval_hash(load_experiment(tmp_path / "elsewhere" / "s.yaml").runs[0].config)
+
+
+def test_every_path_error_names_the_absolute_path(tmp_path, monkeypatch):
+    from harness.data import load_conversations
+    from harness.data.templates import resolve_template
+    from harness.evaluation.probes import read_jsonl
+    from harness.modeling import check_local
+
+    monkeypatch.chdir(tmp_path)
+    for call, name in ((lambda: load_conversations("sub/nope.jsonl"), "sub/nope.jsonl"),
+                       (lambda: read_jsonl("bios.jsonl", "text"), "bios.jsonl"),
+                       (lambda: resolve_template("t.jinja"), "t.jinja"),
+                       (lambda: check_local("./modle"), "modle"),
+                       (lambda: load_experiment("study.yaml"), "study.yaml")):
+        with pytest.raises(HarnessError) as info:
+            call()
+        assert str(tmp_path / name) in str(info.value), str(info.value)

@@ -72,8 +72,13 @@ def _replace(obj: Any, parts: list[str], fn) -> Any:
     return obj if new == value else dataclasses.replace(obj, **{parts[0]: new})
 
 
+def replace_at(cfg, key: str, fn):
+    """`cfg` with the value (each value of a tuple) at dotted `key` replaced by fn(value); unset ones kept."""
+    return _replace(cfg, key.split("."), fn)
+
+
 def resolve_paths(cfg, root: Path):
     """`cfg` with every relative path of :data:`PATH_KEYS` made absolute against `root`."""
     for key, kind in PATH_KEYS:
-        cfg = _replace(cfg, key.split("."), lambda v, kind=kind: resolve_value(v, kind, root))
+        cfg = replace_at(cfg, key, lambda v, kind=kind: resolve_value(v, kind, root))
     return cfg
