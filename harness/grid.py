@@ -270,15 +270,16 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     """Load an experiment YAML (safe_load), apply `-o` overrides, validate, and expand its grid."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError("experiment file not found", where=str(path.absolute()), fix="check the path (see experiments/)")
+        raise ConfigError("experiment file not found", where=str(path.absolute()),
+                          fix="check the path (see experiments/)")
     text = path.read_text(encoding="utf-8")
     lines = LineMap(text, str(path))
     raw = yaml.safe_load(text)
     if raw is None or raw == {}:  # all defaults is no experiment: a truncated or wrong file, not a study
-        raise ConfigError("the experiment file is empty", where=str(path.resolve()),
+        raise ConfigError("the experiment file is empty", where=str(path.absolute()),
                           fix="write at least name:, model: and data: (see experiments/smoke.yaml)")
     if not isinstance(raw, dict):
-        raise ConfigError("the experiment file must be a mapping of sections", where=str(path),
+        raise ConfigError("the experiment file must be a mapping of sections", where=str(path.absolute()),
                           fix="start with 'name: ...' and sections such as model:, data:, train:")
     raw = apply_overrides(raw, overrides)
     base = _build_checked(raw, lines)

@@ -80,11 +80,12 @@ def _offline() -> bool:
 
 def _hub_cached(name: str, kind: str) -> bool:
     """Whether a hub repository is in the local Hugging Face cache (where an offline load looks)."""
-    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    hub = os.environ.get("HF_HUB_CACHE") or home / "hub"
     if (Path(hub) / f"{kind}s--{name.replace('/', '--')}").is_dir():
         return True
     if kind == "dataset":  # the datasets library's own cache
-        ds = Path(os.environ.get("HF_DATASETS_CACHE") or Path(hub).parent / "datasets")
+        ds = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
         return any(ds.glob(name.replace("/", "___") + "*"))
     return False
 
@@ -139,7 +140,8 @@ def refuse(exp, problems: list[str]) -> None:
     if problems:
         note = path_note(exp, problems)
         raise HarnessError(f"harness run would start {len(exp.runs)} run(s) that fail at start:\n  "
-                           + "\n  ".join(problems) + (f"\n{note}" if note else ""), where=str(Path(exp.path).absolute()),
+                           + "\n  ".join(problems) + (f"\n{note}" if note else ""),
+                           where=str(Path(exp.path).absolute()),
                            fix="fix the experiment file (harness doctor EXP.yaml also loads the data and tokenizer)")
 
 

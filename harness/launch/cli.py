@@ -8,16 +8,17 @@ import sys
 import time
 
 from harness.grid import load_experiment
-from harness.preflight import check_experiment, path_note, refuse
 from harness.launch.status import cancel, print_status
 from harness.launch.submit import launch
+from harness.preflight import check_experiment, path_note, refuse
 
 
 def _run_cmd(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.override)
     problems = check_experiment(exp)  # doctor's fast part: before any worker starts
     if problems and args.dry_run:
-        print("# harness run would refuse to start:\n#   " + "\n#   ".join(problems + [n for n in [path_note(exp, problems)] if n]))
+        lines = problems + ([note] if (note := path_note(exp, problems)) else [])
+        print("# harness run would refuse to start:\n#   " + "\n#   ".join(lines))
     else:
         refuse(exp, problems)
     summary = launch(exp, backend=args.launcher, parallel=args.parallel, dry_run=args.dry_run, only=args.only,
