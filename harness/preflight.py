@@ -139,20 +139,22 @@ def refuse(exp, problems: list[str]) -> None:
     """``harness run``: raise with every problem, before any worker starts."""
     if problems:
         note = path_note(exp, problems)
-        raise HarnessError(f"harness run would start {len(exp.runs)} run(s) that fail at start:\n  "
+        raise HarnessError(f"harness run refuses to start {exp.config.name}: these would fail its runs at start:\n  "
                            + "\n  ".join(problems) + (f"\n{note}" if note else ""),
                            where=str(Path(exp.path).absolute()),
                            fix="fix the experiment file (harness doctor EXP.yaml also loads the data and tokenizer)")
 
 
-def check_experiment(exp) -> list[str]:
-    """Every run's problems, each said once with the runs it concerns."""
+def check_experiment(exp, runs=None) -> list[str]:
+    """The problems of every run (or of `runs`, those ``--only`` picked), each said once with the runs it
+    concerns."""
     seen: dict[str, list[str]] = {}
     root = root_of(exp.path, exp.config.root)
-    for run in exp.runs:
+    runs = exp.runs if runs is None else runs
+    for run in runs:
         for problem in check_config(run.config, root):
             seen.setdefault(problem, []).append(run.run_id)
-    n = len(exp.runs)
+    n = len(runs)
     out = [p + ("" if len(ids) == n else f" [runs: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''}]")
            for p, ids in seen.items()]
     return out

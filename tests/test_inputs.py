@@ -234,7 +234,7 @@ def test_run_refuses_to_start_runs_that_would_fail_and_names_absolute_paths(tiny
     for override, pattern in cases.items():
         assert main(["run", str(exp_path), "-o", override]) == 2
         err = capsys.readouterr().err
-        assert "harness run would start 1 run(s) that fail at start" in err
+        assert "harness run refuses to start tiny: these would fail its runs at start" in err
         assert re.search(pattern, err), (override, err)
         if "not found" in pattern:
             assert f"resolve against {exp_path.parent}" in err
@@ -310,3 +310,15 @@ def test_every_path_error_names_the_absolute_path(tmp_path, monkeypatch):
         with pytest.raises(HarnessError) as info:
             call()
         assert str(tmp_path / name) in str(info.value), str(info.value)
+
+
+def test_preflight_checks_every_run_of_the_grid_and_only_the_chosen_ones(tiny, tmp_path):
+    from harness.grid import match_runs
+    from harness.preflight import check_experiment
+
+    _, exp_path = tiny
+    exp = load_experiment(exp_path, ["grid.data.max_length=[64, 4096]"])
+    problems = check_experiment(exp)
+    big = [r.run_id for r in exp.runs if r.config.data.max_length == 4096]
+    assert len(problems) == 1 and "exceeds the 128 positions" in problems[0] and big[0] in problems[0]
+    assert check_experiment(exp, match_runs(exp.runs, "len64")) == []

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from harness.grid import load_experiment
+from harness.grid import load_experiment, match_runs
 from harness.launch.status import cancel, print_status
 from harness.launch.submit import launch
 from harness.preflight import check_experiment, path_note, refuse
@@ -15,7 +15,7 @@ from harness.preflight import check_experiment, path_note, refuse
 
 def _run_cmd(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.override)
-    problems = check_experiment(exp)  # doctor's fast part: before any worker starts
+    problems = check_experiment(exp, match_runs(exp.runs, args.only))  # doctor's fast part, before any worker
     if problems and args.dry_run:
         lines = problems + ([note] if (note := path_note(exp, problems)) else [])
         print("# harness run would refuse to start:\n#   " + "\n#   ".join(lines))
