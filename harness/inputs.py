@@ -89,11 +89,16 @@ def read_record(rd: RunDir) -> dict:
     return rec if isinstance(rec, dict) else {}
 
 
-def record(rd: RunDir, cfg: ExperimentConfig) -> dict:
-    """Write the run's ``inputs.json`` (the inputs it is about to read), keeping any acceptance history."""
+def record(rd: RunDir, cfg: ExperimentConfig, late: bool = False) -> dict:
+    """Write the run's ``inputs.json`` (the inputs it is about to read), keeping any acceptance history.
+    `late`: the run had started before any record (a harness without inputs.json): what it read then is
+    unknown, and the record says so."""
     old = read_record(rd)
     rec = {"version": RECORD_VERSION, "recorded": now_iso(), "inputs": current_inputs(cfg),
            "accepted": old.get("accepted", [])}
+    if late:
+        rec["note"] = ("recorded when the run was resumed or evaluated: it started before inputs were recorded, "
+                       "so what it read before then is unknown")
     atomic_write_json(rd.inputs, rec)
     return rec
 
@@ -130,9 +135,9 @@ def accept(rd: RunDir, cfg: ExperimentConfig, found: list[Change]) -> None:
 def check_unchanged(rd: RunDir, cfg: ExperimentConfig, run_id: str) -> None:
     """In the job, before training or evaluating: refuse a run whose inputs changed after the launcher's check
     (an edit while the grid was queued), rather than resume or evaluate it on other data; a run that has no
-    record yet gets one now."""
+    record yet gets one now (marked late when it had started before)."""
     if not rd.inputs.exists():
-        record(rd, cfg)
+        record(rd, cfg, late=rd.metrics.exists() or rd.done.exists() or bool(rd.completed_checkpoints()))
         return
     found = changes(rd, cfg)
     if found:

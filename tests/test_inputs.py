@@ -322,3 +322,14 @@ def test_preflight_checks_every_run_of_the_grid_and_only_the_chosen_ones(tiny, t
     big = [r.run_id for r in exp.runs if r.config.data.max_length == 4096]
     assert len(problems) == 1 and "exceeds the 128 positions" in problems[0] and big[0] in problems[0]
     assert check_experiment(exp, match_runs(exp.runs, "len64")) == []
+
+
+def test_a_run_started_before_records_existed_gets_a_record_that_says_so(tmp_path, cache):
+    path, _ = _study(tmp_path)
+    exp = load_experiment(path)
+    fresh, old = exp.run_dir(exp.runs[0]), exp.run_dir(exp.runs[1])
+    inputs.check_unchanged(fresh, exp.runs[0].config, exp.runs[0].run_id)
+    old.path.mkdir(parents=True)
+    old.metrics.write_text('{"step": 1}\n')  # trained by a harness without inputs.json
+    inputs.check_unchanged(old, exp.runs[1].config, exp.runs[1].run_id)
+    assert "note" not in inputs.read_record(fresh) and "unknown" in inputs.read_record(old)["note"]
