@@ -120,8 +120,11 @@ def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None 
     changed = [s for s in statuses if s.state == "changed"]
     if changed and accept_changed_inputs and not dry_run:
         for s in changed:
-            inputs.accept(RunDir(s.dir), s.run.config, list(s.changes))
-            out(f"  {s.run.run_id}: kept its results for the changed inputs (recorded in {RunDir(s.dir).inputs})")
+            rd = RunDir(s.dir)
+            inputs.accept(rd, s.run.config, list(s.changes))
+            what = ("kept its results for the changed inputs" if rd.done.exists() else
+                    "resumes on the changed inputs from what it trained on the old ones")
+            out(f"  {s.run.run_id}: {what} (recorded in {rd.inputs})")
         statuses, changed = [run_status(exp, r) for r in runs], []
     if changed:
         lines = [f"  {s.run.run_id}: {c.describe()}" for s in changed for c in s.changes]
