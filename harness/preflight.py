@@ -155,9 +155,8 @@ def check_experiment(exp, runs=None) -> list[str]:
         for problem in check_config(run.config, root):
             seen.setdefault(problem, []).append(run.run_id)
     n = len(runs)
-    out = [p + ("" if len(ids) == n else f" [runs: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''}]")
-           for p, ids in seen.items()]
-    return out
+    return [p + ("" if len(ids) == n else f" [runs: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''}]")
+            for p, ids in seen.items()]
 
 
 def path_note(exp, problems: list[str]) -> str:
