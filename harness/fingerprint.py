@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ MODEL_FILES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".py
 # an lm-eval include_path: task definitions and the files they may read
 TASK_FILES = (".yaml", ".yml", ".py", ".json", ".jsonl", ".txt")
 _RACY_NS = 2_000_000_000
+_LOUD_BYTES = 1 << 30
 
 _cache: dict[str, list] | None = None
 _dirty = False
@@ -76,6 +78,9 @@ def file_sha256(path: str | Path) -> str:
     if isinstance(hit, list) and len(hit) == 3 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
         return hit[2]
     started = time.time_ns()
+    if st.st_size > _LOUD_BYTES:  # the one slow step of `harness status` on a new model: say why it waits
+        print(f"hashing {p} ({st.st_size / 2**30:.1f} GiB) once; its digest is cached in {cache_path()}",
+              file=sys.stderr, flush=True)
     h = hashlib.sha256()
     with open(p, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
