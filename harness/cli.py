@@ -42,6 +42,8 @@ def _config(args: argparse.Namespace) -> int:
     if args.explain or not args.experiment:
         from harness.claims import EXPLAIN
 
+        print("# relative paths in an experiment file resolve against the file's folder joined with its root: "
+              "(harness/config/paths.py); errors name the absolute path")
         for key, tp, default, doc in explain():
             print(f"{key:34s} {tp:22s} {default:28s} {doc}")
         print("\nclaims: a list of claims, each {id, metric, one effect, test: {above|below|within: x}, unit: "
@@ -149,6 +151,7 @@ def _demo(args: argparse.Namespace) -> int:
     from harness.grid import load_experiment
     from harness.launch.status import print_status
     from harness.launch.submit import launch
+    from harness.preflight import check_experiment, refuse
     from harness.world import build_world
 
     t0 = time.perf_counter()
@@ -160,6 +163,7 @@ def _demo(args: argparse.Namespace) -> int:
     main(["inspect", args.experiment, "--n", "2", "--json", str(exp.out_dir / "audit.json"),
           "--html", str(exp.out_dir / "audit.html")])
     print(f"[3/4] grid: {len(exp.runs)} runs", flush=True)
+    refuse(exp, check_experiment(exp))
     summary = launch(exp, parallel=args.parallel)
     print_status(exp)
     print("[4/4] report", flush=True)

@@ -22,6 +22,7 @@ from harness.grid import check_schema, load_experiment
 from harness.inspect import RegimeSpec, audit
 from harness.masking import regime_options
 from harness.modeling import tokenizer_for
+from harness.preflight import check_experiment, path_note
 
 
 class Report:
@@ -100,19 +101,29 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
         check_schema(exp)
     except HarnessError as exc:
         r.fail(f"results: {exc}")
+    # what fails every run at start (paths, positions, tokenizer files): harness run refuses on the same
+    problems = check_experiment(exp)
+    for p in problems:
+        r.fail(p)
+    if note := path_note(exp, problems):
+        out(f"        {note}")
+    if not problems:
+        r.ok(f"paths, max_length and tokenizer files of all {len(exp.runs)} runs")
     # model + tokenizer
     model_path = Path(cfg.model.name_or_path)
     if model_path.exists():
         r.ok(f"model: {model_path} ({_dir_size(model_path) / 1e6:.1f} MB)")
     elif not is_local_path(cfg.model.name_or_path):
         r.warn(f"model: {cfg.model.name_or_path} is a hub name; it must be downloadable or cached on the compute nodes")
-    else:
-        r.fail(f"model: {model_path} not found (build the mini-world: harness world build)")
     tok = None
     try:
         if model_path.exists() or cfg.model.tokenizer:
             tok = tokenizer_for(cfg)
-            r.ok(f"tokenizer: {len(tok)} tokens, chat template {'set' if tok.chat_template else 'MISSING'}")
+            if tok.chat_template:
+                r.ok(f"tokenizer: {len(tok)} tokens, chat template set")
+            else:
+                r.fail(f"tokenizer: {len(tok)} tokens, no chat template: set model.chat_template (chatml, plain "
+                       "or a .jinja file)")
     except HarnessError as exc:
         r.fail(f"tokenizer: {exc}")
     except Exception as exc:  # noqa: BLE001 - offline hub names etc.
@@ -164,10 +175,6 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
             r.fail(f"lm-eval: {p}")
         if not problems:
             r.ok(f"lm-eval tasks: {', '.join(t.name for t in cfg.eval.tasks)}")
-    for key in ("pretrain_text", "raw_questions", "nll_data"):
-        val = getattr(cfg.eval, key)
-        if val and not Path(val).exists():
-            r.fail(f"eval.{key}: {val} not found")
     # disk: the peak of the whole grid under train.keep
     root = Path(cfg.results_dir)
     root.mkdir(parents=True, exist_ok=True)

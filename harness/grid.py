@@ -33,11 +33,12 @@ from harness.config.load import (
     _set_dotted,
     apply_overrides,
 )
+from harness.config.paths import resolve_paths, root_of
 from harness.errors import ConfigError, HarnessError
 from harness.evaluation.identity import eval_hash
 from harness.fsio import atomic_write_json, now_iso
 from harness.layout import ExperimentDir, base_eval_json
-from harness.masking import check_regime
+from harness.masking import REGIME_OPTIONS, check_regime
 from harness.stages import RUN_PREFIX, Stage, init_run_id, parse_stages
 from harness.versions import SCHEMA_VERSION
 
@@ -49,10 +50,11 @@ class RunSpec:
     run_id: str
     axes: dict
     config: ExperimentConfig
+    hashed: str | None = None  # the config hash of the run id: of the paths as written (config has them absolute)
 
     @property
     def config_hash(self) -> str:
-        return config_hash(self.config)
+        return self.hashed or config_hash(self.config)
 
 
 _ABBREV_VALUES = {"prompt_masked": "masked", "prompt_only": "promptonly", "prompt_weight": "plw", "full": "full"}
@@ -199,25 +201,35 @@ class Experiment:
 def inapplicable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, tuple[str, ...]]:
     """(`cfg` with the fields that do not apply under its other values reset to their defaults, the dotted keys
     of those fields). Without an adapter (model.adapter.method: none) its rank, alpha, dropout and targets mean
-    nothing: a grid over them collapses to one run, whose id and hash are those of a config that never set them."""
+    nothing; a regime option its regime does not take (regime.prompt_weight under prompt_masked, regime.turns
+    under full) changes no weight. A grid over either collapses to one run, whose id and hash are those of a
+    config that never set them (a config without such values keeps the id it had)."""
+    unused: list[str] = []
     ac = cfg.model.adapter
-    if not ac.enabled and ac != type(ac)():
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=type(ac)()))
-    if ac.enabled:
-        return cfg, ()
-    return cfg, tuple(f"model.adapter.{f.name}" for f in dataclasses.fields(ac) if f.name != "method")
+    if not ac.enabled:
+        if ac != type(ac)():
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=type(ac)()))
+        unused += [f"model.adapter.{f.name}" for f in dataclasses.fields(ac) if f.name != "method"]
+    rc, takes = cfg.regime, REGIME_OPTIONS.get(cfg.regime.name, ())
+    off = [f.name for f in dataclasses.fields(rc) if f.name != "name" and f.name not in takes]
+    reset = {k: getattr(type(rc)(), k) for k in off}
+    if any(getattr(rc, k) != v for k, v in reset.items()):
+        cfg = dataclasses.replace(cfg, regime=dataclasses.replace(rc, **reset))
+    unused += [f"regime.{k}" for k in off]
+    return cfg, tuple(unused)
 
 
-def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
+def expand(cfg_raw: dict, lines: LineMap | None = None, root: Path | None = None) -> list[RunSpec]:
     """Expand the grid of a raw (dict) experiment into run specs with stable, unique ids (with ``stages:``,
-    one chain of runs per grid point, each stage's run after its previous stage's: harness/stages.py)."""
+    one chain of runs per grid point, each stage's run after its previous stage's: harness/stages.py). With
+    `root`, each run's relative paths resolve against it (harness/config/paths.py); ids hash them as written."""
     points = _grid_points(cfg_raw.get("grid"), lines)
     stages = parse_stages(cfg_raw.get("stages"), lines) or [None]
     runs, seen = [], {}
     for pt in points:
         parent = None
         for i, stage in enumerate(stages):
-            spec = _point(cfg_raw, pt, stage, parent, lines)
+            spec = _point(cfg_raw, pt, stage, parent, lines, root)
             if stage is not None and i < len(stages) - 1 and spec.config.train.keep == "none":
                 raise ConfigError(f"stage {stage.name!r} keeps no weights (train.keep: none), but stage "
                                   f"{stages[i + 1].name!r} starts from its final checkpoint",
@@ -231,7 +243,8 @@ def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
     return runs
 
 
-def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lines: LineMap | None) -> RunSpec:
+def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lines: LineMap | None,
+           root: Path | None) -> RunSpec:
     raw = copy.deepcopy(cfg_raw)
     raw["grid"], raw["stages"], raw["claims"] = None, None, None
     for k, v in pt.items():
@@ -252,7 +265,8 @@ def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lin
     prefix = "-".join(axis_label(k, v) for k, v in pt.items() if k not in _UNLABELLED_AXES)
     if stage is not None:
         prefix, pt = "-".join(p for p in (stage.name, prefix) if p), {"stage": stage.name, **pt}
-    return RunSpec(f"{prefix or 'run'}-{config_hash(cfg)}", dict(pt), cfg)
+    h = config_hash(cfg)
+    return RunSpec(f"{prefix or 'run'}-{h}", dict(pt), cfg if root is None else resolve_paths(cfg, root), h)
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None,
@@ -261,20 +275,28 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None,
     harness replicate's new seeds), validate, and expand its grid."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError("experiment file not found", where=str(path), fix="check the path (see experiments/)")
+        raise ConfigError("experiment file not found", where=str(path.absolute()),
+                          fix="check the path (see experiments/)")
     text = path.read_text(encoding="utf-8")
     lines = LineMap(text, str(path))
-    raw = yaml.safe_load(text) or {}
+    raw = yaml.safe_load(text)
+    if raw is None or raw == {}:  # all defaults is no experiment: a truncated or wrong file, not a study
+        raise ConfigError("the experiment file is empty", where=str(path.absolute()),
+                          fix="write at least name:, model: and data: (see experiments/smoke.yaml)")
     if not isinstance(raw, dict):
-        raise ConfigError("the experiment file must be a mapping of sections", where=str(path),
+        raise ConfigError("the experiment file must be a mapping of sections", where=str(path.absolute()),
                           fix="start with 'name: ...' and sections such as model:, data:, train:")
     raw = apply_overrides(raw, overrides)
     if edit is not None:
         raw = edit(raw)
     base = _build_checked(raw, lines)
     _check_regime(base, lines, "")
-    runs = expand(raw, lines)
-    return Experiment(base, str(path), tuple(runs), tuple(parse_claims(raw.get("claims"), lines)))
+    root = root_of(path, base.root)
+    if not root.is_dir():
+        raise ConfigError(f"root {base.root!r} is not a folder: {root}", where=lines.where("root"),
+                          fix="root is relative to the experiment file's folder (.. for the shipped experiments)")
+    runs = expand(raw, lines, root)
+    return Experiment(resolve_paths(base, root), str(path), tuple(runs), tuple(parse_claims(raw.get("claims"), lines)))
 
 
 def _check_regime(cfg: ExperimentConfig, lines: LineMap | None, label: str) -> None:

@@ -30,7 +30,7 @@ from harness.data.templates import resolve_template
 from harness.data.tokenize import Segment, Tokenized
 from harness.errors import ConfigError
 from harness.grid import load_experiment
-from harness.masking import Masked, MaskedData, apply_all, check_regime, regime_options
+from harness.masking import Masked, MaskedData, apply_all, regime_options, required_options
 from harness.modeling import load_tokenizer, tokenizer_for
 from harness.parity import Parity, check_parity
 from harness.training.packing import plan_steps
@@ -70,7 +70,7 @@ def parse_regime(text: str) -> RegimeSpec:
                               fix="write name:option=value, e.g. prompt_weight:prompt_weight=0.1")
         k, v = part.split("=", 1)
         opts[k.strip()] = yaml.safe_load(v)
-    check_regime(name, opts)
+    required_options(name, opts)
     return RegimeSpec(name, opts)
 
 

@@ -42,6 +42,7 @@ DONE = "DONE"
 FAILED = "FAILED"
 LOCK = ".lock"
 LAUNCHER = "launcher.json"
+INPUTS = "inputs.json"
 
 STATES = ("done", "failed", "running", "partial", "pending")
 _STEP = re.compile(r"^step-(\d{6})$")
@@ -63,6 +64,10 @@ FILES = (
                                                    "mask statistics and hash, engine, schema, parameter counts "
                                                    "(trainable/total), adapter, replay share, init_from (a "
                                                    "later stage's starting checkpoint and its weights' sha256)"),
+    (f"{RUNS}/<run-id>/{INPUTS}", "launcher (job)", "content sha256 of every local file the run reads (base model, "
+                                                  "tokenizer, data, replay, probe files, task folders), written "
+                                                  "when it starts; `accepted`: changes kept with "
+                                                  "--accept-changed-inputs (harness/inputs.py)"),
     (f"{RUNS}/<run-id>/{METRICS}", "training", "training log, one JSON object per logging step"),
     (f"{RUNS}/<run-id>/{TRACKING}/", "training, evaluation", "tracker files (train.report_to): TensorBoard events "
                                                             "(train/ step metrics, eval/ per checkpoint), wandb/ "
@@ -196,6 +201,7 @@ class RunDir:
     failed = property(lambda self: self.path / FAILED)
     lock = property(lambda self: self.path / LOCK)
     launcher = property(lambda self: self.path / LAUNCHER)
+    inputs = property(lambda self: self.path / INPUTS)
 
     def step_dir(self, step: int) -> Path:
         return self.checkpoints / step_name(step)

@@ -180,6 +180,18 @@ def check_regime(regime: str, options: dict | None = None) -> None:
                               fix=f"options of {regime}: {list(REGIME_OPTIONS[regime]) or 'none'}")
 
 
+def required_options(regime: str, options: dict) -> None:
+    """Refuse a regime call that leaves out an option the regime has no default for (prompt_weight's lambda):
+    the regime section always gives every option; an ad-hoc spec (``harness inspect --regime``) may not."""
+    check_regime(regime, options)
+    params = inspect.signature(REGIMES[regime]).parameters
+    missing = [k for k in REGIME_OPTIONS[regime] if k not in options and params[k].default is inspect.Parameter.empty]
+    if missing:
+        example = ",".join(f"{k}=0.1" if "weight" in k else f"{k}=..." for k in missing)
+        raise ConfigError(f"regime '{regime}' needs option(s) {missing}", where=f"regime {regime}",
+                          fix=f"give them, e.g. --regime {regime}:{example}")
+
+
 def regime_options(rc) -> dict:
     """The keyword options a ``regime:`` config section passes to its regime function (those it takes)."""
     check_regime(rc.name)

@@ -40,9 +40,9 @@ def check_local(path: str | Path, what: str = "model", need: str | None = "confi
         return
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"{what} path not found", where=str(path), fix=_NOT_FOUND_FIX)
+        raise ConfigError(f"{what} path not found", where=str(p.absolute()), fix=_NOT_FOUND_FIX)
     if need and p.is_dir() and not (p / need).exists():
-        raise ConfigError(f"no {need} in {what} path", where=str(path), fix=_NOT_FOUND_FIX)
+        raise ConfigError(f"no {need} in {what} path", where=str(p.absolute()), fix=_NOT_FOUND_FIX)
 
 
 def _revision(cfg: ExperimentConfig, path: str | Path) -> str | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import socket
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from harness import fingerprint
 
 PACKAGES = ("harness", "torch", "transformers", "tokenizers", "datasets", "lm_eval", "numpy", "submitit",
             "safetensors", "pandas", "peft")
@@ -37,14 +38,8 @@ def package_versions() -> dict:
 
 
 def file_sha256(path: str | Path) -> str | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """A file's sha256 (harness/fingerprint.py's, cached), None for anything but a file."""
+    return fingerprint.file_sha256(path) if Path(path).is_file() else None
 
 
 def provenance(**extra) -> dict:

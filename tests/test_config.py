@@ -75,6 +75,10 @@ BAD = [
     ("not a mapping", "- 1\n- 2\n", r"must be a mapping of sections"),
     ("budget without tokens", "train:\n  budget: supervised_tokens\n", r"train.supervised_tokens is not set"),
     ("bad choice", "train:\n  schedule: cosin\n", r"'cosin' is not one of .* \(did you mean 'cosine'\?\)"),
+    ("empty file", "", r"e\.yaml: the experiment file is empty"),
+    ("comments only", "# a study, one day\n\n", r"the experiment file is empty"),
+    ("empty mapping", "{}\n", r"the experiment file is empty"),
+    ("root not a folder", "root: nowhere\n", r"root 'nowhere' is not a folder: /.*/nowhere"),
 ]
 
 

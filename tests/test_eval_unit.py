@@ -309,6 +309,9 @@ def test_runs_with_another_base_model_get_their_own_base_dir(tiny, tmp_path):
     exp = tmp_path / "exp"
     assert base_dir_for(exp, tiny.config) == exp / "base"  # no plan yet: the one base
     shutil.copytree(Path(tiny.config.model.name_or_path), tmp_path / "other")
+    # another base model: other contents (a copy of the same files would be the same base, wherever it lies)
+    cfg_file = tmp_path / "other" / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "rms_norm_eps": 1e-5}))
     other = replace(tiny.config, model=replace(tiny.config.model, name_or_path=str(tmp_path / "other")))
     ghost = type(tiny)(tiny.config, tiny.path, tiny.runs)
     object.__setattr__(ghost, "config", replace(tiny.config, results_dir=str(tmp_path), name="exp"))

@@ -204,7 +204,8 @@ def test_eval_hash_changes_only_when_the_probe_is_on(tiny_kl, tmp_path):
     on = eval_hash(tiny_kl.config)
     assert off != on
     assert eval_hash(load_experiment(path, ["eval.kl_sft=false"]).config) == off  # the default, written out
-    # off: the training data is no input of the evaluation; on: it is (path and contents)
+    # off: the training data is no input of the evaluation; on: its contents are (a copy elsewhere is the same
+    # input: where a file lies is no part of the eval hash, harness/evaluation/identity.py)
     train = Path(tiny_kl.config.data.train.path)
     copy = tmp_path / "train.jsonl"
     shutil.copy(train, copy)
@@ -212,7 +213,7 @@ def test_eval_hash_changes_only_when_the_probe_is_on(tiny_kl, tmp_path):
     over = ["eval.kl_sft=true", "eval.kl_prompt_limit=10", "eval.max_new_tokens=6", "eval.kl_top_k=1000"]
     moved = load_experiment(path, over + [f"data.train.path={copy}"]).config
     before = eval_hash(moved)
-    assert before != on
+    assert before == on
     copy.write_text(copy.read_text() + copy.read_text().splitlines()[0] + "\n")
     assert eval_hash(moved) != before
     assert eval_hash(load_experiment(path, over + ["eval.kl_continuations=data"]).config) != on

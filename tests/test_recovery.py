@@ -210,10 +210,13 @@ def _hash_config(**eval_extra) -> ExperimentConfig:
     return build(ExperimentConfig, d)
 
 
-def test_eval_hash_without_recovery_is_unchanged_and_with_it_differs(tmp_path):
+def test_eval_hash_without_recovery_is_unchanged_and_with_it_differs(tmp_path, monkeypatch):
     from harness.evaluation.identity import eval_hash
 
-    # computed by the code before eval.recovery existed (no local files: no mtime in the fingerprints);
+    # the default config's relative paths (results/world/test-seed0/model) resolve against the working directory:
+    # in tmp_path they name nothing, whatever `harness world build` left in the checkout's results/
+    monkeypatch.chdir(tmp_path)
+    # computed by the code before eval.recovery existed (no local files: no fingerprint of theirs);
     # a bump of harness.versions.EVAL_VERSION changes all three, on purpose
     assert eval_hash(ExperimentConfig()) == "9941a60fbcfa"
     assert eval_hash(_hash_config()) == "8ab4279bf1b6"

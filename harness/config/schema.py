@@ -206,7 +206,11 @@ class ExperimentConfig:
     description: str = ""
     """Free text shown in reports."""
     results_dir: str = "results"
-    """Root of all outputs."""
+    """Root of all outputs (a relative path resolves against the experiment file's root, as every path does)."""
+    root: str = "."
+    """The folder that relative paths in this experiment file resolve against, itself relative to the file's
+    own folder (default: the file's folder). The shipped experiments/*.yaml set '..': their paths
+    (results/world/...) are relative to the repository root. Not part of run ids: they hash paths as written."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Base model and tokenizer."""
     data: DataConfig = field(default_factory=DataConfig)

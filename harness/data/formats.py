@@ -106,8 +106,9 @@ def iter_rows(path: str, *, split: str = "train", name: str | None = None) -> It
         raise DataError(f"unsupported file type '{suffix}'", where=path,
                         fix="use .jsonl, .json or .parquet (or a hub dataset name)")
     if suffix in (".jsonl", ".json", ".parquet", ".ndjson") or os.sep in path and is_local_path(path):
-        raise DataError("data file not found", where=path, fix="check the path (relative paths are resolved "
-                        "against the directory you run from)")
+        raise DataError("data file not found", where=os.path.abspath(path),
+                        fix="check the path (in an experiment file, a relative path is relative to the file's "
+                            "folder and its root:; on the command line, to the directory you run from)")
     # A hub dataset name such as "GAIR/lima" (needs network or a populated HF cache).
     try:
         import datasets

@@ -92,7 +92,7 @@ def resolve_template(spec: str | None) -> str | None:
     path = Path(spec)
     if path.suffix in (".jinja", ".j2", ".txt") or path.exists():
         if not path.exists():
-            raise TemplateError("chat template file not found", where=spec,
+            raise TemplateError("chat template file not found", where=str(path.absolute()),
                                 fix=f"give a path to a .jinja file or one of {sorted(BUILTIN)}")
         return path.read_text(encoding="utf-8")
     raise TemplateError(f"unknown chat template '{spec}'", where="model.chat_template",

@@ -55,7 +55,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, config: ExperimentConfig, ou
     pretrain-NLL delta (computed there once if missing). Returns the payload written."""
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
-        raise EvaluationError("checkpoint directory not found", where=str(ckpt), fix="check the path")
+        raise EvaluationError("checkpoint directory not found", where=str(ckpt.absolute()), fix="check the path")
     if not (ckpt / COMPLETED).exists():
         raise EvaluationError("checkpoint has no COMPLETED sentinel: it is incomplete (a crash while saving) or "
                               "still being written, and is never evaluated", where=str(ckpt),

@@ -8,7 +8,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from harness import fingerprint
 from harness.config import ExperimentConfig, to_dict
+from harness.config.paths import replace_at
 from harness.layout import ExperimentDir
 from harness.versions import EVAL_VERSION
 
@@ -32,24 +34,16 @@ def kl_prompt_source(cfg: ExperimentConfig) -> dict | None:
 
 
 def _file_fingerprint(path: str | Path) -> str | None:
-    p = Path(path)
-    if p.is_file():
-        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    if p.is_dir():  # a model directory: its weight and config files' names, sizes and mtimes
-        parts = []
-        for f in sorted(p.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".json", ".model", ".txt"):
-                st = f.stat()
-                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-    return None
+    """A file's or model directory's content digest (16 hex digits; None when missing): never its mtime, so
+    touching or copying the base model leaves the eval hash (and the cached base results) as they were."""
+    return fingerprint.short(path)
 
 
 def eval_hash(cfg: ExperimentConfig) -> str:
     """Hash of everything that determines an evaluation except the weights being evaluated: base model and
-    tokenizer (with a fingerprint of local files), eval-data tokenization, the eval section and the probe
-    files' contents. Equal hashes: comparable rows; the base is re-evaluated when it changes."""
-    d, default = to_dict(cfg), to_dict(ExperimentConfig())
+    tokenizer (with the contents of local files: harness/fingerprint.py), eval-data tokenization, the eval
+    section and the probe files' contents. Equal hashes: comparable rows; the base is re-evaluated when it changes."""
+    d, default = to_dict(_by_contents(cfg)), to_dict(ExperimentConfig())
     # only what differs from the defaults, as for run ids: a new eval option leaves every eval hash (and so
     # every cached base result) as it was
     ev = _changed(d["eval"], default["eval"])
@@ -61,21 +55,42 @@ def eval_hash(cfg: ExperimentConfig) -> str:
     if cfg.eval.recovery.enabled:  # only then (off, it is all defaults): other evaluations' hashes stay as they were
         ev["recovery"] = {k: v for k, v in rec.items() if k != "every_checkpoint"}  # which checkpoints, as above
     data_keys = ("eval", "max_length", "boundary", "eot", "system_prompt", "literal_content")
-    paths = probe_paths(cfg)
+    paths, located = probe_paths(cfg), probe_paths(_by_contents(cfg))
     # model.init_from (a later stage's starting weights) is part of the weights evaluated, not of the base
     model = {k: v for k, v in _changed(d["model"], default["model"]).items() if k != "init_from"}
     payload = {"version": EVAL_VERSION, "model": model,
                "model_files": _file_fingerprint(cfg.model.name_or_path),
                "tokenizer_files": _file_fingerprint(cfg.model.tokenizer) if cfg.model.tokenizer else None,
                "data": _changed({k: d["data"][k] for k in data_keys}, default["data"]),
-               "eval": ev, "probes": {k: [v, _file_fingerprint(v) if v else None] for k, v in paths.items()},
-               "tasks": {str(p): _file_fingerprint_dir(p) for p in cfg.eval.include_path}}
+               "eval": ev, "probes": {k: [located[k], _file_fingerprint(v) if v else None] for k, v in paths.items()},
+               "tasks": {str(at): _file_fingerprint_dir(p) for at, p in zip(d["eval"]["include_path"],
+                                                                            cfg.eval.include_path)}}
     kl = kl_prompt_source(cfg)
     if cfg.eval.kl_sft:  # only then: the hashes of evaluations without the probe stay as they were
-        payload["kl_prompts"] = [kl, _file_fingerprint(kl["path"]) if kl else None]
+        fp = _file_fingerprint(kl["path"]) if kl else None
+        payload["kl_prompts"] = [dict(kl, path=None) if fp else kl, fp]
     if cfg.eval.recovery.enabled:  # the k-shot examples' contents, as for the other probe files
         payload["recovery_data"] = _file_fingerprint(cfg.eval.recovery.data)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# the paths an evaluation reads (the training data only through kl_prompt_source, handled there)
+_EVAL_PATHS = ("model.name_or_path", "model.tokenizer", "model.chat_template", "data.eval.path", "eval.nll_data",
+               "eval.pretrain_text", "eval.raw_questions", "eval.kl_prompts", "eval.recovery.data",
+               "eval.include_path")
+
+
+def _by_contents(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with each path of :data:`_EVAL_PATHS` that exists replaced by its contents' digest: where a file
+    lies is no part of what is measured, so a study folder moved or copied elsewhere (its paths resolve to new
+    absolute ones, harness/config/paths.py) keeps its eval hashes. A path that does not exist stays as it is."""
+    def digest(key: str):
+        suffixes = fingerprint.TASK_FILES if key == "eval.include_path" else fingerprint.MODEL_FILES
+        return lambda v: f"sha256:{fp}" if (fp := fingerprint.short(v, suffixes)) else v
+
+    for key in _EVAL_PATHS:
+        cfg = replace_at(cfg, key, digest(key))
+    return cfg
 
 
 def _changed(d: dict, default: dict) -> dict:

@@ -45,7 +45,7 @@ def read_jsonl(path: str | Path, key: str, limit: int | None = None) -> list[dic
     """Rows of a probe .jsonl that have a non-empty `key` (the first `limit`). Empty corpus: DataError."""
     p = Path(path)
     if not p.is_file():
-        raise DataError("probe file not found", where=str(p),
+        raise DataError("probe file not found", where=str(p.absolute()),
                         fix="check the eval.* probe paths (build the mini-world first: harness world build)")
     rows = []
     for row, where in iter_rows(str(p)):  # the data files' one reader: UTF-8, JSON and object checks per line

@@ -7,15 +7,22 @@ import os
 import sys
 import time
 
-from harness.grid import load_experiment
+from harness.grid import load_experiment, match_runs
 from harness.launch.status import cancel, print_status
 from harness.launch.submit import launch
+from harness.preflight import check_experiment, path_note, refuse
 
 
 def _run_cmd(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.override)
+    problems = check_experiment(exp, match_runs(exp.runs, args.only))  # doctor's fast part, before any worker
+    if problems and args.dry_run:
+        lines = problems + ([note] if (note := path_note(exp, problems)) else [])
+        print("# harness run would refuse to start:\n#   " + "\n#   ".join(lines))
+    else:
+        refuse(exp, problems)
     summary = launch(exp, backend=args.launcher, parallel=args.parallel, dry_run=args.dry_run, only=args.only,
-                     wait=not args.no_wait)
+                     wait=not args.no_wait, accept_changed_inputs=args.accept_changed_inputs)
     failed = [r for r in summary.get("results", []) if isinstance(r, dict) and r.get("status") == "failed"]
     if not args.dry_run:
         print_status(exp)
@@ -31,7 +38,7 @@ def _status_cmd(args: argparse.Namespace) -> int:
         while True:
             os.system("clear" if sys.stdout.isatty() else "true")
             counts = print_status(exp)
-            if set(counts) <= {"done", "failed"}:
+            if set(counts) <= {"done", "failed", "changed"}:  # nothing left that will move by itself
                 return 0
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -53,6 +60,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="print the plan (and, for slurm, the sbatch script the runs get), submit nothing")
     p.add_argument("--only", help="run ids matching this glob / substring")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
+    p.add_argument("--accept-changed-inputs", action="store_true",
+                   help="keep the results of runs whose data, model or probe files changed since they read them "
+                        "(recorded in each run's inputs.json); without it such runs stop the launch")
     p.set_defaults(func=_run_cmd)
     s = sub.add_parser("status", help="table of an experiment's runs")
     s.add_argument("experiment")

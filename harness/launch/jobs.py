@@ -17,7 +17,9 @@ from typing import Any, Callable, Iterator
 import submitit
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from harness import inputs
 from harness.config import ExperimentConfig
+from harness.errors import HarnessError
 from harness.evaluation.identity import base_dir_for
 from harness.fsio import (
     atomic_write_json,
@@ -78,6 +80,7 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
             from harness.training.checkpoint import prune_checkpoints
             from harness.training.loop import train
 
+            inputs.check_unchanged(rd, spec.config, spec.run_id)
             result = {}
             if not rd.done.exists():
                 result = train(spec, rd.path, should_stop=should_stop)
@@ -121,11 +124,19 @@ def execute_ranked(spec: RunSpec, rdir: Path, rank: int, world: int, threads: in
         dist = None
         try:
             dist = Dist.from_env()  # the rendezvous; train() goes on in this process group
+            refused = None  # inputs changed since the run started: every rank stops, rank 0 says why
+            if rank == 0 and todo != "skipped":
+                try:
+                    inputs.check_unchanged(rd, spec.config, spec.run_id)
+                except HarnessError as exc:
+                    refused, todo = exc, "refused"
             todo = dist.gather_object(todo if rank == 0 else None)[0]
-            owner = owner or todo != "skipped"
+            owner = owner or todo not in ("skipped", "refused")
             me = {"run_id": spec.run_id, "rank": rank, "world_size": world, "evaluated": False}
-            if todo == "skipped":
-                return {**me, "status": "skipped", "reason": "done, or locked by another launcher"}
+            if refused is not None:
+                raise refused
+            if todo in ("skipped", "refused"):
+                return {**me, "status": todo, "reason": "done, locked by another launcher, or its inputs changed"}
             result = {}
             if todo == "train":
                 from harness.training.loop import train

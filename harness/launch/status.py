@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from harness import inputs
 from harness.fsio import lock_holder
 from harness.grid import Experiment, RunSpec
 from harness.layout import RunDir
@@ -33,6 +34,7 @@ class RunStatus:
     job: dict | None = None  # launcher.json
     error: str | None = None  # last line of FAILED
     waiting: str | None = None  # a later stage that cannot start yet: why
+    changes: tuple = ()  # harness.inputs.Change: inputs that differ from what the run read (state "changed")
 
 
 def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
@@ -49,6 +51,10 @@ def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
         st.error = rs.detail
     elif rs.state == "pending":  # a later stage: why it has not started
         st.waiting = waits_for(run, rd.path)
+    if rs.state != "running" and (found := inputs.changes(rd, run.config)):
+        # never done, never resumed on other data: harness run refuses it until the user chooses (inputs.py)
+        st.state, st.changes, st.progress = "changed", tuple(found), None
+        st.detail = "inputs changed: " + "; ".join(c.describe() for c in found)
     return st
 
 
@@ -84,16 +90,21 @@ def print_status(exp: Experiment, console=None) -> dict:
     table = Table(title=f"{exp.config.name}: {exp.out_dir}")
     for col in ("run id", "axes", "state", "progress", "step", "loss", "job", "log / error"):
         table.add_column(col)
-    colours = {"done": "green", "failed": "red", "running": "cyan", "partial": "yellow", "pending": "white"}
+    colours = {"done": "green", "failed": "red", "running": "cyan", "partial": "yellow", "pending": "white",
+               "changed": "magenta"}
     for r in rows:
         table.add_row(r["run_id"], " ".join(f"{k.split('.')[-1]}={v}" for k, v in r["axes"].items()),
                       f"[{colours[r['state']]}]{r['state']}[/]",
                       "" if r["progress"] is None else f"{r['progress']}%", str(r["step"] or ""),
                       "" if r["loss"] is None else f"{r['loss']:.4f}", r["job_id"] or "",
-                      r["error"] or r["waiting"] or (r["detail"] if r["state"] == "partial" else "") or r["log"] or "")
+                      (r["detail"] if r["state"] == "changed" else "") or r["error"] or r["waiting"]
+                      or (r["detail"] if r["state"] == "partial" else "") or r["log"] or "")
     console.print(table)
     counts = Counter(r["state"] for r in rows)
     console.print(" · ".join(f"{n} {s}" for s, n in counts.items()) + f" · {len(rows)} runs")
+    if counts.get("changed"):
+        console.print(f"{counts['changed']} run(s) read inputs that have changed since; {inputs.RERUN_FIX}",
+                      markup=False)
     return dict(counts)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import submitit
 
+from harness import inputs
 from harness.errors import ConfigError, HarnessError
 from harness.fsio import atomic_write_json, atomic_write_text, lock_holder, now_iso, try_lock
 from harness.grid import Experiment, RunSpec, check_schema, match_runs, write_plan
@@ -110,11 +111,28 @@ def _record_job(rdir: Path, backend: str, job: Any) -> None:
 
 
 def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None = None, dry_run: bool = False,
-           only: str | None = None, wait: bool = True, out=print) -> dict:
-    """Expand, skip what is done, evaluate the base once, submit the rest. Returns a summary dict."""
+           only: str | None = None, wait: bool = True, accept_changed_inputs: bool = False, out=print) -> dict:
+    """Expand, skip what is done, evaluate the base once, submit the rest. Returns a summary dict. Runs whose
+    inputs changed since they read them (harness/inputs.py) stop the launch, unless `accept_changed_inputs`."""
     backend = backend or exp.config.launcher.backend
     runs = match_runs(exp.runs, only)
     statuses = [run_status(exp, r) for r in runs]
+    changed = [s for s in statuses if s.state == "changed"]
+    if changed and accept_changed_inputs and not dry_run:
+        for s in changed:
+            rd = RunDir(s.dir)
+            inputs.accept(rd, s.run.config, list(s.changes))
+            what = ("kept its results for the changed inputs" if rd.done.exists() else
+                    "resumes on the changed inputs from what it trained on the old ones")
+            out(f"  {s.run.run_id}: {what} (recorded in {rd.inputs})")
+        statuses, changed = [run_status(exp, r) for r in runs], []
+    if changed:
+        lines = [f"  {s.run.run_id}: {c.describe()}" for s in changed for c in s.changes]
+        msg = (f"{len(changed)} run(s) of {exp.config.name} read inputs that have changed since; their results "
+               "do not describe the files as they are now:\n" + "\n".join(lines))
+        if not dry_run:
+            raise HarnessError(msg, where=exp.path, fix=inputs.RERUN_FIX)
+        out("# " + msg.replace("\n", "\n# ") + f"\n# {inputs.RERUN_FIX}")
     todo = [s.run for s in statuses if s.state not in ("done", "running")]
     running = [s.run.run_id for s in statuses if s.state == "running"]
     par, threads = resources(exp, len(todo), parallel, out if backend == "local" else None)

@@ -34,7 +34,8 @@ def replay_stream(path: str | Path, tok, seed: int, key: str = "text") -> np.nda
                         fix="point it at a .jsonl with 'text' (or remove data.replay)")
     p = Path(path)
     if not p.is_file():
-        raise DataError("replay file not found", where=str(p), fix="set data.replay.path to a .jsonl with 'text'")
+        raise DataError("replay file not found", where=str(p.absolute()),
+                        fix="set data.replay.path to a .jsonl with 'text'")
     docs = []
     for row, where in iter_rows(str(p)):  # the data files' one reader: UTF-8, JSON and object checks per line
         if not isinstance(row.get(key), str):

@@ -126,3 +126,12 @@ def test_doctor_reports_problems(tmp_path, chatml_tok):
     assert "mask prompt_masked" in text and "dropped" in text
     assert "FAIL  eval.raw_questions" in text
     assert doctor(str(BAD / "yaml_typo.yaml"), out=lines.append) == 1
+
+
+def test_an_empty_experiment_file_is_refused_by_every_command(capsys):
+    for cmd in (["config"], ["doctor"], ["run", "--dry-run"], ["status"]):
+        rc = main([cmd[0], str(BAD / "yaml_empty.yaml"), *cmd[1:]])
+        out = capsys.readouterr()
+        text = out.err + out.out
+        assert rc in (1, 2) and "the experiment file is empty" in text and str(BAD / "yaml_empty.yaml") in text, cmd
+        assert "Traceback" not in text
