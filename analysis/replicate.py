@@ -7,7 +7,8 @@ like any run and `harness report` draws it. Pooling the new seeds with the origi
 partly on the data that suggested them; a replication is judged on what it adds alone.
 
 Per claim: **confirmed** (the original said yes or no, the replication says the same), **not confirmed** (the
-replication says the opposite), **inconclusive** (the replication cannot decide it; or the original could not).
+replication says the opposite), **inconclusive** (the replication cannot decide it; or the original could not);
+a claim about the base alone is re-measured on the same model and items, so it is listed apart.
 Writes ``replication.json`` and ``replication.md`` into the replication's report folder.
 """
 
@@ -56,7 +57,9 @@ def compare(original: dict, replication: dict) -> list[dict]:
     for cid, f in original.items():
         r = replication.get(cid, {})
         was, now = f.get("verdict"), r.get("verdict", "n/a")
-        if was in ("yes", "no") and now == was:
+        if f.get("seeds") == 0:
+            outcome = "base only (the same model and items: nothing to replicate)"
+        elif was in ("yes", "no") and now == was:
             outcome = "confirmed"
         elif was in ("yes", "no") and now in ("yes", "no"):
             outcome = "not confirmed"
@@ -74,9 +77,10 @@ def to_markdown(rows: list[dict], seeds: list[int], ref_seeds: list) -> str:
          "| claim | family | original | replication (new seeds alone) | outcome |", "|---|---|---|---|---|"]
     L += [f"| `{r['id']}`: {r['claim']} | {r['family']} | {r['original']} | {r['replication']}: "
           f"{r['replication_observed']} | **{r['outcome']}** |" for r in rows]
-    n = {k: sum(r["outcome"] == k for r in rows) for k in ("confirmed", "not confirmed", "inconclusive")}
+    n = {k: sum(r["outcome"].startswith(k) for r in rows) for k in ("confirmed", "not confirmed", "inconclusive",
+                                                                     "base only")}
     return "\n".join(L + ["", f"{n['confirmed']} confirmed, {n['not confirmed']} not confirmed, "
-                              f"{n['inconclusive']} inconclusive."]) + "\n"
+                              f"{n['inconclusive']} inconclusive, {n['base only']} about the base alone."]) + "\n"
 
 
 def run_replicate(args: argparse.Namespace) -> int:

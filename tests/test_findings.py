@@ -156,10 +156,12 @@ def test_replicate_renames_reseeds_every_subgrid_and_compares_verdicts(tmp_path)
     assert rep["name"] == "replay_rep_s4-5-6" and all(g["train.seed"] == [4, 5, 6] for g in rep["grid"])
     assert raw["grid"][0]["train.seed"] == [1, 2]  # the original is left alone
     ref = {c: {"verdict": v, "claim": c, "family": "primary"} for c, v in
-           (("a", "yes"), ("b", "no"), ("c", "yes"), ("d", "inconclusive"))}
-    new = {"a": {"verdict": "yes"}, "b": {"verdict": "yes"}, "c": {"verdict": "inconclusive"}}
+           (("a", "yes"), ("b", "no"), ("c", "yes"), ("d", "inconclusive"))} | {
+        "e": {"verdict": "yes", "claim": "e", "family": "secondary", "seeds": 0}}
+    new = {"a": {"verdict": "yes"}, "b": {"verdict": "yes"}, "c": {"verdict": "inconclusive"}, "e": {"verdict": "yes"}}
     got = {r["id"]: r["outcome"] for r in compare(ref, new)}
-    assert got == {"a": "confirmed", "b": "not confirmed", "c": "inconclusive", "d": "inconclusive"}
+    assert got == {"a": "confirmed", "b": "not confirmed", "c": "inconclusive", "d": "inconclusive",
+                   "e": "base only (the same model and items: nothing to replicate)"}
 
 
 def test_replicate_refuses_seeds_the_study_used():
