@@ -211,7 +211,9 @@ def inapplicable(cfg: ExperimentConfig) -> tuple[ExperimentConfig, tuple[str, ..
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter=type(ac)()))
         unused += [f"model.adapter.{f.name}" for f in dataclasses.fields(ac) if f.name != "method"]
     rc, takes = cfg.regime, REGIME_OPTIONS.get(cfg.regime.name, ())
-    off = [f.name for f in dataclasses.fields(rc) if f.name != "name" and f.name not in takes]
+    # only the options of the regime functions; the agentic options (reasoning, tool_calls, ...) apply to every one
+    options = {o for opts in REGIME_OPTIONS.values() for o in opts}
+    off = [f.name for f in dataclasses.fields(rc) if f.name in options and f.name not in takes]
     reset = {k: getattr(type(rc)(), k) for k in off}
     if any(getattr(rc, k) != v for k, v in reset.items()):
         cfg = dataclasses.replace(cfg, regime=dataclasses.replace(rc, **reset))
