@@ -35,11 +35,18 @@ def claims_for(experiment, plan: dict | None) -> list[Claim]:
 
 
 def claim_metrics(claims: Sequence[Claim]) -> list[str]:
+    """Every metric the claims read: their own, the selection's (by), a fit's, and any a side names."""
     out: list[str] = []
     for c in claims:
         out += [c.metric, *([c.by] if c.by else [])]
         if c.effect == "fit":
             out += [c.spec["x"], *([c.spec["minus"]] if c.spec.get("minus") else [])]
+        sides = [c.spec["a"], c.spec["b"]] if c.effect == "compare" else [c.spec] if c.effect == "value" else \
+            [t["side"] for t in c.spec] if c.effect == "contrast" else []
+        for side in sides:
+            for m in side if isinstance(side, list) else [side]:
+                if isinstance(m, dict) and m.get("metric"):
+                    out.append(m["metric"])
     return list(dict.fromkeys(out))
 
 
