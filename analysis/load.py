@@ -194,7 +194,7 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     off_axis = {k: next((_get_dotted(r.config, k) for r in runs if r.config and k not in r.axes
                          and _get_dotted(r.config, k) is not None), None) for k in axes}
     for r in runs:
-        prov = (_read_json(r.dir / "provenance.json") or {}).get("params") or {}
+        prov = (_read_json(RunDir(r.dir).provenance) or {}).get("params") or {}
         r.axes.update({k: prov.get(k.split(".")[1]) for k in PARAM_KEYS})
         no_adapter = (r.axes.get("model.adapter.method") or _get_dotted(r.config, "model.adapter.method")) == "none"
         for k in keys:
@@ -368,17 +368,17 @@ def load_tokens(path: str | Path) -> pd.DataFrame | None:
 
 def load_provenance(exp_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict | None:
     """provenance.json of the first run (in ``run_ids`` order, else directory order) that has one."""
-    root = ExperimentDir(exp_dir).runs
-    ids = list(run_ids) if run_ids is not None else (sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
+    ed = ExperimentDir(exp_dir)
+    ids = list(run_ids) if run_ids is not None else ed.run_ids_on_disk()
     for rid in ids:
-        if p := _read_json(root / rid / "provenance.json"):
+        if p := _read_json(ed.run(rid).provenance):
             return p
     return None
 
 
 def load_audit(exp_dir: str | Path) -> dict | None:
     """The mask audit written by ``harness inspect --json`` to results/<exp>/audit.json, if any."""
-    return _read_json(Path(exp_dir) / "audit.json")
+    return _read_json(ExperimentDir(exp_dir).audit)
 
 
 def is_lm_eval_metric(name: str) -> bool:

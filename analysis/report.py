@@ -40,7 +40,7 @@ from analysis.load import (
     run_table,
 )
 from harness.errors import HarnessError
-from harness.layout import STATES
+from harness.layout import REPORT_HTML, STATES, ExperimentDir
 
 log = logging.getLogger("analysis")
 
@@ -97,7 +97,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
                            where=str(results_dir), fix="point at one of them: results/<experiment>")
     exp_dir = dirs[0]
     config = experiment.config if hasattr(experiment, "runs") and hasattr(experiment, "config") else experiment
-    out = Path(out_dir) if out_dir else exp_dir / "report"
+    out = Path(out_dir) if out_dir else ExperimentDir(exp_dir).report
     out.mkdir(parents=True, exist_ok=True)
     formats = tuple(f.strip().lower().lstrip(".") for f in formats if f.strip())
     bad = [f for f in formats if f not in ("pdf", "png", "svg")]
@@ -159,7 +159,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     not_done = runs[runs["state"] != "done"] if len(runs) else runs
     prov = load_provenance(exp_dir, list(runs["run_id"]) if len(runs) else None)
     cfg_text = _config_text(config, exp_dir, runs)
-    rep = Report(out, out / "report.html", out / "report.md", figs, tab, data, target, states, not_done, notes)
+    rep = Report(out, out / REPORT_HTML, out / "report.md", figs, tab, data, target, states, not_done, notes)
     rep.findings = findings
     if rep.findings:
         (out / "findings.json").write_text(json.dumps([f.to_dict() for f in rep.findings], indent=1) + "\n")
@@ -179,7 +179,7 @@ def _config_text(experiment: Any, exp_dir: Path, runs: pd.DataFrame) -> str:
     if isinstance(experiment, dict):
         return yaml.safe_dump(experiment, sort_keys=False)
     for rid in (runs["run_id"] if len(runs) else []):
-        p = exp_dir / "runs" / rid / "config.yaml"
+        p = ExperimentDir(exp_dir).run(rid).config
         if p.is_file():
             return f"# config.yaml of run {rid} (the experiment file was not given)\n" + p.read_text(encoding="utf-8")
     return "# no config available\n"
@@ -200,7 +200,7 @@ def _provenance_rows(prov: dict | None, exp_dir: Path, runs: pd.DataFrame) -> li
     # do all runs agree on code and data?
     commits, shas, masks = set(), set(), {}
     for rid in (runs["run_id"] if len(runs) else []):
-        p = exp_dir / "runs" / rid / "provenance.json"
+        p = ExperimentDir(exp_dir).run(rid).provenance
         try:
             pj = json.loads(p.read_text())
         except (OSError, ValueError):

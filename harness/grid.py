@@ -33,11 +33,9 @@ from harness.config.load import (
     apply_overrides,
 )
 from harness.errors import ConfigError, HarnessError
-from harness.evaluation.identity import eval_hash
-from harness.fsio import atomic_write_json, now_iso
 from harness.layout import ExperimentDir
 from harness.masking import check_regime
-from harness.stages import RUN_PREFIX, Stage, init_run_id, parse_stages
+from harness.stages import RUN_PREFIX, Stage, parse_stages
 from harness.versions import SCHEMA_VERSION
 
 
@@ -181,12 +179,12 @@ class Experiment:
     runs: tuple[RunSpec, ...]
 
     @property
-    def out_dir(self) -> Path:
-        return Path(self.config.results_dir) / self.config.name
+    def dir(self) -> ExperimentDir:
+        return ExperimentDir.of(self.config)
 
     @property
-    def dir(self) -> ExperimentDir:
-        return ExperimentDir(self.out_dir)
+    def out_dir(self) -> Path:
+        return self.dir.path
 
     def run_dir(self, run: RunSpec):
         return self.dir.run(run.run_id)
@@ -308,27 +306,6 @@ def select_run(runs: tuple[RunSpec, ...] | list[RunSpec], pattern: str | None) -
 
 
 # ------------------------------------------------------------------------------------------ the plan
-
-
-def write_plan(exp: Experiment) -> Path:
-    """``plan.json``: the expanded grid with each run's config hash and eval hash (the base it is compared with)."""
-    axes: list[str] = list(dict.fromkeys(k for r in exp.runs for k in r.axes))
-    hashes: dict[str, str] = {}
-
-    def ehash(cfg: ExperimentConfig) -> str:  # memoised: it fingerprints the probe and model files
-        d = to_dict(cfg)
-        key = json.dumps([d["model"], d["data"], d["eval"]], sort_keys=True, default=str)
-        if key not in hashes:
-            hashes[key] = eval_hash(cfg)
-        return hashes[key]
-
-    plan = {"schema": SCHEMA_VERSION, "experiment": exp.config.name, "experiment_file": exp.path,
-            "created": now_iso(), "axes": axes, "base_eval_hash": ehash(exp.config),
-            "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash, "eval_hash": ehash(r.config),
-                      **({"after": a} if (a := init_run_id(r.config.model.init_from)) else {})}
-                     for r in exp.runs]}
-    atomic_write_json(exp.dir.plan, plan)
-    return exp.dir.plan
 
 
 def check_schema(exp: Experiment) -> None:

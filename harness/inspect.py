@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from harness.commands import summary
 from harness.data import ConversationTokenizer, load_conversations, tokenize_all
 from harness.data.prepare import Drops
 from harness.data.templates import resolve_template
@@ -316,7 +317,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="mask audit: which tokens each regime trains on",
+    p = sub.add_parser("inspect", help=summary("inspect"),
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", nargs="?", help="experiment YAML (uses its model, data and grid regimes)")
     p.add_argument("--data", help="a data file (instead of an experiment)")

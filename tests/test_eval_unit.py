@@ -304,7 +304,7 @@ def test_runs_with_another_base_model_get_their_own_base_dir(tiny, tmp_path):
     from dataclasses import replace
 
     from harness.evaluation.identity import base_dir_for, eval_hash
-    from harness.grid import write_plan
+    from harness.launch.plan import write_plan
 
     exp = tmp_path / "exp"
     assert base_dir_for(exp, tiny.config) == exp / "base"  # no plan yet: the one base

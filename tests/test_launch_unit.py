@@ -147,14 +147,14 @@ def test_local_workers_share_one_run_list(tmp_path, fake_pipeline):
 
     exp = _exp(tmp_path)
     exp.out_dir.mkdir(parents=True)
-    from harness.grid import write_plan
+    from harness.launch.plan import write_plan
 
     write_plan(exp)
-    specs, rdirs = list(exp.runs), [str(exp.run_dir(r).path) for r in exp.runs]
+    specs, rdirs = list(exp.runs), [exp.run_dir(r) for r in exp.runs]
     held = Path(rdirs[0])
     with try_lock(held / ".lock") as got:  # another worker is training run 0
         assert got
-        first = LocalWorker(specs, rdirs, 1, "launch-1", base=(exp.config, str(exp.out_dir)))()
+        first = LocalWorker(specs, rdirs, 1, "launch-1", base=(exp.config, exp.dir))()
     assert [r["run_id"] for r in first] == [r.run_id for r in specs[1:]]
     assert {r["run_id"]: r["status"] for r in first}[specs[3].run_id] == "failed"
     assert "boom: injected failure" in (Path(rdirs[3]) / "FAILED").read_text()

@@ -11,7 +11,8 @@ from harness import layout
 from harness.config.load import save_yaml
 from harness.evaluation.evaluate import pending_checkpoints
 from harness.fsio import is_locked
-from harness.grid import load_experiment, write_plan
+from harness.grid import load_experiment
+from harness.launch.plan import write_plan
 from harness.launch.status import status_rows
 from harness.versions import EVAL_SCHEMA, SCHEMA_VERSION
 
@@ -152,7 +153,7 @@ def _build(seed, rd, spec):
 
 def _eval_view(rd, spec) -> tuple[bool, list[int]]:
     """Evaluation's view: done iff trained (DONE), nothing left to evaluate, and nobody holds the run."""
-    todo = [s for s, _ in pending_checkpoints(rd.path, spec.config)]
+    todo = [s for s, _ in pending_checkpoints(rd, spec.config)]
     return rd.done.exists() and not todo and not is_locked(rd.lock), todo
 
 

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from harness.commands import summary
 from harness.grid import load_experiment
 from harness.launch.status import cancel, print_status
 from harness.launch.submit import launch
@@ -44,7 +45,7 @@ def _cancel_cmd(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run an experiment's grid (skips done runs, resumes partial ones)")
+    p = sub.add_parser("run", help=summary("run"))
     p.add_argument("experiment")
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--launcher", choices=("local", "slurm", "debug"), help="default: launcher.backend")
@@ -54,13 +55,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", help="run ids matching this glob / substring")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
     p.set_defaults(func=_run_cmd)
-    s = sub.add_parser("status", help="table of an experiment's runs")
+    s = sub.add_parser("status", help=summary("status"))
     s.add_argument("experiment")
     s.add_argument("-o", "--override", action="append")
     s.add_argument("--watch", action="store_true", help="refresh until every run is done or failed")
     s.add_argument("--interval", type=float, default=5.0)
     s.set_defaults(func=_status_cmd)
-    c = sub.add_parser("cancel", help="stop an experiment's running jobs")
+    c = sub.add_parser("cancel", help=summary("cancel"))
     c.add_argument("experiment")
     c.add_argument("-o", "--override", action="append")
     c.set_defaults(func=_cancel_cmd)

@@ -23,7 +23,7 @@ from harness.stages import waits_for
 @dataclass
 class RunStatus:
     run: RunSpec
-    dir: Path
+    dir: RunDir
     state: str  # harness.layout.STATES
     detail: str = ""  # why it is in that state
     step: int | None = None
@@ -38,7 +38,7 @@ class RunStatus:
 def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
     rd = exp.run_dir(run)
     rs = rd.state(run.config.eval.every_checkpoint)
-    st = RunStatus(run, rd.path, rs.state, rs.detail, job=rd.launcher_info() or None, last=rd.last_metrics())
+    st = RunStatus(run, rd, rs.state, rs.detail, job=rd.launcher_info() or None, last=rd.last_metrics())
     if st.last:
         st.step, st.epoch = st.last.get("step"), st.last.get("epoch")
         if st.epoch is not None and run.config.train.budget == "epochs":
@@ -48,7 +48,7 @@ def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
     elif rs.state == "failed":
         st.error = rs.detail
     elif rs.state == "pending":  # a later stage: why it has not started
-        st.waiting = waits_for(run, rd.path)
+        st.waiting = waits_for(run, rd)
     return st
 
 
@@ -108,7 +108,7 @@ def cancel(exp: Experiment, out=print) -> int:
         if job.get("backend") == "slurm" and job.get("job_id"):
             subprocess.run(["scancel", str(job["job_id"])], check=False)
         else:
-            holder = lock_holder(RunDir(s.dir).lock).split()
+            holder = lock_holder(s.dir.lock).split()
             if holder and holder[0].isdigit():
                 try:  # SIGINT: the run stops (no FAILED file) and resumes from its checkpoint next time
                     os.kill(int(holder[0]), signal.SIGINT)
@@ -129,7 +129,7 @@ def cancel(exp: Experiment, out=print) -> int:
 def local_workers(exp: Experiment) -> list[int]:
     """PIDs of this experiment's live local workers: submitit names a local job's log folder by its pid
     (``<experiment>/logs/<pid>/``), and the worker's command line names the experiment's log folder."""
-    logs = exp.out_dir / "logs"
+    logs = exp.dir.logs
     pids = []
     for d in sorted(logs.glob("*")) if logs.is_dir() else []:
         if not d.name.isdigit() or int(d.name) == os.getpid():

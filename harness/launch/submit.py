@@ -27,7 +27,8 @@ import submitit
 
 from harness.errors import ConfigError, HarnessError
 from harness.fsio import atomic_write_json, atomic_write_text, lock_holder, now_iso, try_lock
-from harness.grid import Experiment, RunSpec, check_schema, match_runs, write_plan
+from harness.grid import Experiment, RunSpec, check_schema, match_runs
+from harness.launch.plan import write_plan
 from harness.launch.jobs import LocalWorker, RunJob, base_done, evaluate_base_job, execute_run, is_complete
 from harness.launch.slurm import sbatch_preview, slurm_executor, slurm_parameters
 from harness.launch.status import print_plan, run_status
@@ -85,7 +86,7 @@ def resources(exp: Experiment, n_runs: int, parallel: int | None, out=None) -> t
 
 def make_executor(exp: Experiment, backend: str, parallel: int | None, n_runs: int):
     lc = exp.config.launcher
-    folder = exp.dir.logs / "%j"
+    folder = exp.dir.job_logs
     if backend == "local":
         ex = submitit.AutoExecutor(folder=folder, cluster="local")
         ex.update_parameters(timeout_min=lc.timeout_min, name=f"harness-{exp.config.name}")
@@ -101,12 +102,12 @@ def make_executor(exp: Experiment, backend: str, parallel: int | None, n_runs: i
 # ------------------------------------------------------------------------------------------ launching
 
 
-def _record_job(rdir: Path, backend: str, job: Any) -> None:
+def _record_job(rd: RunDir, backend: str, job: Any) -> None:
     info = {"backend": backend, "job_id": str(getattr(job, "job_id", "")), "submitted": now_iso()}
     paths = getattr(job, "paths", None)
     if paths is not None:
         info.update(stdout=str(paths.stdout), stderr=str(paths.stderr))
-    atomic_write_json(RunDir(rdir).launcher, info)
+    atomic_write_json(rd.launcher, info)
 
 
 def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None = None, dry_run: bool = False,
@@ -150,7 +151,7 @@ def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None 
                                f"({lock_holder(exp.dir.launch_lock)})",
                                fix="wait for it, or watch it with `harness status`")
         out(f"{exp.config.name}: {len(todo)} of {len(runs)} runs to run on {backend} "
-            f"(parallel {par}, {threads} threads each); logs: {exp.out_dir / 'logs'}")
+            f"(parallel {par}, {threads} threads each); logs: {exp.dir.logs}")
         results = _submit(exp, todo, backend, par, threads, wait, out)
     summary["results"] = results
     return summary
@@ -162,7 +163,7 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
         _maybe_eval_base(exp, out)
         for spec in todo:
             try:
-                results.append(execute_run(spec, exp.run_dir(spec).path, threads))
+                results.append(execute_run(spec, exp.run_dir(spec), threads))
                 out(f"  {spec.run_id}: {results[-1]['status']}" +
                     (f" ({results[-1]['reason']})" if results[-1].get("reason") else ""))
             except Exception as exc:  # a failing run never stops the others
@@ -171,11 +172,11 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
         return results
     ex = make_executor(exp, backend, par, len(todo))
     if backend == "local":
-        return _run_local(exp, ex, todo, par, threads, base_done(exp.config, exp.out_dir), out)
+        return _run_local(exp, ex, todo, par, threads, base_done(exp.config, exp.dir), out)
     base_job = None
-    if not base_done(exp.config, exp.out_dir):  # one task, whatever a run's nodes and tasks
+    if not base_done(exp.config, exp.dir):  # one task, whatever a run's nodes and tasks
         base_ex = slurm_executor(exp, par, base=True) if backend == "slurm" else ex
-        base_job = base_ex.submit(evaluate_base_job, exp.config, str(exp.out_dir))
+        base_job = base_ex.submit(evaluate_base_job, exp.config, exp.dir)
     if backend == "slurm":
         jobs_by_run = {}
         groups = chains(todo)  # a run and its later stages are one job (a stage waits for its previous one)
@@ -183,12 +184,12 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
             ex.update_parameters(time=exp.config.launcher.timeout_min * max(map(len, groups)))
         with ex.batch():  # one job array
             for first, *then in groups:
-                jobs_by_run[first.run_id] = ex.submit(RunJob(first, str(exp.run_dir(first).path), None,
-                                                             tuple((s, str(exp.run_dir(s).path)) for s in then)))
+                jobs_by_run[first.run_id] = ex.submit(RunJob(first, exp.run_dir(first), None,
+                                                             tuple((s, exp.run_dir(s)) for s in then)))
         for first, *then in groups:
             job = jobs_by_run[first.run_id]
             for spec in (first, *then):
-                _record_job(exp.run_dir(spec).path, backend, job)
+                _record_job(exp.run_dir(spec), backend, job)
             out(f"  {first.run_id}: job {job.job_id}  log {job.paths.stdout}"
                 + (f" (then {', '.join(s.run_id for s in then)})" if then else ""))
         if not wait:
@@ -202,17 +203,17 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
     is read from each run's launcher.json. A worker that dies (kill -9, out of memory) fails the run it held;
     the runs nobody took yet go to a new worker."""
     token = f"{os.getpid()}-{time.time_ns()}"
-    rdirs = {s.run_id: exp.run_dir(s).path for s in todo}
+    rdirs = {s.run_id: exp.run_dir(s) for s in todo}
     # a worker may take every run: its time limit is the per-run limit times the runs (requeued past it)
     ex.update_parameters(timeout_min=exp.config.launcher.timeout_min * len(todo))
 
     def claim(spec: RunSpec) -> dict:
-        info = RunDir(rdirs[spec.run_id]).launcher_info()
+        info = rdirs[spec.run_id].launcher_info()
         return info if info.get("launch") == token else {}
 
     def start(specs: list[RunSpec], with_base: bool):
-        job = ex.submit(LocalWorker(specs, [str(rdirs[s.run_id]) for s in specs], threads, token,
-                                    (exp.config, str(exp.out_dir)) if with_base else None))
+        job = ex.submit(LocalWorker(specs, [rdirs[s.run_id] for s in specs], threads, token,
+                                    (exp.config, exp.dir) if with_base else None))
         out(f"  worker {job.job_id}: started ({len(specs)} runs to share{', base first' if with_base else ''}; "
             f"log {job.paths.stdout})")
         return job
@@ -225,7 +226,7 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
             info = {} if spec.run_id in results else claim(spec)
             if info.get("status"):
                 results[spec.run_id] = {"run_id": spec.run_id, "status": info["status"]}
-                out(f"  {spec.run_id}: {info['status']}" + (f" (see {rdirs[spec.run_id] / FAILED})"
+                out(f"  {spec.run_id}: {info['status']}" + (f" (see {rdirs[spec.run_id].failed})"
                                                             if info["status"] == "failed" else ""))
         finished = [j for j in workers if j.done()]
         replace = 0  # workers that died holding a run: the runs nobody took yet need a new one
@@ -240,8 +241,8 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
                 held = [s for s in todo if claim(s).get("job_id") == str(job.job_id) and s.run_id not in results
                         and not is_complete(s, rdirs[s.run_id])]
                 for s in held:
-                    if not (rdirs[s.run_id] / FAILED).exists():
-                        atomic_write_text(rdirs[s.run_id] / FAILED, f"{now_iso()} {s.run_id}\nworker {job.job_id} "
+                    if not rdirs[s.run_id].failed.exists():
+                        atomic_write_text(rdirs[s.run_id].failed, f"{now_iso()} {s.run_id}\nworker {job.job_id} "
                                           f"died while running this run: {why}\nlog: {job.paths.stderr}\n")
                     results[s.run_id] = {"run_id": s.run_id, "status": "failed", "error": why}
                     out(f"  {s.run_id}: FAILED (worker {job.job_id} died; log {job.paths.stderr})")
@@ -281,10 +282,10 @@ def _wait(items: list[tuple[str, Any]], out) -> list:
 
 
 def _maybe_eval_base(exp: Experiment, out) -> None:
-    if base_done(exp.config, exp.out_dir):
+    if base_done(exp.config, exp.dir):
         return
     try:
-        r = evaluate_base_job(exp.config, str(exp.out_dir))
+        r = evaluate_base_job(exp.config, exp.dir)
         out(f"  base: {r['status']}")
     except Exception as exc:  # the base's failure is reported, runs still train
         atomic_write_text(exp.dir.base() / FAILED, f"{now_iso()} base\n{traceback.format_exc()}")
