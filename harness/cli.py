@@ -99,7 +99,7 @@ def _demo(args: argparse.Namespace) -> int:
     exp.out_dir.mkdir(parents=True, exist_ok=True)
     main(["inspect", args.experiment, "--n", "2", "--json", str(exp.dir.audit), "--html", str(exp.dir.audit_html)])
     print(f"[3/4] grid: {len(exp.runs)} runs", flush=True)
-    summary = launch(exp, parallel=args.parallel)
+    summary = launch(exp, parallel=args.parallel, watch=True)
     print_status(exp)
     print("[4/4] report", flush=True)
     rc = main(["report", args.experiment])

@@ -7,13 +7,15 @@ import json
 import time
 from pathlib import Path
 
+from harness import progress
 from harness.config import ExperimentConfig
 from harness.errors import EvaluationError
 from harness.evaluation.evaluator import Evaluator, evaluator_for
 from harness.evaluation.identity import base_dir_for, eval_hash
 from harness.evaluation.results import payload, write_eval
 from harness.fsio import file_lock
-from harness.layout import COMPLETED, EVAL_LOCK, ExperimentDir, RunDir, base_eval_json, experiment_of, step_of, valid_eval
+from harness.layout import (COMPLETED, EVAL_LOCK, ExperimentDir, RunDir, base_eval_json, experiment_of, step_of,
+                            valid_eval)
 from harness.modeling import load_model
 from harness.tracking import open_trackers
 
@@ -105,7 +107,8 @@ def evaluate_run(run_dir: RunDir | str | Path, config: ExperimentConfig, *, forc
     epochs = rd.epochs_by_step()
     out = []
     with open_trackers(config.train.report_to, rd, rd.name, {}, {}, kind="eval") as track:
-        for step, ckpt in todo:
+        for i, (step, ckpt) in enumerate(todo, 1):
+            progress.write(rd, phase="evaluating", checkpoint=i, of=len(todo), step=step)  # for `harness run`
             out.append(evaluate_checkpoint(ckpt, config, rd.eval_json(step), base_dir=base_dir, run_id=rd.name,
                                            step=step, epoch=epochs.get(step),
                                            evaluator=ev if step == final else ev_mid))

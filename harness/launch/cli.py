@@ -14,9 +14,11 @@ from harness.launch.submit import launch
 
 
 def _run_cmd(args: argparse.Namespace) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # a pipe (`harness run ... | tee log`) gets each line when it happens
+        sys.stdout.reconfigure(line_buffering=True)
     exp = load_experiment(args.experiment, args.override)
     summary = launch(exp, backend=args.launcher, parallel=args.parallel, dry_run=args.dry_run, only=args.only,
-                     wait=not args.no_wait)
+                     wait=not args.no_wait, watch=True)
     failed = [r for r in summary.get("results", []) if isinstance(r, dict) and r.get("status") == "failed"]
     if not args.dry_run:
         print_status(exp)

@@ -32,6 +32,7 @@ from harness.launch.plan import write_plan
 from harness.launch.jobs import LocalWorker, RunJob, base_done, evaluate_base_job, execute_run, is_complete
 from harness.launch.slurm import sbatch_preview, slurm_executor, slurm_parameters
 from harness.launch.status import print_plan, run_status
+from harness.launch.watch import read_view, reporter
 from harness.layout import FAILED, RunDir
 from harness.stages import chains, waits_for
 
@@ -111,8 +112,10 @@ def _record_job(rd: RunDir, backend: str, job: Any) -> None:
 
 
 def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None = None, dry_run: bool = False,
-           only: str | None = None, wait: bool = True, out=print) -> dict:
-    """Expand, skip what is done, evaluate the base once, submit the rest. Returns a summary dict."""
+           only: str | None = None, wait: bool = True, out=print, watch: bool = False) -> dict:
+    """Expand, skip what is done, evaluate the base once, submit the rest. Returns a summary dict. `watch`: show
+    the runs' progress while waiting for local workers (harness/launch/watch.py: a live table in a terminal,
+    one line per event in a pipe)."""
     backend = backend or exp.config.launcher.backend
     runs = match_runs(exp.runs, only)
     statuses = [run_status(exp, r) for r in runs]
@@ -152,12 +155,13 @@ def launch(exp: Experiment, *, backend: str | None = None, parallel: int | None 
                                fix="wait for it, or watch it with `harness status`")
         out(f"{exp.config.name}: {len(todo)} of {len(runs)} runs to run on {backend} "
             f"(parallel {par}, {threads} threads each); logs: {exp.dir.logs}")
-        results = _submit(exp, todo, backend, par, threads, wait, out)
+        results = _submit(exp, todo, backend, par, threads, wait, out, watch)
     summary["results"] = results
     return summary
 
 
-def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, threads: int, wait: bool, out) -> list:
+def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, threads: int, wait: bool, out,
+            watch: bool = False) -> list:
     results: list = []
     if backend == "debug":  # in-process, one after the other: for debugging and tests
         _maybe_eval_base(exp, out)
@@ -172,7 +176,7 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
         return results
     ex = make_executor(exp, backend, par, len(todo))
     if backend == "local":
-        return _run_local(exp, ex, todo, par, threads, base_done(exp.config, exp.dir), out)
+        return _run_local(exp, ex, todo, par, threads, base_done(exp.config, exp.dir), out, watch)
     base_job = None
     if not base_done(exp.config, exp.dir):  # one task, whatever a run's nodes and tasks
         base_ex = slurm_executor(exp, par, base=True) if backend == "slurm" else ex
@@ -198,7 +202,8 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
     raise ConfigError(f"unknown launcher backend {backend!r}", where="launcher.backend", fix="use local, slurm or debug")
 
 
-def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int, base_done: bool, out) -> list:
+def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int, base_done: bool, out,
+               watch: bool = False) -> list:
     """`par` LocalWorkers share the run list (submitit has no concurrency limit of its own; this is it). Progress
     is read from each run's launcher.json. A worker that dies (kill -9, out of memory) fails the run it held;
     the runs nobody took yet go to a new worker."""
@@ -221,41 +226,51 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
     workers = [start(todo, i == 0 and not base_done) for i in range(min(par, len(todo)))]
     results: dict[str, dict] = {}
     cancelled = False
-    while workers:
-        for spec in todo:  # progress, as the workers record it
-            info = {} if spec.run_id in results else claim(spec)
-            if info.get("status"):
-                results[spec.run_id] = {"run_id": spec.run_id, "status": info["status"]}
-                out(f"  {spec.run_id}: {info['status']}" + (f" (see {rdirs[spec.run_id].failed})"
-                                                            if info["status"] == "failed" else ""))
-        finished = [j for j in workers if j.done()]
-        replace = 0  # workers that died holding a run: the runs nobody took yet need a new one
-        for job in finished:
-            workers.remove(job)
-            try:
-                for r in job.result():
-                    cancelled |= r.get("status") == "cancelled"
-                    results.setdefault(r["run_id"], r)
-            except Exception as exc:  # the worker process died: fail the runs it held, not the others
-                why = (str(exc).strip().splitlines() or [repr(exc)])[-1]
-                held = [s for s in todo if claim(s).get("job_id") == str(job.job_id) and s.run_id not in results
-                        and not is_complete(s, rdirs[s.run_id])]
-                for s in held:
-                    if not rdirs[s.run_id].failed.exists():
-                        atomic_write_text(rdirs[s.run_id].failed, f"{now_iso()} {s.run_id}\nworker {job.job_id} "
-                                          f"died while running this run: {why}\nlog: {job.paths.stderr}\n")
-                    results[s.run_id] = {"run_id": s.run_id, "status": "failed", "error": why}
-                    out(f"  {s.run_id}: FAILED (worker {job.job_id} died; log {job.paths.stderr})")
-                replace += bool(held)
-                if not held:  # died before taking a run (e.g. an import error): do not restart it forever
-                    cancelled = True
-                    out(f"  worker {job.job_id}: FAILED before taking a run: {why} (log {job.paths.stderr})")
-        untaken = [s for s in todo if not claim(s) and not is_complete(s, rdirs[s.run_id])] \
-            if replace and not cancelled else []
-        if untaken:
-            workers.append(start(untaken, False))
-        if workers and not finished:
-            time.sleep(0.5)
+    shown, started, seen = reporter(out) if watch else None, time.monotonic(), 0.0
+    try:
+        while workers:
+            if shown is not None and time.monotonic() - seen >= 1.0:  # what the runs' files say, once a second
+                shown.update(read_view(exp, todo, started, base=not base_done))
+                seen = time.monotonic()
+            for spec in todo:  # progress, as the workers record it
+                info = {} if spec.run_id in results else claim(spec)
+                if info.get("status"):
+                    results[spec.run_id] = {"run_id": spec.run_id, "status": info["status"]}
+                    out(f"  {spec.run_id}: {info['status']}" + (f" (see {rdirs[spec.run_id].failed})"
+                                                                if info["status"] == "failed" else ""))
+            finished = [j for j in workers if j.done()]
+            replace = 0  # workers that died holding a run: the runs nobody took yet need a new one
+            for job in finished:
+                workers.remove(job)
+                try:
+                    for r in job.result():
+                        cancelled |= r.get("status") == "cancelled"
+                        results.setdefault(r["run_id"], r)
+                except Exception as exc:  # the worker process died: fail the runs it held, not the others
+                    why = (str(exc).strip().splitlines() or [repr(exc)])[-1]
+                    held = [s for s in todo if claim(s).get("job_id") == str(job.job_id) and s.run_id not in results
+                            and not is_complete(s, rdirs[s.run_id])]
+                    for s in held:
+                        if not rdirs[s.run_id].failed.exists():
+                            atomic_write_text(rdirs[s.run_id].failed, f"{now_iso()} {s.run_id}\nworker {job.job_id} "
+                                              f"died while running this run: {why}\nlog: {job.paths.stderr}\n")
+                        results[s.run_id] = {"run_id": s.run_id, "status": "failed", "error": why}
+                        out(f"  {s.run_id}: FAILED (worker {job.job_id} died; log {job.paths.stderr})")
+                    replace += bool(held)
+                    if not held:  # died before taking a run (e.g. an import error): do not restart it forever
+                        cancelled = True
+                        out(f"  worker {job.job_id}: FAILED before taking a run: {why} (log {job.paths.stderr})")
+            untaken = [s for s in todo if not claim(s) and not is_complete(s, rdirs[s.run_id])] \
+                if replace and not cancelled else []
+            if untaken:
+                workers.append(start(untaken, False))
+            if workers and not finished:
+                time.sleep(0.5)
+        if shown is not None:  # the final state
+            shown.update(read_view(exp, todo, started, base=not base_done))
+    finally:
+        if shown is not None:  # a live table gives the terminal back (cursor, lines) even on Ctrl-C
+            shown.close()
     for spec in todo:
         if spec.run_id not in results:
             done = is_complete(spec, rdirs[spec.run_id])

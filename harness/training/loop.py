@@ -32,6 +32,7 @@ from harness.layout import RunDir
 from harness.masking import MaskedData, apply_all, regime_options
 from harness.modeling import check_model, load_model, tokenizer_for
 from harness.stages import base_weights, init_checkpoint
+from harness.progress import TrainingProgress
 from harness.provenance import file_sha256, provenance
 from harness.training.checkpoint import load_state, prune_checkpoints, save_checkpoint
 from harness.training.distributed import Dist
@@ -121,7 +122,8 @@ def setup(cfg: ExperimentConfig, rd: RunDir | None = None, dist: Dist | None = N
 
 
 def train(spec: RunSpec, run_dir: RunDir | str | Path, *, should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Train one run into `run_dir` (the launcher's RunDir, or a directory: ``harness train --out``), resuming from its newest COMPLETED checkpoint.
+    """Train one run into `run_dir` (the launcher's RunDir, or a directory: ``harness train --out``), resuming
+    from its newest COMPLETED checkpoint.
 
     Returns a summary (also written to ``DONE``); with status "interrupted" when `should_stop()` became true
     on any rank (a checkpoint was saved at that step). A run already DONE returns its summary at once."""
@@ -180,6 +182,7 @@ def train(spec: RunSpec, run_dir: RunDir | str | Path, *, should_stop: Callable[
             log.warning("%s: dropped %s", spec.run_id, s.data.drops.describe())
 
     bar = _progress(total, state["step"]) if dist.rank == 0 else None
+    watch = TrainingProgress(rd, total, state["step"], state["tokens"]) if dist.rank == 0 else None
     track = open_trackers(tc.report_to if dist.rank == 0 else (), rd, spec.run_id, spec.axes,
                           to_dict(cfg), purge_step=state["step"] + 1)  # also drops a killed first attempt's
     try:
@@ -203,6 +206,8 @@ def train(spec: RunSpec, run_dir: RunDir | str | Path, *, should_stop: Callable[
                     fh.write(json.dumps(row) + "\n")
                 _report(bar, row, total)
                 track.log(row, state["step"], prefix="train/")
+            if watch is not None:  # progress.json, for `harness run` (throttled: at most once a second)
+                watch.step(state["step"], state["tokens"], m.loss if logging_step else None)
             fault_point("train_step")  # reliability suite: killed (or held) after a logged step
             stop = dist.any(bool(should_stop()))
             if state["step"] in save_at or stop:
