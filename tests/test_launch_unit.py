@@ -235,3 +235,38 @@ def test_workers_are_interruptible_even_when_started_with_sigint_ignored():
         assert signal.getsignal(signal.SIGINT) is custom
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_cancelled_worker_says_so_and_not_that_it_completed(tmp_path, fake_pipeline, monkeypatch, capsys):
+    """`harness cancel` (SIGINT -> KeyboardInterrupt in the run): the worker's log says the run stops and resumes
+    next time; submitit's closing "Job completed successfully" is kept out of that log."""
+    import logging
+
+    from harness.launch import jobs
+
+    def interrupted(spec, rdir, should_stop=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys.modules["harness.training.loop"], "train", interrupted)
+    exp = _exp(tmp_path)
+    logger = logging.getLogger("submitit")
+    try:
+        got = jobs.LocalWorker(list(exp.runs), [exp.run_dir(r) for r in exp.runs], 1, "launch-1")()
+        assert got == [{"run_id": exp.runs[0].run_id, "status": "cancelled"}]
+        assert f"cancelled: {exp.runs[0].run_id} stops here and resumes" in capsys.readouterr().err
+        done = logger.makeRecord("submitit", logging.INFO, __file__, 1, "Job completed successfully", (), None)
+        other = logger.makeRecord("submitit", logging.INFO, __file__, 1, "Starting with JobEnvironment", (), None)
+        assert not logger.filter(done) and logger.filter(other)
+        assert exp.run_dir(exp.runs[0]).launcher_info()["status"] == "cancelled"
+    finally:
+        logger.removeFilter(jobs._not_success)
+
+
+def test_the_status_log_column_names_the_training_log(tmp_path, fake_pipeline):
+    """A worker's training log is its stderr (submitit's *_log.err); *_log.out holds only submitit's lines."""
+    exp = _exp(tmp_path)
+    rd = exp.run_dir(exp.runs[0])
+    rd.path.mkdir(parents=True)
+    rd.launcher.write_text(json.dumps({"backend": "local", "job_id": "7", "stdout": "/l/7_0_log.out",
+                                       "stderr": "/l/7_0_log.err"}))
+    assert status_rows(exp)[0]["log"] == "/l/7_0_log.err"

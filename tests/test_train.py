@@ -201,13 +201,16 @@ def test_resume_is_bit_exact(tiny, tmp_path, layout):
     assert strip(la) == strip(lb)
 
 
-def test_should_stop_checkpoints_and_resumes(tiny, tmp_path):
+def test_should_stop_checkpoints_and_resumes(tiny, tmp_path, capfd):
     root, exp = tiny
     spec = spec_of(exp)
     rdir = tmp_path / "r"
     out = train(spec, rdir, should_stop=lambda: True)
     assert out["status"] == "interrupted" and (rdir / "checkpoints/step-000001/COMPLETED").exists()
+    assert "resumed from" not in capfd.readouterr().err
     assert train(spec, rdir)["status"] == "done"
+    total = json.loads((rdir / "DONE").read_text())["steps"]
+    assert f"{spec.run_id}: resumed from step 1 of {total}" in capfd.readouterr().err  # in the run's log
 
 
 def test_gradient_accumulation_equals_one_batch(tiny, tmp_path):

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from harness import progress
 from harness.launch.watch import GridView, RunView, _Lines, _Live, events, reporter, table
-from harness.layout import RunDir
+from harness.layout import ExperimentDir, RunDir
 from tests.tiny import build_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,3 +178,7 @@ def test_harness_run_through_a_pipe_prints_the_progress_of_its_runs(tmp_path):
     assert "\x1b[" not in text  # a pipe gets plain lines, no terminal control
     run_id = json.loads((tmp_path / "results" / "tiny" / "plan.json").read_text())["runs"][0]["run_id"]
     assert f"  {run_id}: done" in text
+    ed = ExperimentDir(tmp_path / "results" / "tiny")
+    assert not ed.job_logs.exists()  # submitit's empty logs/%j folder is gone
+    log = Path(ed.run(run_id).launcher_info()["stderr"])  # what `harness status` names: the training log
+    assert log.name.endswith("_log.err") and "loss" in log.read_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -271,6 +272,8 @@ class LocalWorker(Checkpointable):
                 except KeyboardInterrupt:  # `harness cancel`: stop this worker, record nothing as failed
                     self._claim(rd, started=started, finished=now_iso(), status="cancelled")
                     results.append({"run_id": spec.run_id, "status": "cancelled"})
+                    say_cancelled(f"{now_iso()} cancelled: {spec.run_id} stops here and resumes from its newest "
+                                  "checkpoint at the next `harness run`")
                     return results
                 except Exception as exc:  # FAILED holds the traceback; the next run goes on
                     r = {"run_id": spec.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
@@ -285,6 +288,17 @@ class LocalWorker(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
         return DelayedSubmission(LocalWorker(self.specs, self.rdirs, self.threads, self.token, self.base))
+
+
+def say_cancelled(line: str) -> None:
+    """Write why this worker stops into its log, and keep submitit from ending that log with "Job completed
+    successfully" (it says so for any function that returns; a cancelled worker returns its results)."""
+    print(line, file=sys.stderr, flush=True)
+    logging.getLogger("submitit").addFilter(_not_success)
+
+
+def _not_success(record: logging.LogRecord) -> bool:
+    return "success" not in record.getMessage()
 
 
 def _exit_without_teardown() -> None:

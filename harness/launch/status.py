@@ -73,7 +73,8 @@ def status_rows(exp: Experiment) -> list[dict]:
         rows.append({"run_id": r.run_id, "axes": r.axes, "state": s.state,
                      "progress": None if s.progress is None else round(100 * s.progress),
                      "step": s.step, "loss": last.get("loss"), "loss_response": last.get("loss_response"),
-                     "job_id": (s.job or {}).get("job_id"), "log": (s.job or {}).get("stdout"),
+                     "job_id": (s.job or {}).get("job_id"),
+                     "log": (s.job or {}).get("stderr") or (s.job or {}).get("stdout"),  # stderr: the training log
                      "error": s.error, "detail": s.detail, "waiting": s.waiting})
     return rows
 

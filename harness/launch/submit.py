@@ -17,6 +17,7 @@ being run twice:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
@@ -98,6 +99,13 @@ def make_executor(exp: Experiment, backend: str, parallel: int | None, n_runs: i
         return submitit.AutoExecutor(folder=folder, cluster="debug")
     raise ConfigError(f"unknown launcher backend {backend!r}", where="launcher.backend",
                       fix="use local, slurm or debug")
+
+
+def _tidy(exp: Experiment) -> None:
+    """submitit leaves an empty folder named by its pattern (``logs/%j``) beside the jobs' own: remove it (not if
+    it holds something: another launcher may be submitting through it right now)."""
+    with contextlib.suppress(OSError):
+        exp.dir.job_logs.rmdir()
 
 
 # ------------------------------------------------------------------------------------------ launching
@@ -190,6 +198,7 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
             for first, *then in groups:
                 jobs_by_run[first.run_id] = ex.submit(RunJob(first, exp.run_dir(first), None,
                                                              tuple((s, exp.run_dir(s)) for s in then)))
+        _tidy(exp)
         for first, *then in groups:
             job = jobs_by_run[first.run_id]
             for spec in (first, *then):
@@ -219,6 +228,7 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
     def start(specs: list[RunSpec], with_base: bool):
         job = ex.submit(LocalWorker(specs, [rdirs[s.run_id] for s in specs], threads, token,
                                     (exp.config, exp.dir) if with_base else None))
+        _tidy(exp)
         out(f"  worker {job.job_id}: started ({len(specs)} runs to share{', base first' if with_base else ''}; "
             f"log {job.paths.stdout})")
         return job
