@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 import yaml
 
+from harness.fsio import read_json
 from harness.layout import ExperimentDir
+
+
+def load_provenance(exp_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict | None:
+    """provenance.json of the first run (in ``run_ids`` order, else directory order) that has one."""
+    ed = ExperimentDir(exp_dir)
+    ids = list(run_ids) if run_ids is not None else ed.run_ids_on_disk()
+    for rid in ids:
+        if p := read_json(ed.run(rid).provenance):
+            return p
+    return None
 
 
 def config_text(experiment: Any, exp_dir: Path, runs: pd.DataFrame) -> str:

@@ -33,12 +33,11 @@ from analysis.load import (
     discover_runs,
     experiment_dirs,
     load_plan,
-    load_provenance,
     load_runs,
     load_training,
     run_table,
 )
-from analysis.provenance import config_text, provenance_rows
+from analysis.provenance import config_text, load_provenance, provenance_rows
 from harness.errors import HarnessError
 from harness.layout import REPORT_HTML, STATES, ExperimentDir
 

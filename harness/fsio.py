@@ -204,7 +204,8 @@ def exit_without_teardown(rc: int = 0) -> None:
 # ------------------------------------------------------------------------------------------ tolerant readers (of results files: harness.layout)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file's value; None when it is missing or does not parse (half-written, not ours)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):

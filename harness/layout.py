@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.fsio import is_locked, read_jsonl, read_yaml  # noqa: F401 (the readers of results files)
-from harness.fsio import _read_json
+from harness.fsio import read_json as _read_json
 from harness.versions import EVAL_SCHEMA
 
 # ------------------------------------------------------------------------------------------ names

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from harness.fsio import _read_json, atomic_write_json, now_iso
+from harness.fsio import atomic_write_json, now_iso, read_json
 from harness.layout import RunDir
 
 
@@ -51,5 +51,5 @@ def write(rd: RunDir, **fields: Any) -> None:
 
 def read(rd: RunDir) -> dict:
     """The run's progress ({} when there is none or it does not parse)."""
-    d = _read_json(rd.progress)
+    d = read_json(rd.progress)
     return d if isinstance(d, dict) else {}
