@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +108,27 @@ def test_every_command_is_listed_and_defined_where_the_table_says():
     assert sorted(sub.choices) == sorted(COMMANDS)
     for name in COMMANDS:
         assert name in build_parser(name)._actions[-1].choices
+
+
+def test_a_wrong_command_lists_the_commands_without_importing_them(tmp_path):
+    """`harness bogus`: argparse's error with every command to choose from, exit code 2, and no module of any
+    command imported to say so."""
+    heavy = _heavy_after("from harness.cli import main\ntry:\n    main(['bogus'])\nexcept SystemExit as e:\n"
+                         "    print('EXIT', e.code)\n", tmp_path)
+    assert heavy == []
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "bogus"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert p.returncode == 2 and "invalid choice: 'bogus'" in p.stderr and "'train'" in p.stderr
+
+
+def test_export_of_a_checkpoint_outside_a_run_names_it_and_the_fix(tmp_path):
+    """A COMPLETED checkpoint copied out of its run's checkpoints/ has no config to export with: a clear error."""
+    from harness.errors import ConfigError
+    from harness.export import checkpoint_of
+
+    ck = tmp_path / "copied" / "step-000004"
+    ck.mkdir(parents=True)
+    (ck / "COMPLETED").write_text("")
+    with pytest.raises(ConfigError, match="export from the run directory") as err:
+        checkpoint_of(ck)
+    assert str(ck) in str(err.value)
