@@ -1,380 +1,490 @@
-"""Claims as statistics: an effect size, a bootstrap CI over seeds *and* items, and a verdict.
+"""A declared claim (harness/claims.py) judged on per-item results: its statistic over cells, the calibrated
+interval (analysis/intervals.py) and the verdict.
 
-A finding used to be a threshold on a mean ("prompt_masked >= 60%"), set from one machine's outcome; with two
-seeds and a hundred questions a change of CPU moved the means across such thresholds. Here a claim is a
-statistic of one or more *cells* (a configuration's runs at one checkpoint: seeds x items) and a test of it:
+How a claim becomes a number. Its *sides* are sets of configurations (runs that differ only by seed), each a
+cell per metric (analysis/evidence.py). The effect is computed **per seed** (cells paired by seed; the base has
+no seed and is shared), under item weights: all ones for the estimate, the item-group bootstrap's draws for the
+item variance. A side with several configurations is reduced by the claim's ``pick``; ``best`` / ``worst`` (and
+``optimum``, ``range``, a checkpoint chosen as lowest in the first half) *select*, and a selection is never judged
+on the items it was made on: the items are split in two folds by group, the choice is made on one fold and
+judged on the other, both ways, and the two judged effects averaged (cross-fitting). The choice is made again
+in every bootstrap draw, so the interval includes the selection's own variability.
 
-* ``above(b)``: the effect is larger than ``b`` (yes: CI low > b; no: CI high < b),
-* ``below(b)``: smaller than ``b``,
-* ``within(m)``: inside [-m, m] (yes: the CI lies inside; no: the CI lies wholly outside).
-
-Anything else is **inconclusive**, a legitimate answer: the CI spans the decision boundary. The verdict then
-says what would decide it: how much more data the CI's half-width asks for if the effect is what it looks like,
-and whether seeds or items dominate the uncertainty (the same bootstrap with only one of them resampled).
-
-The bootstrap (percentile, ``N_BOOT`` draws, a fixed RNG seed, so every number is reproducible) resamples, in
-each draw, the items of a metric once for all cells (paired: every cell answered the same questions) and the
-seed positions once for all cells with the same seeds (paired by seed: seed s of regime A with seed s of
-regime B). Statistics that pick a best configuration (the best LR of a regime) pick it again in each draw, so
-the CI includes the selection. With few seeds the seed part is coarse (2 seeds: 3 distinct resamples); the
-report prints the number of seeds and items beside every CI.
+Verdicts: yes (the 95% interval lies on the claim's side of its boundary), no (on the other side), inconclusive
+(it spans the boundary, or one seed leaves the seed variance unknown), n/a (the runs or items it needs are
+missing; the reason is given).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import re
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from analysis.stats import BOOT_SEED, N_BOOT, SEED_KEY
+from analysis import intervals as IV
+from analysis.evidence import Cell, Evidence, item_source
+from analysis.stats import SEED_KEY, lower_is_better
+from harness.claims import BASE, Claim
 
-MAX_SEEDS = 64
-_RECOVERY = re.compile(r"^recovery/k\d+/")  # the k-shot recovery probe's metrics (harness/evaluation/recovery.py)
-MODES = ("both", "items", "seeds")
-
-
-@dataclass(frozen=True)
-class Test:
-    kind: str  # above | below | within
-    bound: float
-
-    def verdict(self, lo: float, hi: float) -> str:
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            return "n/a"
-        b = self.bound
-        if self.kind == "above":
-            return "yes" if lo > b else "no" if hi < b else "inconclusive"
-        if self.kind == "below":
-            return "yes" if hi < b else "no" if lo > b else "inconclusive"
-        return "yes" if -b <= lo and hi <= b else "no" if lo > b or hi < -b else "inconclusive"
-
-    def gap(self, value: float) -> float:
-        """Distance of the point estimate from the decision boundary (what the CI half-width must beat)."""
-        return abs(value - self.bound) if self.kind != "within" else abs(self.bound - abs(value))
-
-
-def above(b: float = 0.0) -> Test:
-    return Test("above", b)
-
-
-def below(b: float = 0.0) -> Test:
-    return Test("below", b)
-
-
-def within(m: float) -> Test:
-    return Test("within", m)
-
-
-class Cell:
-    """One configuration's runs at one checkpoint: ``num``/``den`` of shape [seeds, items] on the metric's
-    common item order. Its value is the mean over seeds of sum(num)/sum(den) over items."""
-
-    def __init__(self, ev: "Evidence", metric: str, seeds: list, num: np.ndarray, den: np.ndarray, label: str):
-        self.ev, self.metric, self.seeds, self.num, self.den, self.label = ev, metric, seeds, num, den, label
-        self._draws: dict[str, np.ndarray] = {}
-
-    def draws(self, mode: str) -> np.ndarray:
-        """The cell's value per bootstrap draw ([N_BOOT]), or its point value ([1]) for mode 'point'."""
-        if mode in self._draws:
-            return self._draws[mode]
-        if mode == "point":
-            out = np.array([np.mean(self.num.sum(1) / self.den.sum(1))])
-        else:
-            counts = self.ev.item_counts(self.metric, mode)  # [B, I]
-            ratio = (self.num @ counts.T) / (self.den @ counts.T)  # [S, B]
-            idx = self.ev.seed_index(len(self.seeds), mode)  # [B, S]
-            out = np.take_along_axis(ratio.T, idx, axis=1).mean(axis=1)
-        self._draws[mode] = out  # on the cell itself: a cache keyed by id() would outlive a collected cell
-        return out
-
-    @property
-    def value(self) -> float:
-        return float(self.draws("point")[0])
-
-
-class Evidence:
-    """The per-item results of one experiment (analysis/items.py) and the bootstrap's shared draws."""
-
-    def __init__(self, items: pd.DataFrame, epochs: pd.DataFrame | None = None, *, n_boot: int = N_BOOT,
-                 seed: int = BOOT_SEED):
-        self.items = items if items is not None else pd.DataFrame()
-        if epochs is not None and not self.items.empty and "epoch" not in self.items:
-            ep = epochs[["run_id", "step", "epoch"]].drop_duplicates(["run_id", "step"])
-            self.items = self.items.merge(ep, on=["run_id", "step"], how="left")
-        self.n_boot, self.seed = n_boot, seed
-        rng = np.random.default_rng(seed)
-        self._seed_u = rng.random((n_boot, MAX_SEEDS))
-        self._docs: dict[str, list[str]] = {}
-        self._counts: dict[str, np.ndarray] = {}
-
-    # ---- shared draws
-
-    def docs(self, metric: str) -> list[str]:
-        """The items every evaluation of `metric` answered (their intersection), in a fixed order."""
-        if metric not in self._docs:
-            d = self.items[self.items["metric"] == metric] if not self.items.empty else self.items
-            if d.empty:
-                self._docs[metric] = []
-            else:
-                per = d.groupby(["run_id", "step"])["doc_id"].agg(set)
-                self._docs[metric] = sorted(set.intersection(*per.tolist()), key=lambda x: (len(x), x))
-        return self._docs[metric]
-
-    def item_counts(self, metric: str, mode: str) -> np.ndarray:
-        """[B, I] how often each item appears in each draw (all ones when items are not resampled). A metric
-        that asks the same items as another (the k-shot recovery probe's ``recovery/k16/world_qa/exact_match``
-        re-asks ``world_qa``'s questions) shares its draws: a difference between the two is paired by item."""
-        n = len(self.docs(metric))
-        if mode == "seeds":
-            return np.ones((self.n_boot, n))
-        same = _RECOVERY.sub("", metric)
-        if same != metric and self.docs(same) == self.docs(metric):
-            return self.item_counts(same, mode)
-        if metric not in self._counts:
-            # a stream per metric, derived from the one seed: adding a metric changes no other metric's draws
-            rng = np.random.default_rng([self.seed, sum(map(ord, metric)), len(metric)])
-            idx = rng.integers(0, n, size=(self.n_boot, n))
-            counts = np.zeros((self.n_boot, n))
-            np.add.at(counts, (np.arange(self.n_boot)[:, None], idx), 1.0)
-            self._counts[metric] = counts
-        return self._counts[metric]
-
-    def seed_index(self, n_seeds: int, mode: str) -> np.ndarray:
-        """[B, S] resampled seed positions; the same for every cell with S seeds (paired by seed)."""
-        if mode == "items" or n_seeds == 1:
-            return np.tile(np.arange(n_seeds), (self.n_boot, 1))
-        return np.minimum((self._seed_u[:, :n_seeds] * n_seeds).astype(int), n_seeds - 1)
-
-    # ---- cells
-
-    def cell(self, metric: str, where: dict | None = None, at: str | float = "final",
-             step: int | None = None) -> Cell | None:
-        """The runs matching `where` (axis -> value, None: unset; every other axis free) at their last evaluated step
-        (``at="final"``), at epoch `at`, or at optimizer step `step`; the base with ``where={"run_id": "base"}``.
-        None if nothing matches."""
-        docs = self.docs(metric)
-        if not docs:
-            return None
-        d = self.items[(self.items["metric"] == metric) & (self.items["state"] == "done")]
-        for k, v in (where or {}).items():
-            if k not in d.columns:
-                return None
-            d = d[d[k].isna()] if v is None else d[np.isclose(d[k], v)] if isinstance(v, float) else d[d[k] == v]
-        if (where or {}).get("run_id") != "base":
-            d = d[d["run_id"] != "base"]
-        if d.empty:
-            return None
-        if step is not None:
-            d = d[d["step"] == step]
-        elif at == "final":
-            d = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
-        else:
-            d = d[np.isclose(d["epoch"].astype(float), float(at))]
-        runs = sorted(d["run_id"].unique(), key=lambda r: (_seed_of(d, r), r))
-        if not runs or len(runs) > MAX_SEEDS:
-            return None
-        m = _matrices(d, runs, docs)
-        if m is None:
-            return None
-        label = ", ".join(f"{k}={v}" for k, v in (where or {}).items())
-        return Cell(self, metric, [_seed_of(d, r) for r in runs], *m, label)
-
-    def base(self, metric: str) -> Cell | None:
-        return self.cell(metric, {"run_id": "base"})
-
-    def runs_ci(self, metric: str, run_ids: Sequence[str], level: float = 0.95) -> tuple[float, float, int] | None:
-        """(low, high, items) of the mean over `run_ids` (seeds of one configuration, final checkpoints),
-        resampling seeds and items; None without per-item results for all of them."""
-        if not self.docs(metric) or self.items.empty:
-            return None
-        d = self.items[(self.items["metric"] == metric) & self.items["run_id"].isin(list(run_ids))]
-        if d.empty or d["run_id"].nunique() != len(set(run_ids)) or (d["doc_id"] == "run mean").all():
-            return None
-        c = self.cell(metric, {"run_id": run_ids[0]}) if len(run_ids) == 1 else None
-        if c is None:
-            d = d[d["step"] == d.groupby("run_id")["step"].transform("max")]
-            runs = sorted(d["run_id"].unique())
-            m = _matrices(d, runs, self.docs(metric))
-            if m is None:
-                return None
-            c = Cell(self, metric, runs, *m, ",".join(runs))
-        x = c.draws("both")
-        a = (1 - level) / 2
-        lo, hi = np.quantile(x, [a, 1 - a])
-        return float(lo), float(hi), int(c.num.shape[1])
-
-
-def _matrices(d: pd.DataFrame, runs: list, docs: list) -> tuple[np.ndarray, np.ndarray] | None:
-    """(num, den) as [runs, items] arrays on the metric's item order; None if a run lacks an item."""
-    num, den = (d.pivot_table(index="run_id", columns="doc_id", values=v, aggfunc="first").reindex(
-        index=runs, columns=docs) for v in ("num", "den"))
-    if num.isna().any().any() or den.isna().any().any():
-        return None
-    return num.to_numpy(float), den.to_numpy(float)
-
-
-def _seed_of(d: pd.DataFrame, run: str):
-    if SEED_KEY not in d.columns:
-        return 0
-    v = d.loc[d["run_id"] == run, SEED_KEY].iloc[0]
-    return 0 if pd.isna(v) else v
-
-
-# ------------------------------------------------------------------------------------------------ estimates
-
-
-@dataclass
-class Estimate:
-    value: float
-    low: float
-    high: float
-    width_seeds: float  # CI width with only seeds resampled
-    width_items: float  # CI width with only items resampled
-    seeds: int
-    items: int
-
-
-def estimate(stat: Callable[[Callable[[Cell], np.ndarray]], np.ndarray], cells: Sequence[Cell],
-             level: float = 0.95) -> Estimate | None:
-    """Evaluate `stat` (a function of a cell -> draws accessor, returning one value per draw) on the data and
-    under each resampling mode."""
-    cells = [c for c in cells if c is not None]
-    if not cells:
-        return None
-    a = (1 - level) / 2
-    point = float(np.asarray(stat(lambda c: c.draws("point")))[0])
-    widths = {}
-    lo = hi = math.nan
-    for mode in MODES:
-        x = np.asarray(stat(lambda c, m=mode: c.draws(m)), dtype=float)
-        x = x[np.isfinite(x)]
-        if len(x) == 0:
-            return None
-        q_lo, q_hi = np.quantile(x, [a, 1 - a])
-        widths[mode] = float(q_hi - q_lo)
-        if mode == "both":
-            lo, hi = float(q_lo), float(q_hi)
-    return Estimate(point, lo, hi, widths["seeds"], widths["items"], max(len(c.seeds) for c in cells),
-                    min(c.num.shape[1] for c in cells))
-
-
-def advice(est: Estimate, test: Test) -> str:
-    """What would decide an inconclusive claim: the data factor that shrinks the CI's half-width to the
-    estimate's distance from the boundary (CI width ~ 1/sqrt(n)), and which resampling dominates."""
-    half, gap = (est.high - est.low) / 2, test.gap(est.value)
-    more = "seeds" if est.width_seeds >= est.width_items else "items"
-    if gap <= 1e-12:
-        return f"the estimate sits on the boundary: no amount of data decides it unless the effect differs ({more} " \
-               f"dominate the uncertainty)"
-    factor = (half / gap) ** 2
-    return (f"~{max(factor, 1.0):.0f}x the data would decide it if the effect is as estimated; {more} dominate the "
-            f"uncertainty (CI width {est.width_seeds:.3g} from seeds alone, {est.width_items:.3g} from items alone, "
-            f"{est.seeds} seeds, {est.items} items)")
-
-
-# ---- statistics used by the studies (functions of the draws accessor `v`)
-
-
-def diff(a: Cell, b: Cell):
-    return lambda v: v(a) - v(b)
-
-
-def _draws(x, v):
-    return v(x) if isinstance(x, Cell) else x(v)
-
-
-def best(cells: Sequence, lower_is_better: bool = False):
-    """The best of cells (or of statistics, e.g. differences), chosen again in every draw."""
-    cells = [c for c in cells if c is not None]
-    return lambda v: (np.min if lower_is_better else np.max)(np.stack([_draws(c, v) for c in cells]), axis=0)
-
-
-def extreme(stats: Sequence):
-    """The statistic with the largest |value|, chosen again in every draw (a 'within' claim over several LRs)."""
-    def f(v):
-        x = np.stack([_draws(s, v) for s in stats])
-        return np.take_along_axis(x, np.abs(x).argmax(0)[None], 0)[0]
-    return f
-
-
-def slope(xs: Sequence[float], groups: Sequence[Sequence[Cell]]):
-    """Least-squares slope of the mean of each group of cells against x (e.g. forgetting vs log10 LR)."""
-    x = np.asarray(xs, dtype=float)
-    x = x - x.mean()
-
-    def f(v):
-        ys = np.stack([np.mean([v(c) for c in g], axis=0) for g in groups])  # [X, B]
-        ys = ys - ys.mean(axis=0)
-        return (x[:, None] * ys).sum(0) / (x ** 2).sum()
-    return f
-
-
-def mean_of(stats: Sequence[Callable]):
-    return lambda v: np.mean([s(v) for s in stats], axis=0)
-
-
-# ------------------------------------------------------------------------------------------------ findings
+NOT_AXES = {"run_id", "state", "step", "metric", "doc_id", "num", "den", "group", "epoch", "value", "experiment",
+            SEED_KEY}
 
 
 @dataclass
 class Finding:
+    id: str
     claim: str
     observed: str
-    verdict: str  # yes | no | inconclusive | n/a (the data the claim needs is missing)
-    source: str = ""  # the paper or story the claim comes from
+    verdict: str  # yes | no | inconclusive | n/a
+    family: str = "secondary"
+    status: str = "post hoc"  # preregistered | post hoc (harness/claims.py)
+    source: str = ""
     estimate: float | None = None
     low: float | None = None
     high: float | None = None
-    decide: str = ""  # for an inconclusive verdict: what would decide it
-    unit: str = ""  # pct | pts | nats | nats/decade (how estimate, low, high and bound read)
-    kind: str = ""  # the test: above | below | within
-    bound: float | None = None  # its decision boundary (the margin for within)
+    unit: str = ""
+    kind: str = ""  # above | below | within
+    bound: float | None = None  # as written, in `unit`
+    p: float | None = None
+    p_adjusted: float | None = None
+    correction: str = ""  # holm | bh
+    adjusted: str = ""  # the verdict after the multiplicity correction
+    decide: str = ""  # inconclusive: the seeds / items that would decide it
+    seeds: int = 0
+    items: int = 0
+    groups: int = 0
+    nonfinite: int = 0
+    parts: list = field(default_factory=list)  # pick: all: the finding at every level
 
     @property
     def holds(self) -> bool | None:
         return {"yes": True, "no": False}.get(self.verdict)
 
     def to_dict(self) -> dict:
-        return {"claim": self.claim, "observed": self.observed, "verdict": self.verdict, "holds": self.holds,
-                "source": self.source, "estimate": self.estimate, "low": self.low, "high": self.high,
-                "decide": self.decide, "unit": self.unit, "test": self.kind, "bound": self.bound}
+        d = {k: getattr(self, k) for k in ("id", "claim", "observed", "verdict", "family", "status", "source",
+                                            "estimate", "low", "high", "unit", "kind", "bound", "p", "p_adjusted",
+                                            "correction", "adjusted", "decide", "seeds", "items", "groups",
+                                            "nonfinite")}
+        d["holds"] = self.holds
+        d["parts"] = [p.to_dict() for p in self.parts]
+        return d
 
 
-def fmt(v: float, unit: str) -> str:
+def fmt(v: float | None, unit: str) -> str:
     if v is None or not math.isfinite(v):
         return "n/a"
     return {"pct": f"{100 * v:.1f}%", "pts": f"{100 * v:+.1f} pts", "nats": f"{v:+.3f} nats",
-            "nats/decade": f"{v:+.3f} nats/decade of LR"}.get(unit, f"{v:.4g}")
+            "nats/decade": f"{v:+.3f} nats/decade", "r2": f"{v:.3f}", "ratio": f"{v:.3f}"}.get(unit, f"{v:.4g}")
 
 
-def judge(claim: str, stat, cells: Sequence[Cell | None], test: Test, unit: str, source: str = "",
-          context: str = "") -> Finding:
-    """A Finding from a statistic of cells and its test; n/a when a cell is missing."""
-    if any(c is None for c in cells):
-        return Finding(claim, "the runs or per-item samples it needs are missing" + (f"; {context}" if context else ""),
-                       "n/a", source)
-    est = estimate(stat, cells)
-    if est is None:
-        return Finding(claim, "no finite bootstrap draws (e.g. a slope over fewer than two learning rates)", "n/a",
-                       source)
-    verdict = test.verdict(est.low, est.high)
-    bare = "pts" if unit == "pts" else "nats" if unit.startswith("nats") else unit  # the bounds without the unit
-    lo, hi = (fmt(x, bare).replace(" pts", "").replace(" nats", "").replace("%", "") for x in (est.low, est.high))
-    observed = (f"{fmt(est.value, unit)} [95% CI {lo}, {hi}] ({est.seeds} seed{'s' * (est.seeds != 1)} x "
-                f"{est.items} items)" + (f"; {context}" if context else ""))
-    return Finding(claim, observed, verdict, source, est.value, est.low, est.high,
-                   advice(est, test) if verdict == "inconclusive" else "", unit, test.kind, test.bound)
+# ------------------------------------------------------------------------------------------------ sides
 
 
-def all_of(claim: str, parts: Sequence[Finding], source: str = "") -> Finding:
-    """A conjunction: yes if every part is yes, no if any is no, else inconclusive (n/a if any is n/a)."""
+def axis_columns(d: pd.DataFrame) -> list[str]:
+    return [c for c in d.columns if c not in NOT_AXES]
+
+
+def _match(col: pd.Series, v) -> pd.Series:
+    if isinstance(v, list):
+        return np.logical_or.reduce([_match(col, x) for x in v]) if v else col.isna() & False
+    if v is None:
+        return col.isna()
+    num = pd.to_numeric(col, errors="coerce")
+    try:
+        f = float(v)
+        if num.notna().any():
+            return pd.Series(np.isclose(num.astype(float), f) & num.notna(), index=col.index)
+    except (TypeError, ValueError):
+        pass
+    return col.astype(str) == str(v)
+
+
+def _checkpoint(d: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, bool]:
+    """Rows at the checkpoint; (rows, whether the step is a level to choose from)."""
+    d = d[d["step"] > 0]
+    if d.empty:
+        return d, False
+    if checkpoint == "final":
+        return d[d["step"] == d.groupby("run_id")["step"].transform("max")], False
+    kind, _, n = checkpoint.partition(" ")
+    if kind == "epoch":
+        return d[np.isclose(pd.to_numeric(d.get("epoch"), errors="coerce").astype(float), float(n))], False
+    if kind == "step":
+        return d[d["step"] == int(n)], False
+    return d[d["step"] <= d.groupby("run_id")["step"].transform("max") / 2], True  # lowest/highest in first half
+
+
+class Side:
+    """A side of a claim: its configurations (axis values + step) and their cells per metric."""
+
+    def __init__(self, ev: Evidence, spec, where: dict, checkpoint: str):
+        self.ev, self.spec, self.where = ev, spec, where
+        self.base = spec == BASE
+        specs = [] if self.base else (spec if isinstance(spec, list) else [spec])
+        self.checkpoint = next((str(s["checkpoint"]) for s in specs if "checkpoint" in s), checkpoint)
+        self.maps = [{k: v for k, v in {**where, **s}.items() if k != "checkpoint"} for s in specs] or [dict(where)]
+        self.selects_step = False
+        self.configs: list[dict] = []
+        self._rows: dict = {}
+
+    def resolve(self, metric: str) -> str | None:
+        """Find the configurations (on `metric`'s runs); a reason when there are none."""
+        d = self.ev.runs(metric)
+        if d.empty:
+            return f"no per-item results of {metric}"
+        if self.base:
+            rows = d[d["run_id"] == "base"]
+            self.configs = [{}] if len(rows) else []
+            return None if len(rows) else f"no base evaluation of {metric}"
+        d = d[d["run_id"] != "base"]
+        keep = np.zeros(len(d), dtype=bool)
+        for m in self.maps:
+            sel = np.ones(len(d), dtype=bool)
+            for k, v in m.items():
+                if k not in d.columns:
+                    return f"no axis {k!r} in the results"
+                sel &= _match(d[k], v).to_numpy()
+            keep |= sel
+        d, self.selects_step = _checkpoint(d[keep], self.checkpoint)
+        if d.empty:
+            return f"no done runs of {metric} match {self.describe()}"
+        axes = [a for a in axis_columns(d) if d[a].nunique(dropna=False) > 1] + (["step"] if self.selects_step else [])
+        self.configs = [dict(zip(axes, k if isinstance(k, tuple) else (k,))) for k in
+                        d[axes].drop_duplicates().itertuples(index=False, name=None)] if axes else [{}]
+        return None
+
+    def describe(self) -> str:
+        if self.base:
+            return "the base"
+        return " or ".join(", ".join(f"{k}={v}" for k, v in m.items()) or "all runs" for m in self.maps) + \
+            (f" at {self.checkpoint}" if self.checkpoint != "final" else "")
+
+    def cell(self, metric: str, config: dict) -> Cell | None:
+        key = (metric, tuple(sorted((k, str(v)) for k, v in config.items())))
+        if key not in self._rows:
+            d = self.ev.runs(metric)
+            if self.base:
+                self._rows[key] = self.ev.cell(metric, d[d["run_id"] == "base"], {})
+                return self._rows[key]
+            d = d[d["run_id"] != "base"]
+            keep = np.zeros(len(d), dtype=bool)
+            for m in self.maps:
+                sel = np.ones(len(d), dtype=bool)
+                for k, v in m.items():
+                    sel &= _match(d[k], v).to_numpy() if k in d else False
+                keep |= sel
+            d, _ = _checkpoint(d[keep], self.checkpoint)
+            for k, v in config.items():
+                if k == "step":
+                    d = d[d["step"] == v]
+                elif v is None or (isinstance(v, float) and math.isnan(v)):
+                    d = d[d[k].isna()]
+                else:
+                    d = d[_match(d[k], v)]
+            self._rows[key] = self.ev.cell(metric, d, config)
+        return self._rows[key]
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+
+class View:
+    """Per-seed values [S, B] of cells under one weighting: the estimate ('point') or the bootstrap ('boot'), on
+    all items, or in cross-fitting fold k (select on fold k's items, judge on the others')."""
+
+    def __init__(self, ev: Evidence, mode: str, seeds: list, fold: int | None, selected: set[str]):
+        self.ev, self.mode, self.seeds, self.fold, self.selected = ev, mode, seeds, fold, selected
+
+    def weights(self, metric: str, role: str) -> np.ndarray:
+        n = len(self.ev.docs(metric))
+        w = np.ones((1, n)) if self.mode == "point" else self.ev.counts(metric)
+        if self.fold is None or item_source(metric) not in self.selected:
+            return w
+        f = self.ev.folds(metric)
+        return w * ((f == self.fold) if role == "select" else (f != self.fold))
+
+    def __call__(self, cell: Cell, role: str = "judge") -> np.ndarray:
+        v = cell.values(self.weights(cell.metric, role))
+        if cell.is_base:
+            return np.broadcast_to(v, (len(self.seeds), v.shape[1]))
+        return v[[cell.seeds.index(s) for s in self.seeds]]
+
+
+Stat = Callable[[View], np.ndarray]  # -> [S, B]
+
+
+def choose(view: View, options: list[Callable[[View, str], np.ndarray]], lower: bool,
+           role: str = "judge") -> np.ndarray:
+    """The option with the lowest (or highest) seed-mean on the selection items, per draw, and its values on the
+    items of `role` (a choice nested in another one's selection is judged on the selection items too)."""
+    scores = np.stack([o(view, "select").mean(0) for o in options])  # [C, B]
+    with np.errstate(invalid="ignore"):
+        idx = np.nanargmin(np.where(np.isnan(scores), np.inf, scores), 0) if lower else \
+            np.nanargmax(np.where(np.isnan(scores), -np.inf, scores), 0)
+    vals = np.stack([o(view, role) for o in options])  # [C, S, B]
+    return vals[idx, :, np.arange(vals.shape[2])].T
+
+
+class Compiler:
+    """One claim (already expanded: no per / each / all) as a statistic, its cells and the item sources its
+    selections read."""
+
+    def __init__(self, ev: Evidence, claim: Claim):
+        self.ev, self.c = ev, claim
+        self.cells: list[Cell] = []
+        self.selected: set[str] = set()
+        self.missing = ""
+
+    def _cell(self, side: Side, metric: str, config: dict) -> Cell | None:
+        cell = side.cell(metric, config)
+        if cell is None:
+            self.missing = self.missing or f"{metric} at {side.describe()} {config or ''}: a run lacks items"
+        else:
+            self.cells.append(cell)
+        return cell
+
+    def side(self, spec, metric: str | None = None, pick: str | None = None) -> Callable[[View, str], np.ndarray]:
+        c, metric, pick = self.c, metric or self.c.metric, pick or self.c.pick
+        side = Side(self.ev, spec, c.where, c.checkpoint)
+        why = side.resolve(metric)
+        if why:
+            self.missing = self.missing or why
+            return lambda v, role="judge": np.full((len(v.seeds), 1), np.nan)
+        cells = [self._cell(side, metric, cf) for cf in side.configs]
+        if any(x is None for x in cells):
+            return lambda v, role="judge": np.full((len(v.seeds), 1), np.nan)
+        if len(cells) == 1:
+            return lambda v, role="judge": v(cells[0], role)
+        if pick == "mean" and not side.selects_step:
+            return lambda v, role="judge": np.mean([v(x, role) for x in cells], axis=0)
+        by = c.by or metric
+        sel_cells = cells if by == metric else [self._cell(side, by, cf) for cf in side.configs]
+        if any(x is None for x in sel_cells):
+            return lambda v, role="judge": np.full((len(v.seeds), 1), np.nan)
+        self.selected.add(item_source(by))
+        if side.checkpoint.startswith(("lowest", "highest")):
+            lower = side.checkpoint.startswith("lowest")  # the checkpoint with the lowest value, whatever is better
+        else:
+            lower = lower_is_better(by) == (pick != "worst")
+        opts = [(lambda v, role, j=j: v(cells[j], role) if role == "judge" else v(sel_cells[j], "select"))
+                for j in range(len(cells))]
+        return lambda v, role="judge": choose(v, opts, lower, role)
+
+    def levels(self, axis: str) -> list:
+        d = self.ev.runs(self.c.metric)
+        d = d[d["run_id"] != "base"]
+        for k, v in self.c.where.items():
+            d = d[_match(d[k], v)] if k in d else d.iloc[0:0]
+        if axis not in d:
+            return []
+        vals = d[axis].dropna().unique()
+        try:
+            return sorted(vals, key=float)
+        except (TypeError, ValueError):
+            return sorted(vals, key=str)
+
+    def statistic(self) -> Stat:
+        c, spec = self.c, self.c.spec
+        if c.effect == "value":
+            s = self.side(spec)
+            return lambda v: s(v)
+        if c.effect == "compare":
+            a, b = self.side(spec["a"]), self.side(spec["b"])
+            return lambda v: a(v) - b(v)
+        if c.effect == "contrast":
+            terms = [(self.side(t["side"]), float(t["weight"])) for t in spec]
+            return lambda v: sum(w * s(v) for s, w in terms)
+        if c.effect == "fit":
+            return self._fit(spec)
+        axis, levels = spec["axis"], self.levels(spec["axis"])
+        if len(levels) < (2 if c.effect != "optimum" else 3):
+            self.missing = self.missing or f"{len(levels)} level(s) of {axis}: too few for {c.effect}"
+            return lambda v: np.full((len(v.seeds), 1), np.nan)
+        per = [self.side({axis: lv}, pick="mean" if c.effect == "trend" else None) for lv in levels]
+        if c.effect == "trend":
+            x = np.log10(np.asarray(levels, float)) if spec.get("log") else np.asarray(levels, float)
+            x = x - x.mean()
+            return lambda v: np.tensordot(x, np.stack([s(v) for s in per]), 1) / (x ** 2).sum()
+        lower = lower_is_better(c.metric)
+        self.selected.add(item_source(c.metric))
+        if c.effect == "optimum":
+            inner, ends = per[1:-1], [per[0], per[-1]]
+            return lambda v: choose(v, inner, lower) - choose(v, ends, lower)
+        return lambda v: choose(v, per, lower) - choose(v, per, not lower)
+
+    def _fit(self, spec) -> Stat:
+        """R^2 across configurations (each `across` combination one point: its per-seed value) of the claim's
+        metric on spec['x'] (minus R^2 on spec['minus'])."""
+        c = self.c
+        side = Side(self.ev, {}, c.where, c.checkpoint)
+        why = side.resolve(c.metric)
+        if why:
+            self.missing = self.missing or why
+            return lambda v: np.full((len(v.seeds), 1), np.nan)
+        configs = [cf for cf in side.configs]
+
+        def r2(xm: str) -> Callable[[View], np.ndarray]:
+            xs = [self._cell(side, xm, cf) for cf in configs]
+            ys = [self._cell(side, c.metric, cf) for cf in configs]
+            if any(x is None for x in xs + ys) or len(configs) < 3:
+                self.missing = self.missing or f"{len(configs)} configurations with {xm} and {c.metric}"
+                return lambda v: np.full((len(v.seeds), 1), np.nan)
+
+            def f(v: View) -> np.ndarray:
+                x, y = np.stack([v(a) for a in xs]), np.stack([v(b) for b in ys])  # [C, S, B]
+                x, y = x - x.mean(0), y - y.mean(0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return (x * y).sum(0) ** 2 / ((x * x).sum(0) * (y * y).sum(0))
+            return f
+        first = r2(spec["x"])
+        if not spec.get("minus"):
+            return first
+        second = r2(spec["minus"])
+        return lambda v: first(v) - second(v)
+
+
+# ------------------------------------------------------------------------------------------------ judging
+
+
+def estimate(ev: Evidence, claim: Claim) -> tuple[IV.Interval | None, str]:
+    """The claim's interval, or None and why not."""
+    comp = Compiler(ev, claim)
+    stat = comp.statistic()
+    if comp.missing:
+        return None, comp.missing
+    trained = [x for x in comp.cells if not x.is_base]
+    seeds = sorted(set.intersection(*[set(x.seeds) for x in trained]), key=str) if trained else [0]
+    if not seeds:
+        return None, "its configurations share no seed (the effect is paired by seed)"
+    folds = [0, 1] if comp.selected else [None]
+
+    def run(mode: str) -> np.ndarray:
+        return np.mean([stat(View(ev, mode, seeds, f, comp.selected)) for f in folds], axis=0)  # [S, B]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = run("point")[:, 0]
+        boot = run("boot").mean(0)
+    groups = min(ev.groups(x.metric)[1] for x in comp.cells)
+    items = min(len(ev.docs(x.metric)) for x in comp.cells)
+    iv = IV.interval(point, boot, len(seeds) if trained else 0, groups, items)
+    if iv is None:
+        return None, "the effect is not finite on the data (e.g. a zero denominator)"
+    return iv, ""
+
+
+def judge(ev: Evidence, claim: Claim) -> Finding:
+    """One expanded claim's finding (no multiplicity correction yet: analysis/findings.py)."""
+    f = Finding(claim.id, claim.words(), "", "n/a", claim.family, source=claim.source, unit=claim.unit,
+                kind=claim.test, bound=claim.bound)
+    iv, why = estimate(ev, claim)
+    if iv is None:
+        f.observed = f"the runs or per-item samples it needs are missing: {why}"
+        return f
+    b = claim.boundary
+    f.estimate, f.low, f.high = iv.value, iv.low, iv.high
+    f.seeds, f.items, f.groups, f.nonfinite = iv.seeds, iv.items, iv.groups, iv.nonfinite
+    f.verdict = IV.verdict(iv, claim.test, b)
+    f.p, _ = IV.p_values(iv, claim.test, b)
+    df = "inf" if not math.isfinite(iv.df) else f"{iv.df:.1f}"
+    seeds = "base only" if iv.seeds == 0 else f"{iv.seeds} seed{'s' * (iv.seeds != 1)}"
+    f.observed = (f"{fmt(iv.value, claim.unit)} [95% CI {fmt(iv.low, claim.unit)}, {fmt(iv.high, claim.unit)}] "
+                  f"({seeds} x {iv.items} items in {iv.groups} groups, t on {df} df; SE from seeds "
+                  f"{math.sqrt(iv.var_seeds):.3g}, items {math.sqrt(iv.var_items):.3g})"
+                  + (f"; {iv.nonfinite} of {iv.draws + iv.nonfinite} bootstrap draws not finite" if iv.nonfinite
+                     else ""))
+    if not iv.seed_variance_known:
+        f.decide = "one seed: the seed variance is unknown; run 2 or more seeds"
+    elif f.verdict == "inconclusive":
+        f.decide = _decide(iv, claim, b)
+    return f
+
+
+def _decide(iv: IV.Interval, claim: Claim, b: float) -> str:
+    gap = abs(iv.value - b) if claim.test != "within" else abs(b - abs(iv.value))
+    if gap <= 1e-12:
+        return "the estimate sits on the boundary: no amount of data decides it unless the effect differs"
+    seeds, items = IV.needed(iv, gap, iv.items / max(iv.groups, 1))
+    s = f"~{seeds} seeds" if isinstance(seeds, int) else f"seeds: {seeds}"
+    i = f"~{items} items" if isinstance(items, int) else f"items: {items}"
+    return f"80% power if the effect is as estimated: {s} at these items, or {i} at these seeds"
+
+
+def expand(ev: Evidence, claim: Claim) -> list[Claim | list[Claim]]:
+    """`per` and pick each / all as separate claims (all: one conjunction, a list)."""
+    out: list = []
+    combos = [{}]
+    if claim.per:
+        d = ev.runs(claim.metric)
+        d = d[d["run_id"] != "base"]
+        for k, v in claim.where.items():
+            d = d[_match(d[k], v)] if k in d else d.iloc[0:0]
+        axes = [a for a in claim.per if a in d]
+        combos = [dict(zip(axes, k)) for k in d[axes].drop_duplicates().itertuples(index=False, name=None)] \
+            if axes and len(d) else [{}]
+    for combo in combos:
+        c = replace(claim, where={**claim.where, **combo},
+                    id=claim.id + "".join(f"[{_short(k)}={_val(v)}]" for k, v in combo.items()),
+                    text=(claim.words() + " " + ", ".join(f"{_short(k)}={_val(v)}" for k, v in combo.items()))
+                    if combo else claim.text)
+        if c.pick not in ("each", "all"):
+            out.append(c)
+            continue
+        free = _free_axes(ev, c)
+        levels = [dict(zip(free, k)) for k in itertools.product(*[Compiler(ev, c).levels(a) for a in free])] \
+            if free else [{}]
+        parts = [replace(c, where={**c.where, **lv}, pick="best",
+                         id=c.id + "".join(f"[{_short(k)}={_val(v)}]" for k, v in lv.items()),
+                         text=c.words() + " " + ", ".join(f"{_short(k)}={_val(v)}" for k, v in lv.items()))
+                 for lv in levels]
+        out.extend(parts) if c.pick == "each" else out.append(parts)
+    return out
+
+
+def _free_axes(ev: Evidence, c: Claim) -> list[str]:
+    sides = [c.spec["a"], c.spec["b"]] if c.effect == "compare" else [c.spec] if c.effect == "value" else []
+    free: list[str] = []
+    for s in sides:
+        if s == BASE:
+            continue
+        side = Side(ev, s, c.where, c.checkpoint)
+        if side.resolve(c.metric) is None:
+            free += [k for k in (side.configs[0] if side.configs else {}) if k != "step" and k not in free]
+    return free
+
+
+def _short(k: str) -> str:
+    return {"data.train.limit": "n", "train.epochs": "epochs", "train.lr": "lr", "regime.prompt_weight": "w",
+            "data.train.path": "data"}.get(k, k)
+
+
+def _val(v) -> str:
+    s = str(v)
+    if "/" in s:
+        s = s.rsplit("/", 1)[-1].removesuffix(".jsonl")
+    try:
+        f = float(v)
+        return f"{f:.0e}".replace("e-0", "e-") if 0 < abs(f) < 0.01 else f"{f:g}"
+    except (TypeError, ValueError):
+        return s
+
+
+def conjunction(parts: list[Finding], claim: Claim) -> Finding:
+    """pick: all — yes if every level's interval says yes, no if any says no (an intersection-union test: no
+    correction needed for 'holds at every level'); its estimate is the least favourable level's."""
     vs = [p.verdict for p in parts]
-    verdict = "n/a" if "n/a" in vs else "no" if "no" in vs else "yes" if all(v == "yes" for v in vs) \
+    verdict = "n/a" if not parts or "n/a" in vs else "no" if "no" in vs else "yes" if all(v == "yes" for v in vs) \
         else "inconclusive"
-    observed = "; ".join(f"{p.claim}: {p.observed} -> {p.verdict}" for p in parts)
-    decide = "; ".join(p.decide for p in parts if p.decide)
-    return Finding(claim, observed, verdict, source, decide=decide)
+    f = Finding(claim.id, claim.words() + " (at every level)", "; ".join(f"{p.id}: {p.observed}" for p in parts),
+                verdict, claim.family, source=claim.source, unit=claim.unit, kind=claim.test, bound=claim.bound,
+                parts=parts)
+    judged = [p for p in parts if p.p is not None]
+    if judged:
+        worst = max(judged, key=lambda p: (p.p if p.verdict != "no" else -1))
+        f.estimate, f.low, f.high, f.p = worst.estimate, worst.low, worst.high, worst.p
+        f.seeds, f.items, f.groups = worst.seeds, worst.items, worst.groups
+        f.nonfinite = sum(p.nonfinite for p in parts)
+        f.decide = "; ".join(f"{p.id}: {p.decide}" for p in parts if p.decide)
+    return f

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from analysis.load import discover_runs
+from harness.evaluation.groups import item_group
 from harness.layout import ExperimentDir, base_eval_json, eval_side_file
 
 #: metric -> (sample task, how one sample row gives (num, den)); lm-eval tasks "<task>/<metric>" are generic
@@ -46,6 +47,14 @@ def _source(metric: str) -> tuple[str, Callable[[dict], tuple[float, float]]]:
     if not name:
         raise ValueError(f"{metric!r} is not a per-item metric (expected <task>/<metric> or one of {list(PROBES)})")
     return task, (lambda r: (float(r[name]), 1.0))
+
+
+def _group(r: dict) -> str | None:
+    """The item's cluster (harness/evaluation/evaluator.py writes ``group``; an lm-eval sample written before that
+    still has its document's ``person`` / ``subject``); None: the item is its own group."""
+    if r.get("group") not in (None, ""):
+        return str(r["group"])
+    return item_group(r.get("doc"))
 
 
 def read_items(path: Path, metrics: Iterable[str]) -> list[dict]:

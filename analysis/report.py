@@ -26,7 +26,7 @@ import pandas as pd
 
 from analysis import stats, tables
 from analysis.figures import Context, FigureResult, render_all
-from analysis.findings import FINDINGS_NOTE, evidence, findings_for, study_metrics, with_item_cis
+from analysis.findings import FINDINGS_NOTE, claim_metrics, claims_for, evidence, judge_all, with_item_cis
 from analysis.findings import to_markdown as findings_markdown
 from analysis.load import (
     default_target_metric,
@@ -127,7 +127,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
 
     plan = load_plan(exp_dir) or {}
     name = plan.get("experiment") or exp_dir.name
-    ev = evidence(df, exp_dir, list(dict.fromkeys([*metrics, *study_metrics(name)])))  # per-item results
+    claims = claims_for(experiment, plan)
+    ev = evidence(df, exp_dir, list(dict.fromkeys([*metrics, *claim_metrics(claims)])))  # per-item results
     summ = with_item_cis(stats.summary(df, metrics, axes), ev)
     base = stats.base_summary(df, metrics)
     tdir = out / "tables"
@@ -145,7 +146,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     raws = {"summary": summ, "best_per_regime": best, "paired": pairs}
     tab = {k: tables.write_table(frames[k], raws[k], tdir, k, captions[k]) for k in frames}
 
-    findings = findings_for(name, df, exp_dir, ev=ev)
+    findings = judge_all(claims, ev, plan.get("claims"))
     ctx = Context(df=df, training=training, axes=axes, exp_dir=exp_dir, target=target, retention=retention,
                   summary=summ, findings=findings)
     figs = render_all(ctx, out, formats, only)
@@ -161,7 +162,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     rep = Report(out, out / REPORT_HTML, out / "report.md", figs, tab, data, target, states, not_done, notes)
     rep.findings = findings
     if rep.findings:
-        (out / "findings.json").write_text(json.dumps([f.to_dict() for f in rep.findings], indent=1) + "\n")
+        (out / "findings.json").write_text(json.dumps(
+            {"experiment": name, "claims_hash": (plan.get("claims") or {}).get("hash"),
+             "findings": [f.to_dict() for f in rep.findings]}, indent=1) + "\n")
         data.append(out / "findings.json")
     args = (rep, exp_dir, plan, axes, retention, frames, prov, cfg_text, ctx.notes, config, experiment_file)
     rep.markdown.write_text(_markdown(*args), encoding="utf-8")
@@ -226,7 +229,7 @@ def _markdown(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_tex
     for n in rep.notes:
         L += [f"> note: {n}", ""]
     if rep.findings:
-        L += ["## Findings: does the published shape appear?", "", FINDINGS_NOTE, ""] \
+        L += ["## Findings: does the claimed shape appear?", "", FINDINGS_NOTE, ""] \
             + findings_markdown(rep.findings) + [""]
     L += ["## Methods", ""] + [f"- {m}" for m in _methods(rep.target, retention, axes)] + [""]
     L += ["## Figures", ""]
@@ -274,8 +277,7 @@ th{background:#f3f3f3}td{font-variant-numeric:tabular-nums}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#444}
 .state-failed{color:#b00020;font-weight:600}.state-running{color:#0072B2;font-weight:600}.state-partial{color:#a05a00;font-weight:600}
 .state-pending{color:#555;font-weight:600}.warn{background:#fff4e5;border-left:4px solid #E69F00;padding:.5em 1em}
-pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.82em}code{background:#f3f3f3;padding:0 .2em}
-.scroll{overflow-x:auto;max-width:100%}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.82em}.scroll{overflow-x:auto}code{background:#f3f3f3;padding:0 .2em}
 """
 
 
@@ -316,13 +318,21 @@ def _html(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, n
     for n in rep.notes:
         H.append(f"<p class='warn'>note: {e(n)}</p>")
     if rep.findings:
-        mark = {"yes": "yes", "no": "<strong>no</strong>", "inconclusive": "<em>inconclusive</em>", "n/a": "n/a"}
-        H.append("<h2>Findings: does the published shape appear?</h2>"
-                 f"<p>{e(FINDINGS_NOTE)}</p><table><tr><th>claim</th><th>observed (effect [95% CI])</th>"
-                 "<th>verdict</th><th>source</th></tr>" + "".join(
-                     f"<tr><td>{e(f.claim)}</td><td>{e(f.observed)}</td><td>{mark[f.verdict]}"
-                     + (f"<br><small>{e(f.decide)}</small>" if f.decide else "") + f"</td><td>{e(f.source)}</td>"
-                     "</tr>" for f in rep.findings) + "</table>")
+        mark = {"yes": "yes", "no": "<strong>no</strong>", "inconclusive": "<em>inconclusive</em>", "n/a": "n/a",
+                "": ""}
+        H.append(f"<h2>Findings: does the claimed shape appear?</h2><p>{e(FINDINGS_NOTE)}</p>")
+        for title, pre in (("Preregistered", True), ("Post hoc (exploratory)", False)):
+            rows = [f for f in rep.findings if (f.status == "preregistered") == pre]
+            if not rows:
+                continue
+            H.append(f"<h3>{title}</h3><div class='scroll'><table><tr><th>claim</th><th>family</th>"
+                     "<th>observed (effect [95% CI])</th><th>verdict</th><th>adjusted</th><th>source</th></tr>"
+                     + "".join(
+                         f"<tr><td><code>{e(f.id)}</code>: {e(f.claim)}</td><td>{e(f.family)}</td>"
+                         f"<td>{e(f.observed)}</td><td>{mark[f.verdict]}"
+                         + (f"<br><small>{e(f.decide)}</small>" if f.decide else "") + f"</td><td>{mark[f.adjusted]}"
+                         + (f"<br><small>{e(f.correction)} p={f.p_adjusted:.3g}</small>" if f.p_adjusted is not None
+                            else "") + f"</td><td>{e(f.source)}</td></tr>" for f in rows) + "</table></div>")
     H.append("<h2>Methods</h2><ul>" + "".join(f"<li>{e(m).replace('`', '')}</li>"
                                                for m in _methods(rep.target, retention, axes)) + "</ul>")
     H.append("<h2>Figures</h2>")

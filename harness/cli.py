@@ -30,8 +30,13 @@ def _config(args: argparse.Namespace) -> int:
     from harness.grid import load_experiment
 
     if args.explain or not args.experiment:
+        from harness.claims import EXPLAIN
+
         for key, tp, default, doc in explain():
             print(f"{key:34s} {tp:22s} {default:28s} {doc}")
+        print("\nclaims: a list of claims, each {id, metric, one effect, test: {above|below|within: x}, unit: "
+              "pts|pct|nats|nats/decade|ratio|r2, family: primary|secondary, checkpoint, where, per, pick, by, text, "
+              "source}. Effects:" + EXPLAIN.rstrip())
         return 0
     exp = load_experiment(args.experiment, args.override)
     print(yaml.safe_dump(to_dict(exp.config), sort_keys=False).rstrip())

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from harness.claims import Claim, parse_claims
 from harness.config import ExperimentConfig, to_dict
 from harness.config.load import (
     LineMap,
@@ -177,6 +178,8 @@ class Experiment:
     config: ExperimentConfig
     path: str
     runs: tuple[RunSpec, ...]
+    claims: tuple[Claim, ...] = ()
+    """What the study claims (``claims:``, harness/claims.py): judged by the report, registered by `harness run`."""
 
     @property
     def dir(self) -> ExperimentDir:
@@ -228,7 +231,7 @@ def expand(cfg_raw: dict, lines: LineMap | None = None) -> list[RunSpec]:
 
 def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lines: LineMap | None) -> RunSpec:
     raw = copy.deepcopy(cfg_raw)
-    raw["grid"], raw["stages"] = None, None
+    raw["grid"], raw["stages"], raw["claims"] = None, None, None
     for k, v in pt.items():
         _set_dotted(raw, k, v)
     label = ", ".join(f"{k}={v}" for k, v in pt.items())
@@ -265,7 +268,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
     base = _build_checked(raw, lines)
     _check_regime(base, lines, "")
     runs = expand(raw, lines)
-    return Experiment(base, str(path), tuple(runs))
+    return Experiment(base, str(path), tuple(runs), tuple(parse_claims(raw.get("claims"), lines)))
 
 
 def _check_regime(cfg: ExperimentConfig, lines: LineMap | None, label: str) -> None:

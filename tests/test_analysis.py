@@ -335,7 +335,7 @@ def test_report_tables_scroll_and_the_methods_say_what_the_tables_show(report):
     html = (report / "report.html").read_text()
     md = (report / "report.md").read_text()
     assert html.count("<table") > 3 and html.count("<table") == html.count("<div class='scroll'><table")
-    assert ".scroll{overflow-x:auto" in html
+    assert ".scroll{overflow-x:auto}" in html
     assert "*done*" not in html and "*done*" not in md and "one seed gives no CI" not in md
     for text in (html, md):
         assert "resamples seeds and evaluation items together where per-item results exist (so one seed still " \

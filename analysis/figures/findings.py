@@ -13,7 +13,8 @@ from analysis.figures.common import Context, NotApplicable
 
 VERDICT_COLOURS = {"yes": "#1b7837", "no": "#b2182b", "inconclusive": "#878787"}
 SCALE = {"pct": 100.0, "pts": 100.0, "nats": 1.0, "nats/decade": 1.0}
-AXIS = {"pct": "percent", "pts": "percentage points", "nats": "nats", "nats/decade": "nats per decade of LR"}
+AXIS = {"pct": "percent", "pts": "percentage points", "nats": "nats", "nats/decade": "nats per decade",
+        "r2": "R^2", "ratio": "ratio"}  # a claim's bound is written in its unit: drawn as written
 
 
 def fig_findings(ctx: Context):
@@ -21,7 +22,7 @@ def fig_findings(ctx: Context):
     boundary (dashed; a band for 'within' claims); green: the claim holds, red: it does not, grey: inconclusive."""
     found = [f for f in ctx.findings if f.verdict in VERDICT_COLOURS and f.estimate is not None and f.unit]
     if not found:
-        raise NotApplicable("no findings with an estimate (not a shipped study)")
+        raise NotApplicable("no findings with an estimate (the experiment declares no claims: claims:)")
     units = list(dict.fromkeys(f.unit for f in found))
     rows = [[f for f in found if f.unit == u] for u in units]
     fig, axes = plt.subplots(len(units), 1, figsize=(9.5, 0.9 + 0.42 * len(found) + 0.6 * len(units)), squeeze=False,
@@ -33,9 +34,9 @@ def fig_findings(ctx: Context):
             ax.plot([k * f.low, k * f.high], [i, i], color=c, lw=2.2, solid_capstyle="butt")
             ax.plot([k * f.estimate], [i], "o", color=c, ms=5)
             if f.kind == "within":
-                ax.fill_betweenx([i - 0.4, i + 0.4], -k * f.bound, k * f.bound, color="black", alpha=0.08, lw=0)
+                ax.fill_betweenx([i - 0.4, i + 0.4], -f.bound, f.bound, color="black", alpha=0.08, lw=0)
             else:
-                ax.plot([k * f.bound] * 2, [i - 0.4, i + 0.4], ls="--", color="black", lw=0.9)
+                ax.plot([f.bound] * 2, [i - 0.4, i + 0.4], ls="--", color="black", lw=0.9)
         ax.set_yticks(range(len(fs)), ["\n".join(textwrap.wrap(f.claim, 70)) for f in fs], fontsize=6.5)
         ax.invert_yaxis()
         ax.set_xlabel(AXIS.get(unit, unit), fontsize=8)

@@ -152,7 +152,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-LEAF_KEYS = [k for k in _all_keys(ExperimentConfig) if k not in ("grid", "stages")]
+LEAF_KEYS = [k for k in _all_keys(ExperimentConfig) if k not in ("grid", "stages", "claims")]
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:

@@ -202,6 +202,10 @@ class ExperimentConfig:
     stages: Any = None
     """Sequential stages: [{name, set: {dotted.key: value}}, ...]; every grid point becomes a chain of runs,
     each stage starting from the previous stage's final checkpoint (harness/stages.py)."""
+    claims: Any = None
+    """What the study claims, declared before its runs: [{id, metric, compare|value|trend|optimum|range|contrast|fit,
+    test, unit, family, ...}] (harness/claims.py; `harness config --explain` prints the vocabulary). Judged by
+    `harness report` with calibrated intervals; never part of a run's identity."""
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):

@@ -19,6 +19,7 @@ from harness.evaluation import generate as G
 from harness.evaluation import kl_prompts as K
 from harness.evaluation import probes as P
 from harness.evaluation import recovery as R
+from harness.evaluation.groups import add_groups, item_group
 from harness.evaluation.identity import eval_hash, kl_prompt_source, probe_paths
 from harness.evaluation.lm_eval import finite_or_none, run_lm_eval, task_manager_for
 from harness.fsio import file_lock
@@ -67,11 +68,14 @@ class Evaluator:
                 fmt=src.format if src else "auto", split=src.split if src else "train",
                 name=src.name if src else None, eot=d.eot, boundary=d.boundary, system_prompt=d.system_prompt,
                 literal_content=d.literal_content)
+        self.groups: dict[str, list] = {}  # probe task -> each item's group (analysis/items.py resamples groups)
         self.text_ids = None
         if self.paths["pretrain"]:
             rows = P.read_jsonl(self.paths["pretrain"], "text", e.text_limit or e.probe_limit)
             texts = [str(r["text"]) for r in rows]
             self.text_ids = P.text_ids(self.tok, texts, d.max_length)
+            if len(self.text_ids) == len(rows):  # (texts too short to probe are skipped: then no groups)
+                self.groups["probe/pretrain"] = [item_group(r) for r in rows]
             if not self.text_ids:
                 raise DataError("probe corpus has no text of two tokens or more", where=self.paths["pretrain"],
                                 fix="point eval.pretrain_text at real held-out text")
@@ -82,6 +86,7 @@ class Evaluator:
                 if not str(r.get("answer", "")).strip():
                     raise DataError(f"raw question {i + 1} has no 'answer'", where=self.paths["raw"],
                                     fix="each row needs {prompt, answer} (answer-first scoring)")
+            self.groups["probe/format"] = [item_group(r) for r in self.raw]
         self.stop = G.stop_strings(self.tok, d.eot)
         self.kl_source = kl_prompt_source(cfg)
         self.kl_examples = None
@@ -238,6 +243,7 @@ class Evaluator:
                                   "supervised_tokens": info["supervised_tokens"]}
             seconds["recovery"] = time.perf_counter() - t
         probes["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+        add_groups(samples, self.groups)
         return EvalResult({k: finite_or_none(v) for k, v in metrics.items()}, results, samples, token_rows,
                           probes)
 
