@@ -188,12 +188,13 @@ class ExperimentDir:
 
 
 def experiment_of(path: str | Path) -> ExperimentDir | None:
-    """The experiment a run directory, checkpoint or eval file lies in (``<exp>/runs/<run-id>/...``), else None
-    (a run trained elsewhere with ``harness train --out DIR``)."""
+    """The experiment of a run directory (``<exp>/runs/<run-id>``) or of what lies in its checkpoints/, eval/ or
+    tracking/; None for a run trained elsewhere (``harness train --out DIR``). Only those levels are looked at:
+    a folder named runs higher up is not an experiment's."""
     p = Path(path).resolve()
-    for d in (p, *p.parents):
-        if d.parent.name == RUNS:
-            return ExperimentDir(d.parent.parent)
+    for run in (p, *p.parents[:3]):
+        if run.parent.name == RUNS and (run == p or p.relative_to(run).parts[0] in (CHECKPOINTS, EVAL, TRACKING)):
+            return ExperimentDir(run.parent.parent)
     return None
 
 
