@@ -203,7 +203,7 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
             job = jobs_by_run[first.run_id]
             for spec in (first, *then):
                 _record_job(exp.run_dir(spec), backend, job)
-            out(f"  {first.run_id}: job {job.job_id}  log {job.paths.stdout}"
+            out(f"  {first.run_id}: job {job.job_id}  training log {job.paths.stderr}"
                 + (f" (then {', '.join(s.run_id for s in then)})" if then else ""))
         if not wait:
             return [{"run_id": r, "job_id": j.job_id} for r, j in jobs_by_run.items()]
@@ -230,7 +230,7 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
                                     (exp.config, exp.dir) if with_base else None))
         _tidy(exp)
         out(f"  worker {job.job_id}: started ({len(specs)} runs to share{', base first' if with_base else ''}; "
-            f"log {job.paths.stdout})")
+            f"training log {job.paths.stderr})")
         return job
 
     workers = [start(todo, i == 0 and not base_done) for i in range(min(par, len(todo)))]

@@ -129,16 +129,19 @@ def events(before: GridView | None, now: GridView) -> list[str]:
 
 
 def table(view: GridView):
+    """The header line (counts, base, elapsed; never wrapped to the table's width) above one row per run."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=view.header(), title_justify="left")
+    t = Table()
     for col in ("run id", "state", "progress"):
         t.add_column(col, overflow="fold")
     colours = {"done": "green", "failed": "red", "running": "cyan", "partial": "yellow", "pending": "white"}
     for r in view.runs:
         what = r.doing() or (r.detail if r.state in ("failed", "partial") else "")
         t.add_row(r.run_id, f"[{colours[r.state]}]{r.state}[/]", what)
-    return t
+    return Group(Text(view.header()), t)
 
 
 class _Lines:
