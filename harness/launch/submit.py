@@ -102,8 +102,9 @@ def make_executor(exp: Experiment, backend: str, parallel: int | None, n_runs: i
 
 
 def _tidy(exp: Experiment) -> None:
-    """submitit leaves an empty folder named by its pattern (``logs/%j``) beside the jobs' own: remove it (not if
-    it holds something: another launcher may be submitting through it right now)."""
+    """submitit leaves an empty folder named by its pattern (``logs/%j``) beside the jobs' own (a local worker's
+    controller process makes it): remove it once they are done (not if it holds something: another launcher may
+    be submitting through it right now)."""
     with contextlib.suppress(OSError):
         exp.dir.job_logs.rmdir()
 
@@ -228,7 +229,6 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
     def start(specs: list[RunSpec], with_base: bool):
         job = ex.submit(LocalWorker(specs, [rdirs[s.run_id] for s in specs], threads, token,
                                     (exp.config, exp.dir) if with_base else None))
-        _tidy(exp)
         out(f"  worker {job.job_id}: started ({len(specs)} runs to share{', base first' if with_base else ''}; "
             f"training log {job.paths.stderr})")
         return job
@@ -281,6 +281,7 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
     finally:
         if shown is not None:  # a live table gives the terminal back (cursor, lines) even on Ctrl-C
             shown.close()
+        _tidy(exp)  # each worker's submitit controller made logs/%j while it ran
     for spec in todo:
         if spec.run_id not in results:
             done = is_complete(spec, rdirs[spec.run_id])
