@@ -183,12 +183,17 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
     table = Table(title=f"mask statistics ({a.source}: {len(a.examples) + a.tokenize_drops.total} examples)")
     for col in ("regime", "examples", "dropped", "tokens", "supervised", "weight sum", "fraction", "truncated",
                 "no-EOT turns", "spell specials", "mask hash"):
-        table.add_column(col, justify="right" if col not in ("regime", "mask hash") else "left", overflow="fold")
+        table.add_column(col, justify="right" if col not in ("regime", "mask hash") else "left")
     for s in a.stats():
         table.add_row(s["regime"], str(s["examples"]), str(s["dropped"]), str(s["tokens"]),
                       str(s["supervised_tokens"]), f"{s['weight_sum']:g}", f"{s['supervised_fraction']:.3f}", str(s["truncated_examples"]),
                       str(s["turns_without_eot"]), str(s["contents_spelling_special_tokens"]), s["mask_hash"])
+    # off a terminal the table takes the width its cells need: a file scrolls, a cut or folded cell misleads
+    wrap_at = console.width
+    if plain:
+        console.width = max(wrap_at, console.measure(table, options=console.options.update_width(10_000)).maximum)
     console.print(table)
+    console.width = wrap_at
     for r, md in zip(a.regimes, a.masked):
         if md.drops.total:
             console.print(f"[yellow]{r.label}: dropped {md.drops.describe()}[/yellow]")
