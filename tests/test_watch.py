@@ -182,3 +182,27 @@ def test_harness_run_through_a_pipe_prints_the_progress_of_its_runs(tmp_path):
     assert not ed.job_logs.exists()  # submitit's empty logs/%j folder is gone
     log = Path(ed.run(run_id).launcher_info()["stderr"])  # what `harness status` names: the training log
     assert log.name.endswith("_log.err") and "loss" in log.read_text()
+
+
+def test_a_slurm_launch_that_waits_shows_the_runs_until_every_job_ends(monkeypatch):
+    """On SLURM, `harness run` (waiting) reads the same files while the cluster runs the jobs: each change is a
+    line in a pipe, and it stops when every job has ended (stand-ins, done at their 3rd and 4th poll: the second
+    is polled once the first is done, so 5 polls, then the final view)."""
+    from harness.launch import submit
+
+    class Job:
+        def __init__(self, polls: int):
+            self.polls = polls
+
+        def done(self) -> bool:
+            self.polls -= 1
+            return self.polls < 0
+
+    views = iter([_view(RunView("a", "pending")), _view(TRAINING), _view(EVALUATING)] + [_view(DONE)] * 3)
+    monkeypatch.setattr(submit, "read_view", lambda *a, **k: next(views))
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
+    out: list[str] = []
+    submit._watch_jobs(None, [], [Job(2), Job(3)], out.append, base=False)
+    assert out == [f"  {TRAINING.run_id}: {TRAINING.doing()}", "[smoke: 1 running of 1 runs · 1:15]",
+                   f"  {EVALUATING.run_id}: {EVALUATING.doing()}",
+                   "[smoke: 1 done of 1 runs · 1:15]"]

@@ -208,6 +208,9 @@ def _submit(exp: Experiment, todo: list[RunSpec], backend: str, par: int, thread
                 + (f" (then {', '.join(s.run_id for s in then)})" if then else ""))
         if not wait:
             return [{"run_id": r, "job_id": j.job_id} for r, j in jobs_by_run.items()]
+        if watch:  # the runs' files, while the cluster runs them (then each job's result, as without)
+            jobs = [*jobs_by_run.values(), *([base_job] if base_job else [])]
+            _watch_jobs(exp, todo, jobs, out, base_job is not None)
         return _wait(list(jobs_by_run.items()), out) + ([] if base_job is None else _wait([("base", base_job)], out))
     raise ConfigError(f"unknown launcher backend {backend!r}", where="launcher.backend", fix="use local, slurm or debug")
 
@@ -292,6 +295,18 @@ def _run_local(exp: Experiment, ex, todo: list[RunSpec], par: int, threads: int,
                     why = "cancelled" if cancelled else "taken by another launcher"
                 out(f"  {spec.run_id}: not run ({why})")
     return [results[s.run_id] for s in todo]
+
+
+def _watch_jobs(exp: Experiment, todo: list[RunSpec], jobs: list, out, base: bool) -> None:
+    """Show the runs' progress (harness/launch/watch.py) until every job has ended."""
+    shown, started = reporter(out), time.monotonic()
+    try:
+        while not all(j.done() for j in jobs):
+            shown.update(read_view(exp, todo, started, base=base))
+            time.sleep(1.0)
+        shown.update(read_view(exp, todo, started, base=base))
+    finally:
+        shown.close()
 
 
 def _wait(items: list[tuple[str, Any]], out) -> list:
