@@ -130,7 +130,7 @@ def cancel(exp: Experiment, out=print) -> int:
 def local_workers(exp: Experiment) -> list[int]:
     """PIDs of this experiment's live local workers: submitit names a local job's log folder by its pid
     (``<experiment>/logs/<pid>/``), and the worker's command line names the experiment's log folder."""
-    logs = exp.dir.logs
+    logs = exp.dir.logs.resolve()  # submitit starts the worker with the absolute folder
     pids = []
     for d in sorted(logs.glob("*")) if logs.is_dir() else []:
         if not d.name.isdigit() or int(d.name) == os.getpid():
