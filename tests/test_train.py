@@ -34,7 +34,9 @@ def test_smoke_run_directory_file_set(tiny, tmp_path):
     ck = [f"checkpoints/step-{s:06d}/{f}" for s in (n // 2, n) for f in
           ("COMPLETED", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
            "tokenizer.json", "tokenizer_config.json")]  # a finished run keeps no optimizer state
-    assert files == sorted(["DONE", "config.yaml", "metrics.jsonl", "provenance.json"] + ck)
+    assert files == sorted(["DONE", "config.yaml", "metrics.jsonl", "progress.json", "provenance.json"] + ck)
+    progress = json.loads((rdir / "progress.json").read_text())  # what `harness run` showed last: the last step
+    assert (progress["phase"], progress["step"], progress["total"], progress["eta_s"]) == ("training", n, n, 0.0)
     rows = [json.loads(x) for x in (rdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, n + 1)) and rows[-1]["epoch"] == 2.0
     assert {"lr", "loss", "loss_response", "loss_prompt", "supervised_tokens", "tokens", "tokens_per_s",
