@@ -14,8 +14,8 @@ from harness.evaluation.evaluator import Evaluator, evaluator_for
 from harness.evaluation.identity import base_dir_for, eval_hash
 from harness.evaluation.results import payload, write_eval
 from harness.fsio import file_lock
-from harness.layout import (COMPLETED, EVAL_LOCK, ExperimentDir, RunDir, base_eval_json, experiment_of, step_of,
-                            valid_eval)
+from harness.layout import (COMPLETED, EVAL_LOCK, ExperimentDir, RunDir, base_eval_json, experiment_of,
+                            run_of_checkpoint, step_of, valid_eval)
 from harness.modeling import load_model
 from harness.tracking import open_trackers
 
@@ -66,10 +66,8 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, config: ExperimentConfig, ou
     ev = evaluator or evaluator_for(config, base_dir)
     model = load_model(config, ckpt, ev.device, training=False)
     res = ev.evaluate(model)
-    try:
-        rel = str(ckpt.resolve().relative_to(out_json.resolve().parent.parent))
-    except ValueError:
-        rel = str(ckpt)
+    run = run_of_checkpoint(ckpt)  # in a run: recorded relative to it (checkpoints/step-NNNNNN)
+    rel = str(ckpt.relative_to(run.path)) if run is not None else str(ckpt)
     written = payload(res, run_id=run_id, step=step, epoch=epoch, checkpoint=rel,
                       seconds=time.perf_counter() - t0, hash_=ev.hash)
     write_eval(out_json, written, res.samples, res.token_rows)
