@@ -23,16 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 
 from analysis import intervals as IV
 from analysis.evidence import Cell, Evidence, item_source
-from analysis.stats import SEED_KEY, lower_is_better
+from analysis.sides import Side, Stat, View, _match, choose
+from analysis.stats import lower_is_better
 from harness.claims import BASE, Claim
-
-NOT_AXES = {"run_id", "state", "step", "metric", "doc_id", "num", "den", "group", "epoch", "value", "experiment",
-            SEED_KEY}
-
 
 @dataclass
 class Finding:
@@ -81,154 +77,6 @@ def fmt(v: float | None, unit: str) -> str:
             "nats/decade": f"{v:+.3f} nats/decade", "r2": f"{v:.3f}", "ratio": f"{v:.3f}"}.get(unit, f"{v:.4g}")
 
 
-# ------------------------------------------------------------------------------------------------ sides
-
-
-def axis_columns(d: pd.DataFrame) -> list[str]:
-    return [c for c in d.columns if c not in NOT_AXES]
-
-
-def _match(col: pd.Series, v) -> pd.Series:
-    if isinstance(v, list):
-        return np.logical_or.reduce([_match(col, x) for x in v]) if v else col.isna() & False
-    if v is None:
-        return col.isna()
-    num = pd.to_numeric(col, errors="coerce")
-    try:
-        f = float(v)
-        if num.notna().any():
-            return pd.Series(np.isclose(num.astype(float), f) & num.notna(), index=col.index)
-    except (TypeError, ValueError):
-        pass
-    return col.astype(str) == str(v)
-
-
-def _checkpoint(d: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, bool]:
-    """Rows at the checkpoint; (rows, whether the step is a level to choose from)."""
-    d = d[d["step"] > 0]
-    if d.empty:
-        return d, False
-    if checkpoint == "final":
-        return d[d["step"] == d.groupby("run_id")["step"].transform("max")], False
-    kind, _, n = checkpoint.partition(" ")
-    if kind == "epoch":
-        return d[np.isclose(pd.to_numeric(d.get("epoch"), errors="coerce").astype(float), float(n))], False
-    if kind == "step":
-        return d[d["step"] == int(n)], False
-    return d[d["step"] <= d.groupby("run_id")["step"].transform("max") / 2], True  # lowest/highest in first half
-
-
-class Side:
-    """A side of a claim: its configurations (axis values + step) and their cells per metric."""
-
-    def __init__(self, ev: Evidence, spec, where: dict, checkpoint: str):
-        self.ev, self.spec, self.where = ev, spec, where
-        self.base = spec == BASE
-        specs = [] if self.base else (spec if isinstance(spec, list) else [spec])
-        self.checkpoint = next((str(s["checkpoint"]) for s in specs if "checkpoint" in s), checkpoint)
-        self.maps = [{k: v for k, v in {**where, **s}.items() if k != "checkpoint"} for s in specs] or [dict(where)]
-        self.selects_step = False
-        self.configs: list[dict] = []
-        self._rows: dict = {}
-
-    def resolve(self, metric: str) -> str | None:
-        """Find the configurations (on `metric`'s runs); a reason when there are none."""
-        d = self.ev.runs(metric)
-        if d.empty:
-            return f"no per-item results of {metric}"
-        if self.base:
-            rows = d[d["run_id"] == "base"]
-            self.configs = [{}] if len(rows) else []
-            return None if len(rows) else f"no base evaluation of {metric}"
-        d = d[d["run_id"] != "base"]
-        keep = np.zeros(len(d), dtype=bool)
-        for m in self.maps:
-            sel = np.ones(len(d), dtype=bool)
-            for k, v in m.items():
-                if k not in d.columns:
-                    return f"no axis {k!r} in the results"
-                sel &= _match(d[k], v).to_numpy()
-            keep |= sel
-        d, self.selects_step = _checkpoint(d[keep], self.checkpoint)
-        if d.empty:
-            return f"no done runs of {metric} match {self.describe()}"
-        axes = [a for a in axis_columns(d) if d[a].nunique(dropna=False) > 1] + (["step"] if self.selects_step else [])
-        self.configs = [dict(zip(axes, k if isinstance(k, tuple) else (k,))) for k in
-                        d[axes].drop_duplicates().itertuples(index=False, name=None)] if axes else [{}]
-        return None
-
-    def describe(self) -> str:
-        if self.base:
-            return "the base"
-        return " or ".join(", ".join(f"{k}={v}" for k, v in m.items()) or "all runs" for m in self.maps) + \
-            (f" at {self.checkpoint}" if self.checkpoint != "final" else "")
-
-    def cell(self, metric: str, config: dict) -> Cell | None:
-        key = (metric, tuple(sorted((k, str(v)) for k, v in config.items())))
-        if key not in self._rows:
-            d = self.ev.runs(metric)
-            if self.base:
-                self._rows[key] = self.ev.cell(metric, d[d["run_id"] == "base"], {})
-                return self._rows[key]
-            d = d[d["run_id"] != "base"]
-            keep = np.zeros(len(d), dtype=bool)
-            for m in self.maps:
-                sel = np.ones(len(d), dtype=bool)
-                for k, v in m.items():
-                    sel &= _match(d[k], v).to_numpy() if k in d else False
-                keep |= sel
-            d, _ = _checkpoint(d[keep], self.checkpoint)
-            for k, v in config.items():
-                if k == "step":
-                    d = d[d["step"] == v]
-                elif v is None or (isinstance(v, float) and math.isnan(v)):
-                    d = d[d[k].isna()]
-                else:
-                    d = d[_match(d[k], v)]
-            self._rows[key] = self.ev.cell(metric, d, config)
-        return self._rows[key]
-
-
-# ------------------------------------------------------------------------------------------------ views
-
-
-class View:
-    """Per-seed values [S, B] of cells under one weighting: the estimate ('point') or the bootstrap ('boot'), on
-    all items, or in cross-fitting fold k (select on fold k's items, judge on the others')."""
-
-    def __init__(self, ev: Evidence, mode: str, seeds: list, fold: int | None, selected: set[str]):
-        self.ev, self.mode, self.seeds, self.fold, self.selected = ev, mode, seeds, fold, selected
-
-    def weights(self, metric: str, role: str) -> np.ndarray:
-        n = len(self.ev.docs(metric))
-        w = np.ones((1, n)) if self.mode == "point" else self.ev.counts(metric)
-        if self.fold is None or item_source(metric) not in self.selected:
-            return w
-        f = self.ev.folds(metric)
-        return w * ((f == self.fold) if role == "select" else (f != self.fold))
-
-    def __call__(self, cell: Cell, role: str = "judge") -> np.ndarray:
-        v = cell.values(self.weights(cell.metric, role))
-        if cell.is_base:
-            return np.broadcast_to(v, (len(self.seeds), v.shape[1]))
-        return v[[cell.seeds.index(s) for s in self.seeds]]
-
-
-Stat = Callable[[View], np.ndarray]  # -> [S, B]
-
-
-def choose(view: View, options: list[Callable[[View, str], np.ndarray]], lower: bool,
-           role: str = "judge") -> np.ndarray:
-    """The option with the lowest (or highest) seed-mean on the selection items, per draw, and its values on the
-    items of `role` (a choice nested in another one's selection is judged on the selection items too)."""
-    scores = np.stack([o(view, "select").mean(0) for o in options])  # [C, B]
-    with np.errstate(invalid="ignore"):
-        idx = np.nanargmin(np.where(np.isnan(scores), np.inf, scores), 0) if lower else \
-            np.nanargmax(np.where(np.isnan(scores), -np.inf, scores), 0)
-    vals = np.stack([o(view, role) for o in options])  # [C, S, B]
-    return vals[idx, :, np.arange(vals.shape[2])].T
-
-
 class Compiler:
     """One claim (already expanded: no per / each / all) as a statistic, its cells and the item sources its
     selections read."""
@@ -248,8 +96,9 @@ class Compiler:
         return cell
 
     def side(self, spec, metric: str | None = None, pick: str | None = None) -> Callable[[View, str], np.ndarray]:
-        c, metric, pick = self.c, metric or self.c.metric, pick or self.c.pick
+        c, pick = self.c, pick or self.c.pick
         side = Side(self.ev, spec, c.where, c.checkpoint)
+        metric = metric or side.metric or c.metric
         why = side.resolve(metric)
         if why:
             self.missing = self.missing or why
@@ -366,7 +215,7 @@ def estimate(ev: Evidence, claim: Claim) -> tuple[IV.Interval | None, str]:
         return np.mean([stat(View(ev, mode, seeds, f, comp.selected)) for f in folds], axis=0)  # [S, B]
     with np.errstate(invalid="ignore", divide="ignore"):
         point = run("point")[:, 0]
-        boot = run("boot").mean(0)
+        boot = run("boot")
     groups = min(ev.groups(x.metric)[1] for x in comp.cells)
     items = min(len(ev.docs(x.metric)) for x in comp.cells)
     iv = IV.interval(point, boot, len(seeds) if trained else 0, groups, items)
@@ -384,6 +233,11 @@ def judge(ev: Evidence, claim: Claim) -> Finding:
         f.observed = f"the runs or per-item samples it needs are missing: {why}"
         return f
     b = claim.boundary
+    # a rate lies in [0, 1] and a difference of rates in [-1, 1]: the interval is cut to where the parameter can
+    # be (which keeps its coverage)
+    lim = {"pct": (0.0, 1.0), "pts": (-1.0, 1.0)}.get(claim.unit)
+    if lim:
+        iv.low, iv.high = max(iv.low, lim[0]), min(iv.high, lim[1])
     f.estimate, f.low, f.high = iv.value, iv.low, iv.high
     f.seeds, f.items, f.groups, f.nonfinite = iv.seeds, iv.items, iv.groups, iv.nonfinite
     f.verdict = IV.verdict(iv, claim.test, b)
@@ -422,7 +276,7 @@ def expand(ev: Evidence, claim: Claim) -> list[Claim | list[Claim]]:
         for k, v in claim.where.items():
             d = d[_match(d[k], v)] if k in d else d.iloc[0:0]
         axes = [a for a in claim.per if a in d]
-        combos = [dict(zip(axes, k)) for k in d[axes].drop_duplicates().itertuples(index=False, name=None)] \
+        combos = [dict(zip(axes, k)) for k in d[axes].dropna().drop_duplicates().itertuples(index=False, name=None)] \
             if axes and len(d) else [{}]
     for combo in combos:
         c = replace(claim, where={**claim.where, **combo},

@@ -45,15 +45,22 @@ class Cell:
     def __init__(self, ev: "Evidence", metric: str, seeds: list | None, num: np.ndarray, den: np.ndarray,
                  config: dict):
         self.ev, self.metric, self.seeds, self.num, self.den, self.config = ev, metric, seeds, num, den, config
+        self._sums: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def is_base(self) -> bool:
         return self.seeds is None
 
     def values(self, weights: np.ndarray) -> np.ndarray:
-        """[S, B] the per-seed value under item weights [B, I] (a zero denominator gives NaN)."""
+        """[S, B] the per-seed value under group weights [B, G] (every item of a group weighs the same: the
+        bootstrap draws groups, the folds split groups), from the per-group sums; a zero denominator gives NaN."""
+        if self._sums is None:
+            codes, n = self.ev.groups(self.metric)
+            self._sums = tuple(np.stack([np.bincount(codes, weights=row, minlength=n) for row in m])
+                               for m in (self.num, self.den))
+        num, den = self._sums
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (self.num @ weights.T) / (self.den @ weights.T)
+            return (num @ weights.T) / (den @ weights.T)
 
     @property
     def mean(self) -> float:
@@ -71,6 +78,10 @@ class Evidence:
             self.items = self.items.merge(ep, on=["run_id", "step"], how="left")
         if not self.items.empty and "group" not in self.items:
             self.items = self.items.assign(group=None)
+        if not self.items.empty:
+            src = {m: item_source(m) for m in self.items["metric"].unique()}
+            self.items = self.items.assign(source=self.items["metric"].map(src))
+        self._runs: dict[str, pd.DataFrame] = {}
         self.n_boot, self.seed = n_boot, seed
         self._docs: dict[str, list[str]] = {}
         self._groups: dict[str, tuple[np.ndarray, int]] = {}
@@ -97,32 +108,32 @@ class Evidence:
         if metric not in self._groups:
             docs = self.docs(metric)
             src = item_source(metric)
-            d = self.items[self.items["metric"].map(item_source) == src] if docs else self.items.iloc[0:0]
+            d = self.items[self.items["source"] == src] if docs else self.items.iloc[0:0]
             g = d.dropna(subset=["group"]).drop_duplicates("doc_id").set_index("doc_id")["group"] if len(d) else \
                 pd.Series(dtype=object)
             names = [str(g[x]) if x in g.index else f"item:{x}" for x in docs]
             codes, uniq = pd.factorize(pd.Series(names, dtype=object))
             self._groups[metric] = (np.asarray(codes), len(uniq))
-            self._folds[metric] = np.asarray([fold_of(n) for n in names], dtype=int)
+            self._folds[metric] = np.asarray([fold_of(n) for n in uniq], dtype=int)
         return self._groups[metric]
 
     def counts(self, metric: str) -> np.ndarray:
-        """[B, I] how often each item is drawn in each bootstrap draw (its group's count); shared by the metrics
-        of one item source, so their differences are paired by item."""
+        """[B, G] how often each item group is drawn in each bootstrap draw; shared by the metrics of one item
+        source (same items, same groups), so their differences are paired by item."""
         docs = self.docs(metric)
         key = (item_source(metric), tuple(docs))
         if key not in self._counts:
-            codes, n_groups = self.groups(metric)
+            _, n_groups = self.groups(metric)
             # one stream per item source, derived from the one seed: adding a metric changes no other draws
             rng = np.random.default_rng([self.seed, *hashlib.sha256(key[0].encode()).digest()[:4]])
             picks = rng.integers(0, n_groups, size=(self.n_boot, n_groups))
             per_group = np.zeros((self.n_boot, n_groups))
             np.add.at(per_group, (np.arange(self.n_boot)[:, None], picks), 1.0)
-            self._counts[key] = per_group[:, codes] if len(codes) else np.zeros((self.n_boot, 0))
+            self._counts[key] = per_group
         return self._counts[key]
 
     def folds(self, metric: str) -> np.ndarray:
-        """[I] 0/1: the item's fold (by its group), for selections judged on the other fold."""
+        """[G] 0/1: each group's fold, for selections judged on the other fold."""
         self.groups(metric)
         return self._folds[metric]
 
@@ -132,7 +143,9 @@ class Evidence:
         """Done runs' rows of `metric` (the base's included)."""
         if self.items.empty:
             return self.items
-        return self.items[(self.items["metric"] == metric) & (self.items["state"] == "done")]
+        if metric not in self._runs:
+            self._runs[metric] = self.items[(self.items["metric"] == metric) & (self.items["state"] == "done")]
+        return self._runs[metric]
 
     def cell(self, metric: str, rows: pd.DataFrame, config: dict) -> Cell | None:
         """The cell of the runs in `rows` (one configuration, one step per run), or None if a run lacks an item."""
@@ -140,19 +153,21 @@ class Evidence:
         if rows.empty or not docs:
             return None
         base = (rows["run_id"] == "base").all()
-        runs = sorted(rows["run_id"].unique(), key=lambda r: (_seed_of(rows, r), r))
-        num, den = (rows.pivot_table(index="run_id", columns="doc_id", values=v, aggfunc="first").reindex(
-            index=runs, columns=docs) for v in ("num", "den"))
-        if num.isna().any().any() or den.isna().any().any():
+        seed_of = rows.drop_duplicates("run_id").set_index("run_id")[SEED_KEY] if SEED_KEY in rows else None
+        seed = (lambda r: 0 if seed_of is None or pd.isna(seed_of[r]) else seed_of[r])
+        runs = sorted(rows["run_id"].unique(), key=lambda r: (seed(r), r))
+        pos = {x: i for i, x in enumerate(docs)}
+        num, den = np.full((len(runs), len(docs)), np.nan), np.full((len(runs), len(docs)), np.nan)
+        row_of = {r: i for i, r in enumerate(runs)}
+        ri = rows["run_id"].map(row_of).to_numpy()
+        ci = rows["doc_id"].map(pos)
+        keep = ci.notna().to_numpy()
+        ci = ci.to_numpy()[keep].astype(int)
+        num[ri[keep], ci] = rows["num"].to_numpy(float)[keep]
+        den[ri[keep], ci] = rows["den"].to_numpy(float)[keep]
+        if np.isnan(num).any() or np.isnan(den).any():
             return None
-        seeds = None if base else [_seed_of(rows, r) for r in runs]
+        seeds = None if base else [seed(r) for r in runs]
         if seeds is not None and len(set(seeds)) != len(seeds):
             return None  # two runs of one configuration with one seed: not one cell
-        return Cell(self, metric, seeds, num.to_numpy(float), den.to_numpy(float), config)
-
-
-def _seed_of(d: pd.DataFrame, run: str):
-    if SEED_KEY not in d.columns:
-        return 0
-    v = d.loc[d["run_id"] == run, SEED_KEY].iloc[0]
-    return 0 if pd.isna(v) else v
+        return Cell(self, metric, seeds, num, den, config)

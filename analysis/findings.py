@@ -10,6 +10,7 @@ the observed text says 1 item.
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import Sequence
 
@@ -100,8 +101,8 @@ def config_interval(ev: Evidence, metric: str, run_ids: Sequence[str]) -> tuple[
     cell = ev.cell(metric, d, {})
     if cell is None:
         return None
-    point = cell.values(np.ones((1, cell.num.shape[1])))[:, 0]
-    boot = cell.values(ev.counts(metric)).mean(0)
+    point = cell.values(np.ones((1, ev.groups(metric)[1])))[:, 0]
+    boot = cell.values(ev.counts(metric))
     iv = IV.interval(point, boot, len(point), ev.groups(metric)[1], cell.num.shape[1])
     return (iv.low, iv.high) if iv is not None else None
 
@@ -120,7 +121,7 @@ def with_item_cis(summ: pd.DataFrame, ev: Evidence) -> pd.DataFrame:
 FINDINGS_NOTE = ("Each claim is declared in the experiment file (`claims:`). Its effect is computed per seed (runs "
                  "paired by seed, the base shared) and its 95% interval is estimate +- t x SE, SE^2 = the seed "
                  "variance / seeds + the variance over a bootstrap of the evaluation items by group (person, "
-                 "subject), t on Welch-Satterthwaite's degrees of freedom: with 2 seeds the interval is wide, as "
+                 "subject), t on the seeds' degrees of freedom (S - 1): with 2 seeds the interval is wide, as "
                  "it must be. A best/worst choice (an LR, a checkpoint) is made on half the item groups and judged "
                  "on the other half, both ways. yes / no: the interval lies on one side of the boundary; "
                  "inconclusive: it spans it (with the seeds and items 80% power would need). Adjusted: Holm "
@@ -150,3 +151,22 @@ def to_markdown(found: list[Finding]) -> list[str]:
                      f"{f.source} |")
         L.append("")
     return L
+
+
+def findings_html(found: list[Finding]) -> str:
+    """The report's Findings section in HTML: preregistered claims, then post hoc ones, each a scrolling table."""
+    e = escape
+    mark = {"yes": "yes", "no": "<strong>no</strong>", "inconclusive": "<em>inconclusive</em>", "n/a": "n/a", "": ""}
+    H = [f"<h2>Findings: does the claimed shape appear?</h2><p>{e(FINDINGS_NOTE)}</p>"]
+    for title, pre in (("Preregistered", True), ("Post hoc (exploratory)", False)):
+        rows = [f for f in found if (f.status == "preregistered") == pre]
+        if not rows:
+            continue
+        H.append(f"<h3>{title}</h3><div class='scroll'><table><tr><th>claim</th><th>family</th>"
+                 "<th>observed (effect [95% CI])</th><th>verdict</th><th>adjusted</th><th>source</th></tr>" + "".join(
+                     f"<tr><td><code>{e(f.id)}</code>: {e(f.claim)}</td><td>{e(f.family)}</td><td>{e(f.observed)}</td>"
+                     f"<td>{mark[f.verdict]}" + (f"<br><small>{e(f.decide)}</small>" if f.decide else "")
+                     + f"</td><td>{mark[f.adjusted]}" + (f"<br><small>{e(f.correction)} p={f.p_adjusted:.3g}</small>"
+                                                        if f.p_adjusted is not None else "")
+                     + f"</td><td>{e(f.source)}</td></tr>" for f in rows) + "</table></div>")
+    return "".join(H)

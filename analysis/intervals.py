@@ -8,15 +8,18 @@ studies gave 71% coverage of a "95%" interval at a 12-point seed SD (benchmarks/
 The estimator. A claim's effect is computed per seed, e_s (its cells paired by seed; the base, which has no
 seed, is shared), and the estimate is their mean. Its variance has two components:
 
-* seeds: Var(e_s) / S, from the S per-seed effects (S - 1 degrees of freedom). This includes the seed-by-item
-  interaction, which is part of what a new seed would change;
 * items: the variance of the seed-mean effect over a bootstrap of the evaluation items *by group* (all items of
-  one person or subject drawn together; G groups, G - 1 degrees of freedom), the seeds held fixed.
+  one person or subject drawn together; G groups), the seeds held fixed. It includes the seed-by-item
+  interaction's share of the seed mean;
+* seeds: Var(e_s) / S from the S per-seed effects (S - 1 degrees of freedom), less that interaction, which
+  Var(e_s) holds too (estimated from the per-seed bootstrap variances: the crossed-design correction).
 
-SE = sqrt(v_seed + v_items); the interval is estimate +- t(df) SE with Welch-Satterthwaite's df for the sum, so
-with 2 seeds and a seed-dominated effect it is ~12.7 SE wide on each side, as it must be (t_0.975,1 = 12.7). The
-small overlap of the two components (the interaction counted in both) errs on the wide side. One seed gives no
-seed variance: such an interval covers the items only and its claim stays inconclusive.
+SE = sqrt(v_seed + v_items); the interval is estimate +- t SE with t on the *seed* degrees of freedom, S - 1
+(the base alone: G - 1). Welch-Satterthwaite's df for the sum was tried first and fails exactly where it matters:
+with 2 seeds, when the two seed effects happen to lie close, it reads the seed variance as negligible, takes
+t ~ 2 instead of 12.7, and the "95%" interval covered 82% (seed SD 12 points, benchmarks/coverage.py). On S - 1
+df the interval is wide when seeds are few, as it must be, and conservative when the items dominate.
+One seed gives no seed variance: such an interval covers the items only and its claim stays inconclusive.
 """
 
 from __future__ import annotations
@@ -57,32 +60,30 @@ class Interval:
 
 def interval(per_seed: np.ndarray, boot: np.ndarray, seeds: int, groups: int, items: int,
              level: float = LEVEL) -> Interval | None:
-    """From the per-seed effects at the full data (``per_seed`` [S], S = 1 with ``seeds=0`` for the base alone)
-    and the seed-mean effect in each item-group bootstrap draw (``boot`` [B])."""
+    """From the per-seed effects at the full data (``per_seed`` [S]; S = 1 with ``seeds=0`` for the base alone)
+    and the per-seed effects in each item-group bootstrap draw (``boot`` [S, B])."""
     per_seed = np.asarray(per_seed, float)
-    boot = np.asarray(boot, float)
-    ok = np.isfinite(boot)
+    boot = np.atleast_2d(np.asarray(boot, float))
+    ok = np.isfinite(boot).all(0)
     if not np.isfinite(per_seed).all() or ok.sum() < 2:
         return None
     value = float(per_seed.mean())
     s = len(per_seed)
-    v_seed = float(per_seed.var(ddof=1) / s) if s > 1 else 0.0
-    v_item = float(boot[ok].var(ddof=1))
+    v_item = float(boot[:, ok].mean(0).var(ddof=1))
+    v_seed = 0.0
+    if s > 1:
+        # Var(e_s) / S also holds the seed-by-item interaction, which the item bootstrap of the seed mean counts
+        # too; the per-seed bootstrap variances measure it (their mean exceeds the seed mean's by (S-1)/S of it)
+        within = float(boot[:, ok].var(axis=1, ddof=1).mean())
+        v_resid = max(within - v_item, 0.0) / (s - 1)
+        v_seed = max(float(per_seed.var(ddof=1)) / s - v_resid, 0.0)
     se = math.sqrt(v_seed + v_item)
-    df = satterthwaite(v_seed, s - 1, v_item, groups - 1)
+    df = float(s - 1) if s > 1 else float(max(groups - 1, 1)) if seeds == 0 else math.inf
     iv = Interval(value, math.nan, math.nan, se, df, v_seed, v_item, seeds, groups, items, int(ok.sum()),
                   int((~ok).sum()))
     half = iv.t(level) * se
     iv.low, iv.high = value - half, value + half
     return iv
-
-
-def satterthwaite(v1: float, df1: int, v2: float, df2: int) -> float:
-    """Degrees of freedom of a sum of two variance estimates (Welch-Satterthwaite); inf when neither has any."""
-    terms = [(v, d) for v, d in ((v1, df1), (v2, df2)) if v > 0 and d > 0]
-    if not terms:
-        return math.inf
-    return (sum(v for v, _ in terms) ** 2) / sum(v * v / d for v, d in terms)
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -170,27 +171,15 @@ def needed(iv: Interval, gap: float, items_per_group: float, level: float = LEVE
     else:
         s = np.arange(max(iv.seeds, 2), 10_001, dtype=float)
         v = per_seed / s
-        ok = (st.t.ppf(q, _satterthwaite(v, s - 1, iv.var_items, iv.groups - 1)) + z) * np.sqrt(v + iv.var_items) \
-            <= gap
+        ok = (st.t.ppf(q, s - 1) + z) * np.sqrt(v + iv.var_items) <= gap
         seeds = int(s[ok.argmax()]) if ok.any() else "more than 10,000"
     per_group = iv.var_items * iv.groups  # variance of the seed mean ~ 1 / groups
-    if (st.norm.ppf(q) + z) * math.sqrt(iv.var_seeds) >= gap:
+    if (iv.t(level) + z) * math.sqrt(iv.var_seeds) >= gap:
         items: int | str = "none would (the seed variance alone is too large)"
     else:
         g = np.unique(np.round(np.geomspace(max(iv.groups, 2), 1000 * max(iv.groups, 2), 4000)))
         v = per_group / g
-        df = _satterthwaite(np.full_like(g, iv.var_seeds), np.full_like(g, iv.seeds - 1), v, g - 1)
+        df = g - 1 if iv.seeds == 0 else np.full_like(g, iv.df)
         ok = (st.t.ppf(q, df) + z) * np.sqrt(iv.var_seeds + v) <= gap
         items = int(math.ceil(g[ok.argmax()] * items_per_group)) if ok.any() else "more than 1000x"
     return seeds, items
-
-
-def _satterthwaite(v1, d1, v2, d2) -> np.ndarray:
-    """satterthwaite() over arrays (v1, d1 and v2, d2 arrays or scalars)."""
-    v1, d1, v2, d2 = (np.broadcast_to(np.asarray(x, float), np.broadcast_shapes(*(np.shape(y) for y in (v1, d1, v2, d2))))
-                      for x in (v1, d1, v2, d2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        a = np.where((v1 > 0) & (d1 > 0), v1, 0.0)
-        b = np.where((v2 > 0) & (d2 > 0), v2, 0.0)
-        den = np.where(a > 0, a * a / np.maximum(d1, 1), 0.0) + np.where(b > 0, b * b / np.maximum(d2, 1), 0.0)
-        return np.where(den > 0, (a + b) ** 2 / np.where(den > 0, den, 1.0), np.inf)

@@ -78,7 +78,7 @@ def read_items(path: Path, metrics: Iterable[str]) -> list[dict]:
                     except (KeyError, TypeError, ValueError):
                         continue
                     out.append({"metric": metric, "doc_id": str(r.get("doc_id")), "num": float(num),
-                                "den": float(den)})
+                                "den": float(den), "group": _group(r)})
     except (OSError, ValueError, EOFError):
         return []
     return out

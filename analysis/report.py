@@ -26,7 +26,8 @@ import pandas as pd
 
 from analysis import stats, tables
 from analysis.figures import Context, FigureResult, render_all
-from analysis.findings import FINDINGS_NOTE, claim_metrics, claims_for, evidence, judge_all, with_item_cis
+from analysis.findings import (FINDINGS_NOTE, claim_metrics, claims_for, evidence, findings_html, judge_all,
+                               with_item_cis)
 from analysis.findings import to_markdown as findings_markdown
 from analysis.load import (
     default_target_metric,
@@ -318,21 +319,7 @@ def _html(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, n
     for n in rep.notes:
         H.append(f"<p class='warn'>note: {e(n)}</p>")
     if rep.findings:
-        mark = {"yes": "yes", "no": "<strong>no</strong>", "inconclusive": "<em>inconclusive</em>", "n/a": "n/a",
-                "": ""}
-        H.append(f"<h2>Findings: does the claimed shape appear?</h2><p>{e(FINDINGS_NOTE)}</p>")
-        for title, pre in (("Preregistered", True), ("Post hoc (exploratory)", False)):
-            rows = [f for f in rep.findings if (f.status == "preregistered") == pre]
-            if not rows:
-                continue
-            H.append(f"<h3>{title}</h3><div class='scroll'><table><tr><th>claim</th><th>family</th>"
-                     "<th>observed (effect [95% CI])</th><th>verdict</th><th>adjusted</th><th>source</th></tr>"
-                     + "".join(
-                         f"<tr><td><code>{e(f.id)}</code>: {e(f.claim)}</td><td>{e(f.family)}</td>"
-                         f"<td>{e(f.observed)}</td><td>{mark[f.verdict]}"
-                         + (f"<br><small>{e(f.decide)}</small>" if f.decide else "") + f"</td><td>{mark[f.adjusted]}"
-                         + (f"<br><small>{e(f.correction)} p={f.p_adjusted:.3g}</small>" if f.p_adjusted is not None
-                            else "") + f"</td><td>{e(f.source)}</td></tr>" for f in rows) + "</table></div>")
+        H.append(findings_html(rep.findings))
     H.append("<h2>Methods</h2><ul>" + "".join(f"<li>{e(m).replace('`', '')}</li>"
                                                for m in _methods(rep.target, retention, axes)) + "</ul>")
     H.append("<h2>Figures</h2>")

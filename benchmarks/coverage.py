@@ -87,9 +87,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/out/coverage.json")
+    ap.add_argument("--seed-sds", default="2,6,12", help="seed SDs in points")
+    ap.add_argument("--seeds", default="2,3,5")
+    ap.add_argument("--effects", default="0,5", help="true effects in points")
+    ap.add_argument("--rng", type=int, default=0, help="the simulation's RNG seed")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    cells = run(args.repeats)
+    nums = (lambda x: [float(v) for v in x.split(",")])
+    cells = run(args.repeats, tuple(v / 100 for v in nums(args.seed_sds)), tuple(int(v) for v in nums(args.seeds)),
+                tuple(v / 100 for v in nums(args.effects)), seed=args.rng)
     out = {"benchmark": "coverage", "repeats": args.repeats, "groups": 80, "items_per_group": PER_GROUP,
            "seconds": round(time.perf_counter() - t0, 1), "cells": cells,
            "targets": {"coverage_min": 0.93, "false_decisions_max": 0.05},

@@ -234,6 +234,33 @@ def gpu_section(gpu: dict | None, dry: dict | None) -> list[str]:
     return lines + ["```", ""]
 
 
+def coverage_section(cov: dict | None) -> list[str]:
+    """The findings' intervals on simulated studies (benchmarks/coverage.py)."""
+    if cov is None:
+        return []
+    t = cov["targets"]
+    lines = ["## 6. Coverage of the findings' 95% intervals (`python benchmarks/coverage.py`)", "",
+             f"Simulated studies in the results schema ({cov['groups']} groups of {cov['items_per_group']} items, two "
+             f"regimes, Bernoulli outcomes, a seed effect per run), {cov['repeats']} per cell, judged by "
+             "analysis/findings.py's judge_all as `harness report` judges (seconds: "
+             f"{cov['seconds']}). Targets: coverage >= {t['coverage_min']}, false yes/no under no effect <= "
+             f"{t['false_decisions_max']}: **{'met in every cell' if cov['pass'] else 'NOT met'}**.", "",
+             "| seed SD (pts) | seeds | true effect (pts) | coverage | yes | no | false yes/no | mean half-width (pts) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in cov["cells"]:
+        fd = "" if c["false_decisions"] is None else f"{c['false_decisions']:.3f}"
+        lines.append(f"| {c['seed_sd_pts']} | {c['seeds']} | {c['true_effect_pts']:+.2f} | {c['coverage']:.3f} | "
+                     f"{c['yes']:.3f} | {c['no']:.3f} | {fd} | {c['mean_half_width_pts']:.1f} |")
+    focus = _load("coverage_seed_dominated")
+    if focus:
+        lines += ["", f"Focused rerun of the seed-dominated cells, {focus['repeats']} studies each "
+                  "(`--seed-sds 6,12 --seeds 5 --effects 0 --rng 1`): " + "; ".join(
+                      f"seed SD {c['seed_sd_pts']} pts, {c['seeds']} seeds: coverage {c['coverage']:.3f}, false yes/no "
+                      f"{c['false_decisions']:.3f}" for c in focus["cells"])
+                  + " (an exact 95% interval: 0.950 and 0.050 in expectation; see the notes)."]
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
@@ -270,6 +297,7 @@ def main() -> None:
     if oh:
         lines += overhead_section(oh)
     lines += gpu_section(gpu, gpu_dry)
+    lines += coverage_section(_load("coverage"))
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]

@@ -19,7 +19,9 @@ Effects (exactly one per claim)::
                                          another metric), each configuration's seed mean one point
 
 SIDE is ``base`` (the base model) or a mapping {axis: value | [values]} (a list: several levels; a list of
-mappings: their union); the key ``checkpoint`` inside a side picks that side's checkpoint. Axes a side leaves
+mappings: their union; a value with * or ? is a glob, e.g. data.train.path: "*longprompt*"); the keys
+``checkpoint`` and ``metric`` inside a side pick that side's checkpoint and metric (e.g. the k-shot recovery
+probe's re-asked questions against the task's own: paired by item). Axes a side leaves
 free (besides the seed) are reduced by ``pick``: ``best`` / ``worst`` (the level chosen on one half of the item
 groups and judged on the other, both ways: cross-fitting), ``mean`` (over the levels), ``all`` (the least
 favourable level: the claim must hold at every one), ``each`` (one claim per level of the free axes).
@@ -124,7 +126,7 @@ def _claim(c: Any, here: str, lines: LineMap | None, i: int) -> Claim:
     name = f"claim {cid!r}"
     metric = c.get("metric")
     if not isinstance(metric, str) or "/" not in metric:
-        raise ConfigError(f"{name}: metric must be a per-item metric such as world_qa/exact_match",
+        raise ConfigError(f"{name}: metric must be a per-item metric such as <task>/exact_match",
                           where=at("metric"), fix="write metric: <task>/<metric> (harness report lists the metrics)")
     effects = [e for e in EFFECTS if e in c]
     if len(effects) != 1:
@@ -168,7 +170,7 @@ def _claim(c: Any, here: str, lines: LineMap | None, i: int) -> Claim:
     by = c.get("by")
     if by is not None and (not isinstance(by, str) or "/" not in by):
         raise ConfigError(f"{name}: by must be a metric (the one best/worst are chosen by)", where=at("by"),
-                          fix="e.g. by: world_qa/exact_match")
+                          fix="e.g. by: <task>/exact_match")
     return Claim(cid, metric, effect, spec, kind, float(bound), unit, family, str(c.get("text") or ""),
                  checkpoint, dict(where), tuple(per), pick, by, str(c.get("source") or ""), dict(c), here)
 
@@ -190,6 +192,11 @@ def _side(side: Any, name: str, where: str, allow_base: bool = True) -> None:
             raise ConfigError(f"{name}: a side must be 'base' or a mapping {{axis: value}} (or a list of them)",
                               where=where, fix="e.g. a: {regime.name: prompt_masked}")
         for k, v in s.items():
+            if k == "metric":
+                if not isinstance(v, str) or "/" not in v:
+                    raise ConfigError(f"{name}: a side's metric must be a per-item metric", where=where,
+                                      fix="e.g. {stage: qa, metric: recovery/k16/<task>/exact_match}")
+                continue
             _axis(k, where)
             if k == "checkpoint" and not _CHECKPOINT.match(str(v)):
                 raise ConfigError(f"{name}: checkpoint {v!r} not understood", where=where,

@@ -10,13 +10,13 @@ import argparse
 import importlib
 import sys
 
-from harness.commands import COMMANDS, summary
+from harness.commands import COMMANDS, help_line
 from harness.errors import HarnessError
 from harness.fsio import exit_without_teardown
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help=summary("config"))
+    p = sub.add_parser("config", help=help_line("config"))
     p.add_argument("experiment", nargs="?", help="experiment YAML")
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--explain", action="store_true", help="list every config key with its type, default and doc")
@@ -47,7 +47,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help=summary("demo"))
+    demo = sub.add_parser("demo", help=help_line("demo"))
     demo.add_argument("--experiment", default="experiments/mini_lima.yaml")
     demo.add_argument("--size", default="demo", help="mini-world size (default demo)")
     demo.add_argument("--parallel", type=int, default=None)
@@ -78,7 +78,7 @@ def build_parser(command: str | None = None, *, listing: bool = False) -> argpar
     for name in names:
         module = COMMANDS[name][0]
         if listing:
-            sub.add_parser(name, help=summary(name))
+            sub.add_parser(name, help=help_line(name))
         elif name in _OWN:
             _OWN[name](sub)
         elif module not in done:

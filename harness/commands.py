@@ -2,7 +2,7 @@
 
 Apart from those modules, so that ``harness --help`` lists every command without importing any of them (torch,
 transformers, pandas and lm-eval take seconds to import), and ``harness CMD`` imports only CMD's module. Each
-module's parser takes its one-line help from here (:func:`summary`), so the listing and the parser agree.
+module's parser takes its one-line help from here (:func:`help_line`), so the listing and the parser agree.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("harness.evaluation.cli", "evaluate a run's checkpoints, one checkpoint, or an experiment's base model"),
     "export": ("harness.export", "write a run's checkpoint as a standalone model (--merged: adapter folded in)"),
     "report": ("analysis.cli", "figures, tables and a self-contained report.html from an experiment's results"),
+    "replicate": ("analysis.replicate", "rerun a study on new seeds and judge its claims on them alone"),
     "doctor": ("harness.doctor", "check an experiment before launch"),
     "demo": ("harness.cli", "run the embedded mini-LIMA study end to end (world, grid, report)"),
 }
 
 
-def summary(name: str) -> str:
+def help_line(name: str) -> str:
     """The command's line in ``harness --help`` (its parser's `help`)."""
     return COMMANDS[name][1]

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness.commands import summary
+from harness.commands import help_line
 from harness.data import load_conversations
 from harness.errors import HarnessError
 from harness.evaluation.lm_eval import check_tasks
@@ -65,6 +65,26 @@ def disk_forecast(exp, model_bytes: int) -> tuple[int, int]:
     return sum(kept) + sum(sorted(peaks)[-par:]), max(kept, default=0)
 
 
+def report_parity(r: Report, a) -> None:
+    """Per regime: do the trained turns follow exactly the prompt inference builds (harness/parity.py)? And what
+    the data carries that is not trained as written: ignored fields, reasoning a template drops or inlines."""
+    st = a.stats()[0] if a.regimes else {}
+    if st.get("ignored_fields"):
+        r.warn(f"data: fields the harness does not read (rows per field): {st['ignored_fields']}")
+    if st.get("reasoning_dropped_turns"):
+        r.warn(f"data: {st['reasoning_dropped_turns']} assistant turns whose reasoning the template drops (history "
+               "before a later user query; regime.multiturn: per_turn keeps it)")
+    if st.get("reasoning_inlined_turns"):
+        r.ok(f"data: {st['reasoning_inlined_turns']} assistant turns' reasoning_content written inline as "
+             "<think>...</think> (the template has no such field)")
+    for spec, p in zip(a.regimes, a.parity):
+        if p.ok:
+            r.ok(f"parity {spec.label}: {p.describe()}")
+        else:
+            r.warn(f"parity {spec.label}: {p.describe()} (fix: regime.multiturn: per_turn or regime.turns: last, "
+                   "or a template whose history renders turns as inference does)")
+
+
 def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
     r = Report(out)
     out(f"harness doctor {path}")
@@ -109,11 +129,13 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
         try:
             src = cfg.data.train
             convs = load_conversations(src.path, fmt=src.format, split=src.split, name=src.name, limit=src.limit,
-                                       system_prompt=cfg.data.system_prompt,
+                                       system_prompt=cfg.data.system_prompt, tools=src.tools,
                                        require_assistant=any(s.name != "prompt_only" for s in specs))
             r.ok(f"data: {len(convs)} conversations in {src.path}")
             a = audit(convs, tok, specs, max_length=cfg.data.max_length, truncation=cfg.data.truncation,
-                      boundary=cfg.data.boundary, eot=cfg.data.eot, literal_content=cfg.data.literal_content)
+                      boundary=cfg.data.boundary, eot=cfg.data.eot, literal_content=cfg.data.literal_content,
+                      template_name=cfg.model.chat_template or "")
+            report_parity(r, a)
             for st in a.stats():
                 line = (f"mask {st['regime']}: {st['examples']} examples, {st['supervised_tokens']} supervised "
                         f"tokens ({100 * st['supervised_fraction']:.1f}%), mask {st['mask_hash']}")
@@ -173,7 +195,7 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help=summary("doctor"))
+    p = sub.add_parser("doctor", help=help_line("doctor"))
     p.add_argument("experiment")
     p.add_argument("-o", "--override", action="append")
     p.set_defaults(func=lambda a: doctor(a.experiment, a.override))

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from harness import adapters
-from harness.commands import summary
+from harness.commands import help_line
 from harness.config import ExperimentConfig, build
 from harness.errors import ConfigError
 from harness.layout import COMPLETED, SHARDED_STATE, TRAINER_STATE, RunDir, read_yaml, run_of_checkpoint
@@ -81,7 +81,7 @@ def export(target: str | Path, out: str | Path, *, step: int | None = None, merg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help=summary("export"))
+    p = sub.add_parser("export", help=help_line("export"))
     p.add_argument("target", help="run directory or checkpoint directory")
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument("--step", type=int, help="checkpoint step of a run directory (default: the newest)")

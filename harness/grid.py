@@ -18,7 +18,7 @@ import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -253,8 +253,10 @@ def _point(cfg_raw: dict, pt: dict, stage: Stage | None, parent: str | None, lin
     return RunSpec(f"{prefix or 'run'}-{config_hash(cfg)}", dict(pt), cfg)
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
-    """Load an experiment YAML (safe_load), apply `-o` overrides, validate, and expand its grid."""
+def load_experiment(path: str | Path, overrides: list[str] | None = None,
+                    edit: Callable[[dict], dict] | None = None) -> Experiment:
+    """Load an experiment YAML (safe_load), apply `-o` overrides (then `edit`, a function of the raw mapping: e.g.
+    harness replicate's new seeds), validate, and expand its grid."""
     path = Path(path)
     if not path.exists():
         raise ConfigError("experiment file not found", where=str(path), fix="check the path (see experiments/)")
@@ -265,6 +267,8 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Exp
         raise ConfigError("the experiment file must be a mapping of sections", where=str(path),
                           fix="start with 'name: ...' and sections such as model:, data:, train:")
     raw = apply_overrides(raw, overrides)
+    if edit is not None:
+        raw = edit(raw)
     base = _build_checked(raw, lines)
     _check_regime(base, lines, "")
     runs = expand(raw, lines)

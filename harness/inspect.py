@@ -7,7 +7,7 @@
   why, boundary handling, mask hash);
 * ``--html``: a self-contained page like the seed chapter's visualiser (switch regime, see the mask);
 * ``--json``: per example ``input_ids``, ``tokens``, ``segments``, ``turns`` and per regime ``labels`` and
-  ``weights``, plus the statistics.
+  ``weights`` (under ``multiturn: per_turn`` also the ``example`` that regime trains), plus the statistics.
 
 Regimes are written ``name`` or ``name:option=value,...`` (``prompt_weight:prompt_weight=0.1``,
 ``prompt_masked:turns=last``). From an experiment file, the default is every distinct regime of its grid.
@@ -24,15 +24,16 @@ from typing import Any
 
 import yaml
 
-from harness.commands import summary
-from harness.data import ConversationTokenizer, load_conversations, tokenize_all
+from harness.commands import help_line
+from harness.data import ConversationTokenizer, load_conversations, per_turn, tokenize_all
 from harness.data.prepare import Drops
 from harness.data.templates import resolve_template
 from harness.data.tokenize import Segment, Tokenized
 from harness.errors import ConfigError
 from harness.grid import load_experiment
-from harness.masking import MaskedData, apply_all, check_regime, regime_options
+from harness.masking import Masked, MaskedData, apply_all, check_regime, regime_options
 from harness.modeling import load_tokenizer, tokenizer_for
+from harness.parity import Parity, check_parity
 from harness.training.packing import plan_steps
 from harness.training.replay import add_replay
 
@@ -41,7 +42,11 @@ SEGMENT_NAMES = {s.value: s.name.lower() for s in Segment}
 SEGMENT_COLOURS = {
     Segment.TEMPLATE: "#999999", Segment.SYSTEM: "#CC79A7", Segment.USER: "#0072B2",
     Segment.ASSISTANT: "#009E73", Segment.EOT: "#E69F00", Segment.TOOL: "#56B4E9", Segment.REPLAY: "#F0E442",
+    Segment.TOOL_CALL: "#D55E00", Segment.REASONING: "#8FD3B6", Segment.EMPTY_REASONING: "#DDDDDD",
 }
+# per-regime statistics of agentic data printed under the table (harness.masking.agentic_stats)
+AGENTIC_KEYS = ("tool_call_tokens", "reasoning_tokens", "empty_reasoning_tokens", "reasoning_dropped_turns",
+                "reasoning_inlined_turns", "messages_with_data_weight", "ignored_fields")
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Audit:
     masked: list[MaskedData]
     source: str
     replay: list[dict | None] = field(default_factory=list)  # per regime: what data.replay adds to the steps
+    parity: list[Parity] = field(default_factory=list)  # per regime: trained turns vs the inference render
 
     def stats(self) -> list[dict]:
         extra = self.replay or [None] * len(self.regimes)
@@ -90,12 +96,20 @@ class Audit:
 
 def audit(conversations, tokenizer, regimes: list[RegimeSpec], *, max_length: int | None = None,
           truncation: str = "right", boundary: str = "split", chat_template: str | None = None,
-          eot: str | None = None, source: str = "", literal_content: bool = True) -> Audit:
+          eot: str | None = None, source: str = "", literal_content: bool = True, template_name: str = "") -> Audit:
     ct = ConversationTokenizer(tokenizer, chat_template=chat_template, eot=eot, boundary=boundary,
                                max_length=max_length, truncation=truncation, literal_content=literal_content)
     examples, drops = tokenize_all(conversations, ct)
-    masked = [apply_all(examples, r.name, r.options, drops) for r in regimes]
-    return Audit(tokenizer, examples, drops, regimes, masked, source)
+    turn_examples = None  # regime.multiturn: per_turn regimes train one example per assistant turn
+    masked = []
+    for r in regimes:
+        if r.options.get("multiturn") == "per_turn":
+            turn_examples = turn_examples or tokenize_all(per_turn(conversations), ct)
+            masked.append(apply_all(turn_examples[0], r.name, r.options, turn_examples[1]))
+        else:
+            masked.append(apply_all(examples, r.name, r.options, drops))
+    parity = [check_parity(conversations, ct, r.name, r.options, template=template_name) for r in regimes]
+    return Audit(tokenizer, examples, drops, regimes, masked, source, parity=parity)
 
 
 def _token_strings(tok, t: Tokenized) -> list[str]:
@@ -105,12 +119,21 @@ def _token_strings(tok, t: Tokenized) -> list[str]:
 
 def _weights_for(a: Audit, k: int, example_index: int):
     """Weights of example `example_index` (index into a.examples) under regime k, or None if dropped."""
-    md = a.masked[k]
+    return _shown(a, k, example_index)[1]
+
+
+def _shown(a: Audit, k: int, example_index: int) -> tuple[Tokenized, Masked | None]:
+    """The example regime k trains for conversation `example_index` and its mask (None if dropped): the
+    conversation itself, or under multiturn: per_turn its last turn's example."""
     t = a.examples[example_index]
+    md = a.masked[k]
+    if a.regimes[k].options.get("multiturn") == "per_turn":
+        mine = [(ex, m) for ex, m in zip(md.examples, md.masks) if ex.source.rpartition("#turn")[0] == t.source]
+        return mine[-1] if mine else (t, None)
     for ex, m in zip(md.examples, md.masks):
         if ex is t:
-            return m
-    return None
+            return ex, m
+    return t, None
 
 
 # ----------------------------------------------------------------------------------------------- terminal
@@ -155,31 +178,29 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
     if plain:
         legend = Text(f"in the loss: {IN_LOSS[0]}...{IN_LOSS[1]}, with a weight below 1: {WEIGHTED[0]}...{WEIGHTED[1]}"
                       ", not in the loss: unmarked")
-    else:
-        legend.append("   in loss: ", style="")
-        legend.append("bold underlined", style="bold underline")
-        legend.append(", not in loss: ", style="")
-        legend.append("dim", style="dim")
+    for part, style in () if plain else (("   in loss: ", ""), ("bold underlined", "bold underline"), (" (weight < 1: ", ""),
+                                         ("underlined", "underline"), ("), not in loss: ", ""), ("dim", "dim")):
+        legend.append(part, style=style)
     console.print(legend)
     for i, t in enumerate(a.examples[:n]):
-        toks = _token_strings(a.tokenizer, t)
         panels = []
         for k, r in enumerate(a.regimes):
-            m = _weights_for(a, k, i)
+            shown, m = _shown(a, k, i)
+            toks = _token_strings(a.tokenizer, shown)
             weights = [0.0] * len(toks) if m is None else [float(w) for w in m.weights]
             text = Text()
             if plain:
                 text.append(_marked(toks, weights))
-            for j, (s, seg) in enumerate(zip(toks, t.segments.tolist()) if not plain else ()):
+            for j, (s, seg) in enumerate(zip(toks, shown.segments.tolist()) if not plain else ()):
                 style = f"{SEGMENT_COLOURS[Segment(seg)]}"
-                style += " bold underline" if weights[j] > 0 else " dim"
+                style += " bold underline" if weights[j] >= 1 else " underline" if weights[j] > 0 else " dim"
                 text.append(s.replace("\n", "⏎\n"), style=style)
             n_sup = 0 if m is None else m.n_supervised
-            title = f"{r.label}: {n_sup}/{len(t)} in loss" + (" [DROPPED]" if m is None else "")
+            title = f"{r.label}: {n_sup}/{len(shown)} in loss" + (" [DROPPED]" if m is None else "")
             panels.append(Panel(text, title=title, expand=True))
         console.print(f"[bold]example {i}[/bold] ({t.source}, {len(t)} tokens, boundary={t.boundary})")
-        for shown in (panels if plain else [Columns(panels, equal=True, expand=True)]):
-            console.print(shown)
+        for row in (panels if plain else [Columns(panels, equal=True, expand=True)]):
+            console.print(row)
     table = Table(title=f"mask statistics ({a.source}: {len(a.examples) + a.tokenize_drops.total} examples)")
     for col in ("regime", "examples", "dropped", "tokens", "supervised", "weight sum", "fraction", "truncated",
                 "no-EOT turns", "spell specials", "mask hash"):
@@ -188,10 +209,9 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
         table.add_row(s["regime"], str(s["examples"]), str(s["dropped"]), str(s["tokens"]),
                       str(s["supervised_tokens"]), f"{s['weight_sum']:g}", f"{s['supervised_fraction']:.3f}", str(s["truncated_examples"]),
                       str(s["turns_without_eot"]), str(s["contents_spelling_special_tokens"]), s["mask_hash"])
-    # off a terminal the table takes the width its cells need: a file scrolls, a cut or folded cell misleads
-    wrap_at = console.width
-    if plain:
-        console.width = max(wrap_at, console.measure(table, options=console.options.update_width(10_000)).maximum)
+    wrap_at = console.width  # off a terminal the table is as wide as its cells: a cut or folded cell misleads
+    natural = console.measure(table, options=console.options.update_width(10**4)).maximum
+    console.width = max(wrap_at, natural) if plain else wrap_at
     console.print(table)
     console.width = wrap_at
     for r, md in zip(a.regimes, a.masked):
@@ -202,6 +222,11 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
             x = s["replay"]
             console.print(f"{s['regime']}: replay {x['tokens']} tokens in {x['pieces']} pieces, {x['share']:.2%} of "
                           f"the run's tokens (per step {x['step_share_min']:.2%}-{x['step_share_max']:.2%})")
+    for r, s, p in zip(a.regimes, a.stats(), a.parity):
+        extra = {k: v for k, v in s.items() if k in AGENTIC_KEYS}
+        if extra:
+            console.print(f"{r.label}: {extra}")
+        console.print(f"{'' if p.ok else '[red]'}parity {r.label}: {p.describe()}{'' if p.ok else '[/red]'}")
     boundary = a.masked[0].stats()["boundary"] if a.masked else {}
     console.print(f"response boundaries: {boundary} (split = tokenized at the boundary as at inference)")
     spelled = max((s["contents_spelling_special_tokens"] for s in a.stats()), default=0)
@@ -216,21 +241,26 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
 # ----------------------------------------------------------------------------------------------- json / html
 
 
+def _example_json(a: Audit, t: Tokenized) -> dict:
+    return {"source": t.source, "input_ids": t.input_ids.tolist(), "tokens": _token_strings(a.tokenizer, t),
+            "segments": [SEGMENT_NAMES[s] for s in t.segments.tolist()], "turns": t.turns.tolist()}
+
+
 def to_json(a: Audit, n: int | None = None) -> dict:
     out_examples = []
     for i, t in enumerate(a.examples[: n if n is not None else len(a.examples)]):
-        ex: dict[str, Any] = {
-            "source": t.source, "input_ids": t.input_ids.tolist(), "tokens": _token_strings(a.tokenizer, t),
-            "segments": [SEGMENT_NAMES[s] for s in t.segments.tolist()], "turns": t.turns.tolist(),
-            "boundary": t.boundary, "truncated": t.truncated, "regimes": {},
-        }
+        ex: dict[str, Any] = {**_example_json(a, t), "boundary": t.boundary, "truncated": t.truncated, "regimes": {}}
         for k, r in enumerate(a.regimes):
-            m = _weights_for(a, k, i)
+            shown, m = _shown(a, k, i)
             ex["regimes"][r.label] = None if m is None else {
-                "labels": m.labels.tolist(), "weights": [round(float(w), 6) for w in m.weights]}
+                "labels": m.labels.tolist(), "weights": [round(float(w), 6) for w in m.weights],
+                **({} if shown is t else {"example": _example_json(a, shown)})}
         out_examples.append(ex)
     return {"source": a.source, "segment_colours": {SEGMENT_NAMES[s.value]: c for s, c in SEGMENT_COLOURS.items()},
-            "stats": a.stats(), "examples": out_examples}
+            "stats": a.stats(), "examples": out_examples,
+            "parity": [{"regime": r.label, "template": p.template, "turns_checked": p.turns_checked,
+                        "mismatches": p.mismatches, "issues": [i.describe() for i in p.issues]}
+                       for r, p in zip(a.regimes, a.parity)]}
 
 
 _HTML = """<!doctype html>
@@ -265,13 +295,14 @@ function draw(){
   DATA.examples.forEach((ex,i)=>{
     const m = ex.regimes[current]; const div=document.createElement('div'); div.className='ex';
     const nsup = m ? m.weights.filter(w=>w>0).length : 0;
-    let loss = m ? `${nsup} / ${ex.tokens.length} tokens in loss` : 'DROPPED under this regime';
+    const x = (m && m.example) || ex;  // a per_turn regime trains its own example (the conversation's last turn)
+    let loss = m ? `${nsup} / ${x.tokens.length} tokens in loss` : 'DROPPED under this regime';
     div.innerHTML = `<h3>example ${i} <span class="meta">${ex.source} &middot; ${loss} &middot; boundary ${ex.boundary}</span></h3>`;
     const p=document.createElement('div');
-    ex.tokens.forEach((t,j)=>{const s=document.createElement('span'); const w=m?m.weights[j]:0;
-      s.className='tok'+(w>0?' in':''); s.style.background=DATA.segment_colours[ex.segments[j]];
+    x.tokens.forEach((t,j)=>{const s=document.createElement('span'); const w=m?m.weights[j]:0;
+      s.className='tok'+(w>0?' in':''); s.style.background=DATA.segment_colours[x.segments[j]];
       if(w>0&&w<1){s.style.opacity=0.35+0.65*w;}
-      s.title=`${ex.segments[j]} | turn ${ex.turns[j]} | id ${ex.input_ids[j]} | weight ${w}`;
+      s.title=`${x.segments[j]} | turn ${x.turns[j]} | id ${x.input_ids[j]} | weight ${w}`;
       s.textContent=t.replace(/\\n/g,'⏎\\n'); p.appendChild(s);});
     div.appendChild(p); root.appendChild(div);});
   document.querySelectorAll('#buttons button').forEach(b=>b.classList.toggle('active', b.textContent===current));
@@ -317,10 +348,10 @@ def _from_experiment(path: str, overrides: list[str] | None, regimes: list[str] 
     tok = tokenizer_for(cfg)
     src = cfg.data.train
     convs = load_conversations(src.path, fmt=src.format, split=src.split, name=src.name, limit=src.limit,
-                               system_prompt=cfg.data.system_prompt,
+                               system_prompt=cfg.data.system_prompt, tools=src.tools,
                                require_assistant=any(s.name != "prompt_only" for s in specs))
     a = audit(convs, tok, specs, max_length=cfg.data.max_length, truncation=cfg.data.truncation,
-              literal_content=cfg.data.literal_content,
+              literal_content=cfg.data.literal_content, template_name=cfg.model.chat_template or "",
               boundary=cfg.data.boundary, eot=cfg.data.eot, source=f"{path} -> {src.path}")
     if cfg.data.replay is not None:  # the replay share of the steps the run would train on
         by_label = {RegimeSpec(r.config.regime.name, regime_options(r.config.regime)).label: r.config for r in exp.runs}
@@ -341,7 +372,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         template = resolve_template(args.chat_template)
         tok = load_tokenizer(args.tokenizer, chat_template=template)
         convs = load_conversations(args.data, require_assistant=any(s.name != "prompt_only" for s in specs))
-        a = audit(convs, tok, specs, max_length=args.max_length, source=args.data)
+        a = audit(convs, tok, specs, max_length=args.max_length, source=args.data,
+                  template_name=args.chat_template or "")
     render_terminal(a, args.n)
     if args.html:
         Path(args.html).write_text(to_html(a, args.n), encoding="utf-8")
@@ -353,7 +385,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help=summary("inspect"),
+    p = sub.add_parser("inspect", help=help_line("inspect"),
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", nargs="?", help="experiment YAML (uses its model, data and grid regimes)")
     p.add_argument("--data", help="a data file (instead of an experiment)")

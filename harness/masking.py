@@ -23,6 +23,7 @@ Policies, stated once:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from collections import Counter
@@ -32,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from harness.data.prepare import Drops
-from harness.data.tokenize import PROMPT_SEGMENTS, Segment, Tokenized
+from harness.data.tokenize import PROMPT_SEGMENTS, RESPONSE_SEGMENTS, Segment, Tokenized
 from harness.errors import ConfigError, did_you_mean
 
 IGNORE_INDEX = -100
@@ -56,9 +57,14 @@ def _check_turns(turns: str) -> None:
                           fix="use turns: all (every assistant turn) or turns: last")
 
 
+# what an assistant turn generates besides its content (harness/data/locate.py): response unless an option
+# (below) moves it to the context
+_GENERATED = [Segment.ASSISTANT, Segment.TOOL_CALL, Segment.REASONING, Segment.EMPTY_REASONING]
+
+
 def _response(t: Tokenized, turns: str, eot: bool) -> np.ndarray:
     _check_turns(turns)
-    segs = [Segment.ASSISTANT, Segment.EOT] if eot else [Segment.ASSISTANT]
+    segs = _GENERATED + [Segment.EOT] if eot else _GENERATED
     mask = np.isin(t.segments, segs)
     if turns == "last":
         mask &= t.turns == t.last_assistant_turn
@@ -151,11 +157,23 @@ for _name, _fn in (("prompt_masked", prompt_masked), ("full", full), ("prompt_on
     register_regime(_name)(_fn)
 
 
+# options of every regime (RegimeConfig fields): which generated parts are response, how multi-turn data is cut.
+# Their defaults leave every existing mask as it was; regime_options passes them only when set.
+COMMON_OPTIONS = {"reasoning": ("train", "mask"), "tool_calls": ("train", "mask"),
+                  "empty_reasoning": ("mask", "train"), "multiturn": ("render", "per_turn")}
+_MASKABLE = {"reasoning": Segment.REASONING, "tool_calls": Segment.TOOL_CALL, "empty_reasoning": Segment.EMPTY_REASONING}
+
+
 def check_regime(regime: str, options: dict | None = None) -> None:
     if regime not in REGIMES:
         raise ConfigError(f"unknown regime '{regime}'" + did_you_mean(regime, REGIMES), where="regime.name",
                           fix=f"use one of {sorted(REGIMES)}")
     for key in options or {}:
+        if key in COMMON_OPTIONS:
+            if options[key] not in COMMON_OPTIONS[key]:
+                raise ConfigError(f"regime.{key} must be one of {list(COMMON_OPTIONS[key])}, got {options[key]!r}",
+                                  where=f"regime.{key}", fix=f"use {key}: {COMMON_OPTIONS[key][0]}")
+            continue
         if key not in REGIME_OPTIONS[regime]:
             raise ConfigError(f"regime '{regime}' has no option '{key}'"
                               + did_you_mean(key, REGIME_OPTIONS[regime]), where=f"regime.{key}",
@@ -165,15 +183,40 @@ def check_regime(regime: str, options: dict | None = None) -> None:
 def regime_options(rc) -> dict:
     """The keyword options a ``regime:`` config section passes to its regime function (those it takes)."""
     check_regime(rc.name)
-    return {k: getattr(rc, k) for k in REGIME_OPTIONS[rc.name]}
+    out = {k: getattr(rc, k) for k in REGIME_OPTIONS[rc.name]}
+    if getattr(rc, "multiturn", "render") == "per_turn" and "turns" in out:
+        out["turns"] = "last"  # what apply_regime does with per-turn examples, said where the options are shown
+    return {**out, **{k: getattr(rc, k) for k, vals in COMMON_OPTIONS.items() if getattr(rc, k, vals[0]) != vals[0]}}
+
+
+def _as_context(t: Tokenized, common: dict) -> Tokenized:
+    """`t` with the generated parts an option masks relabelled as template text: the regime then weights them
+    as it weights context (0 under prompt_masked, lambda under prompt_weight, 1 under full)."""
+    masked = [seg for key, seg in _MASKABLE.items() if common.get(key, COMMON_OPTIONS[key][0]) == "mask"]
+    hit = np.isin(t.segments, masked)
+    if not hit.any():
+        return t
+    return dataclasses.replace(t, segments=np.where(hit, np.int8(Segment.TEMPLATE), t.segments).astype(t.segments.dtype))
 
 
 def apply_regime(tokenized: Tokenized, regime: str, **options) -> Masked:
-    """Labels and weights of one tokenized conversation under a regime (pure; never re-tokenizes)."""
+    """Labels and weights of one tokenized conversation under a regime (pure; never re-tokenizes).
+
+    The common options (COMMON_OPTIONS) apply to every regime: ``reasoning`` / ``tool_calls`` /
+    ``empty_reasoning: mask`` move those tokens to the context; ``multiturn: per_turn`` examples (one per
+    assistant turn, harness.data.prepare.per_turn) supervise their last turn. Per-message loss weights
+    declared in the data (``weight`` / ``train`` / ``loss``...) multiply the weights of that message's tokens."""
     check_regime(regime, options)
-    weights = np.asarray(REGIMES[regime](tokenized, **options), dtype=np.float32)
+    common = {k: options.pop(k) for k in list(options) if k in COMMON_OPTIONS}
+    if common.get("multiturn") == "per_turn" and "turns" in REGIME_OPTIONS[regime]:
+        options["turns"] = "last"
+    t = _as_context(tokenized, common)
+    weights = np.asarray(REGIMES[regime](t, **options), dtype=np.float32)
     if weights.shape != tokenized.input_ids.shape:
         raise ValueError(f"regime {regime} returned {weights.shape} weights for {len(tokenized)} tokens")
+    msg_w = tokenized.meta.get("message_weights")
+    if msg_w is not None:
+        weights = weights * msg_w[tokenized.turns]
     if len(weights):
         weights[0] = 0.0  # position 0 cannot be predicted (see module docstring)
     labels = np.where(weights > 0, tokenized.input_ids, IGNORE_INDEX).astype(np.int64)
@@ -210,7 +253,7 @@ class MaskedData:
         n_tok = int(sum(len(t) for t in self.examples))
         n_sup = int(sum(m.n_supervised for m in self.masks))
         w_sum = float(sum(float(m.weights.sum()) for m in self.masks))
-        resp = int(sum(int(np.isin(t.segments, [Segment.ASSISTANT, Segment.EOT]).sum()) for t in self.examples))
+        resp = int(sum(int(np.isin(t.segments, RESPONSE_SEGMENTS).sum()) for t in self.examples))
         return {
             "regime": self.regime, "options": dict(self.options),
             "examples": len(self.examples), "dropped": self.drops.total, "drop_reasons": dict(self.drops.counts),
@@ -221,8 +264,31 @@ class MaskedData:
             "boundary": dict(Counter(t.boundary for t in self.examples)),
             "turns_without_eot": int(sum(t.no_eot_turns for t in self.examples)),
             "contents_spelling_special_tokens": int(sum(t.literal_contents for t in self.examples)),
+            **agentic_stats(self.examples, self.masks),
             "mask_hash": mask_hash(self.masks, [t.input_ids for t in self.examples]),
         }
+
+
+def agentic_stats(examples: Sequence[Tokenized], masks: Sequence[Masked]) -> dict:
+    """Tool-call / reasoning tokens and how many are supervised, reasoning the template dropped or that was
+    written inline, per-message weights, and the data fields the harness ignored (only the keys that occur)."""
+    out: dict = {}
+    for seg in (Segment.TOOL_CALL, Segment.REASONING, Segment.EMPTY_REASONING):
+        n = sum(int((t.segments == seg).sum()) for t in examples)
+        if n:
+            sup = sum(int(((t.segments == seg) & (m.weights > 0)).sum()) for t, m in zip(examples, masks))
+            out[f"{seg.name.lower()}_tokens"] = {"total": n, "supervised": sup}
+    for key in ("reasoning_dropped", "reasoning_inlined"):
+        n = sum(int(t.meta.get(key, 0)) for t in examples)
+        if n:
+            out[f"{key}_turns"] = n
+    n_w = sum(int((t.meta["message_weights"] != 1).sum()) for t in examples if "message_weights" in t.meta)
+    if n_w:
+        out["messages_with_data_weight"] = n_w
+    ignored = Counter(k for t in examples for k in set(t.meta.get("ignored_fields", ())))
+    if ignored:
+        out["ignored_fields"] = dict(ignored)
+    return out
 
 
 def apply_all(examples: Sequence[Tokenized], regime: str, options: dict | None = None,

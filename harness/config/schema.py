@@ -96,6 +96,9 @@ class SourceConfig:
     """Hub dataset configuration name."""
     limit: Optional[int] = None
     """Use only the first N examples."""
+    tools: Optional[str] = None
+    """JSON file with a tools list (function schemas) handed to the chat template for every row that has no
+    'tools' of its own (harness/data/agentic.py)."""
 
     def __post_init__(self):
         _choice("data.*.format", self.format, ("auto", "messages", "alpaca", "prompt_completion"))
@@ -165,11 +168,30 @@ class RegimeConfig:
     """Supervise the assistant's end-of-turn token (prompt_masked, prompt_weight, weighted)."""
     template: bool = False
     """Also supervise template/control tokens (prompt_only)."""
+    reasoning: str = "train"
+    """train | mask the reasoning an assistant turn generates (reasoning_content or inline <think>...</think>,
+    tags included). mask moves it to the context: weighted as the regime weights template text (0 under
+    prompt_masked, lambda under prompt_weight, 1 under full). Every regime."""
+    tool_calls: str = "train"
+    """train | mask the tool calls assistant turns make, as the template renders them (wrapper text included);
+    mask as for reasoning. Tool results are prompt (the tool segment) either way. Every regime."""
+    empty_reasoning: str = "mask"
+    """mask | train an empty <think></think> block an assistant turn generates (Qwen3-style templates render one
+    in turns without reasoning); mask as for reasoning. Every regime."""
+    multiturn: str = "render"
+    """render: each conversation is one example, rendered once as the template renders it (Qwen3-style
+    templates drop the reasoning of turns before the last user query, so those turns train without it) |
+    per_turn: one example per assistant turn (the history up to it, as the template renders it, then that turn
+    with its own reasoning), each supervising its last turn only (turns: last), so every trained turn is what
+    inference would generate after that history (harness doctor's parity check)."""
 
     def __post_init__(self):
         # the name and which options a regime takes are checked against the registry (harness.masking) when
         # the grid is expanded (harness.grid); the schema knows no regime
         _choice("regime.turns", self.turns, ("all", "last"))
+        for key, vals in (("reasoning", ("train", "mask")), ("tool_calls", ("train", "mask")),
+                          ("empty_reasoning", ("train", "mask")), ("multiturn", ("render", "per_turn"))):
+            _choice(f"regime.{key}", getattr(self, key), vals)
         for key in ("prompt_weight", "response_weight"):
             w = getattr(self, key)
             if not (0.0 <= w <= 1.0):  # NaN fails this too

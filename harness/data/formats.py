@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.data import agentic
 from harness.errors import DataError, did_you_mean
 from harness.fsio import is_local_path
 
@@ -34,6 +35,8 @@ class Conversation:
 
     messages: tuple[dict, ...]
     source: str  # "file.jsonl:12" (line) or "file.parquet[row 3]"
+    tools: tuple[dict, ...] | None = None  # function schemas handed to the chat template (harness/data/agentic.py)
+    ignored: tuple[str, ...] = ()  # keys of the row the harness does not read, reported by inspect and doctor
 
     def as_list(self) -> list[dict]:
         return [dict(m) for m in self.messages]
@@ -140,16 +143,14 @@ def detect_format(row: dict, where: str) -> str:
                         "{\"prompt\", \"completion\"}, or set data.train.format explicitly")
 
 
-def _check_message(m: Any, i: int, where: str) -> dict:
+def _check_message(m: Any, i: int, where: str, ignored: list[str] | None = None) -> dict:
     if not isinstance(m, dict):
         raise DataError(f"message {i} is a {type(m).__name__}, expected an object with 'role' and 'content'",
                         where=where, fix="write messages as {\"role\": ..., \"content\": ...}")
     if "from" in m and "value" in m and "role" not in m:  # ShareGPT
-        role = _SHAREGPT_ROLES.get(str(m["from"]).lower())
-        if role is None:
-            raise DataError(f"message {i} has unknown ShareGPT speaker '{m['from']}'", where=where,
-                            fix=f"use one of {sorted(_SHAREGPT_ROLES)}")
-        m = {"role": role, "content": m["value"]}
+        m = agentic.sharegpt_message(m, _SHAREGPT_ROLES, i, where)
+    if m.get("content", "") is None and m.get("role") == "assistant" and (m.get("tool_calls") or m.get("function_call")):
+        m = {**m, "content": ""}  # OpenAI: content null on an assistant turn that only calls tools
     for key in ("role", "content"):
         if key not in m:
             raise DataError(f"message {i} has no '{key}'" + did_you_mean(key, m.keys()), where=where,
@@ -161,11 +162,23 @@ def _check_message(m: Any, i: int, where: str) -> dict:
     if not isinstance(content, str):
         raise DataError(f"message {i} ({role}) content is {type(content).__name__}, expected a string",
                         where=where, fix="content must be a plain string (multimodal parts are not supported)")
-    return {"role": role, "content": content}
+    return agentic.message(m, i, where, ignored if ignored is not None else [])
+
+
+# the row keys each format reads (others are reported as ignored, never dropped silently)
+_ROW_KEYS = {"messages": {"messages", "conversations", "conversation", "tools", "system"},
+             "alpaca": {"instruction", "input", "output", "response", "system"},
+             "prompt_completion": {"prompt", "completion", "response", "answer", "tools"}}
 
 
 def normalise(row: dict, fmt: str, where: str) -> list[dict]:
     """Turn one raw row into a list of ``{"role", "content"}`` messages (validated)."""
+    return normalise_row(row, fmt, where)[0]
+
+
+def normalise_row(row: dict, fmt: str, where: str) -> tuple[list[dict], list[dict] | None, list[str]]:
+    """(messages, the row's tools list or None, the names of the keys the harness ignored) of one raw row."""
+    ignored = [k for k in row if k not in _ROW_KEYS.get(fmt, ())]
     if fmt == "messages":
         msgs = row.get("messages", row.get("conversations", row.get("conversation")))
         if not isinstance(msgs, list):
@@ -173,7 +186,15 @@ def normalise(row: dict, fmt: str, where: str) -> list[dict]:
                             fix="messages must be a list of {\"role\", \"content\"} objects")
         if msgs and all(isinstance(m, str) for m in msgs):  # LIMA: alternating user/assistant strings
             msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": m} for i, m in enumerate(msgs)]
-        out = [_check_message(m, i, where) for i, m in enumerate(msgs)]
+        out = [_check_message(m, i, where, ignored) for i, m in enumerate(msgs)]
+        if row.get("system") is not None:  # ShareGPT's top-level system prompt
+            if not isinstance(row["system"], str):
+                raise DataError(f"'system' is a {type(row['system']).__name__}, expected a string", where=where,
+                                fix="write the system prompt as a string")
+            if out and out[0]["role"] == "system":
+                raise DataError("row has a top-level 'system' and a system message", where=where,
+                                fix="keep one of the two system prompts")
+            out.insert(0, {"role": "system", "content": row["system"]})
     elif fmt == "alpaca":
         instr = row.get("instruction")
         output = row.get("output", row.get("response"))
@@ -192,14 +213,14 @@ def normalise(row: dict, fmt: str, where: str) -> list[dict]:
             if isinstance(val, str):
                 out.append({"role": role, "content": val})
             elif isinstance(val, list):
-                out.extend(_check_message(m, i, where) for i, m in enumerate(val))
+                out.extend(_check_message(m, i, where, ignored) for i, m in enumerate(val))
             else:
                 raise DataError(f"'{key}' is {type(val).__name__}, expected a string or a list of messages",
                                 where=where, fix="prompt/completion rows need string (or messages) values")
     else:
         raise DataError(f"unknown format '{fmt}'" + did_you_mean(fmt, FORMATS), where=where,
                         fix=f"format must be one of {list(FORMATS)} or 'auto'")
-    return out
+    return out, agentic.tools_list(row.get("tools"), where), ignored
 
 
 def validate_conversation(messages: list[dict], where: str, *, require_assistant: bool = True) -> None:
@@ -213,10 +234,12 @@ def validate_conversation(messages: list[dict], where: str, *, require_assistant
         if m["role"] == "system" and i != 0:
             raise DataError(f"system message at position {i}; it must come first", where=where,
                             fix="move the system message to the start of the conversation")
-        if m["role"] == "assistant" and not m["content"].strip():
+        if (m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls")
+                and not (m.get("reasoning_content") or "").strip()):
             raise DataError(f"message {i} (assistant) is empty", where=where,
-                            fix="remove the row or write the assistant's answer; an empty response trains "
-                                "nothing but the end-of-turn token")
+                            fix="remove the row or write the assistant's answer (or its tool_calls); an empty "
+                                "response trains nothing but the end-of-turn token")
+    agentic.validate_tools(messages, where)
     if require_assistant and not any(m["role"] == "assistant" for m in messages):
         raise DataError("conversation has no assistant turn", where=where,
                         fix="add an assistant message; with no response there is nothing to supervise "
@@ -225,23 +248,37 @@ def validate_conversation(messages: list[dict], where: str, *, require_assistant
 
 def load_conversations(path: str, *, fmt: str = "auto", split: str = "train", name: str | None = None,
                        limit: int | None = None, require_assistant: bool = True,
-                       system_prompt: str | None = None) -> list[Conversation]:
-    """Load and normalise a data source. Raises :class:`DataError` on the first bad row (file + line + fix)."""
+                       system_prompt: str | None = None, tools: str | None = None) -> list[Conversation]:
+    """Load and normalise a data source. Raises :class:`DataError` on the first bad row (file + line + fix).
+
+    `tools`: a JSON file with a tools list given to every row that has none of its own."""
     if fmt != "auto" and fmt not in FORMATS:
         raise DataError(f"unknown format '{fmt}'" + did_you_mean(fmt, FORMATS), where=path,
                         fix=f"format must be 'auto' or one of {list(FORMATS)}")
     out: list[Conversation] = []
     row_fmt = None if fmt == "auto" else fmt
+    shared_tools = _tools_file(tools) if tools else None
     for row, where in iter_rows(path, split=split, name=name):
         if row_fmt is None:
             row_fmt = detect_format(row, where)
-        msgs = normalise(row, row_fmt, where)
+        msgs, row_tools, ignored = normalise_row(row, row_fmt, where)
         if system_prompt is not None and (not msgs or msgs[0]["role"] != "system"):
             msgs = [{"role": "system", "content": system_prompt}] + msgs
         validate_conversation(msgs, where, require_assistant=require_assistant)
-        out.append(Conversation(tuple(msgs), where))
+        row_tools = row_tools if row_tools is not None else shared_tools
+        out.append(Conversation(tuple(msgs), where, tuple(row_tools) if row_tools else None, tuple(ignored)))
         if limit is not None and len(out) >= limit:
             break
     if not out:
         raise DataError("no examples found", where=path, fix="the file is empty; check the path")
     return out
+
+
+def _tools_file(path: str) -> list[dict] | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("tools file not found", where=path, fix="check data.train.tools") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg}", where=f"{path}:{exc.lineno}", fix="fix the JSON syntax") from None
+    return agentic.tools_list(data.get("tools", data) if isinstance(data, dict) else data, path)

@@ -47,6 +47,18 @@ class Drops:
         return ", ".join(f"{n} {r} (e.g. {', '.join(self.sources.get(r, [])[:2])})" for r, n in self.counts.items())
 
 
+def per_turn(conversations: Sequence[Conversation]) -> list[Conversation]:
+    """One example per assistant turn (regime.multiturn: per_turn): the conversation up to and including that
+    turn, so the template renders it as the final turn (with its own reasoning) after the history as inference
+    renders it. Sources read "file:line#turn K" (K: the message index of the turn)."""
+    out = []
+    for c in conversations:
+        for k, m in enumerate(c.messages):
+            if m["role"] == "assistant":
+                out.append(Conversation(c.messages[:k + 1], f"{c.source}#turn{k}", c.tools, c.ignored))
+    return out
+
+
 def tokenize_all(conversations: Sequence[Conversation], ct: ConversationTokenizer, *, chunk: int = 1024
                  ) -> tuple[list[Tokenized], Drops]:
     """Tokenize every conversation once (in chunks, for the fast tokenizer's batch path)."""
@@ -54,9 +66,11 @@ def tokenize_all(conversations: Sequence[Conversation], ct: ConversationTokenize
     out: list[Tokenized] = []
     for i in range(0, len(conversations), chunk):
         part = conversations[i:i + chunk]
-        for conv, t in zip(part, ct([c.as_list() for c in part], [c.source for c in part])):
+        for conv, t in zip(part, ct([c.as_list() for c in part], [c.source for c in part], [c.tools for c in part])):
             if t is None:
                 drops.add("longer_than_max_length", conv.source)
             else:
+                if conv.ignored:
+                    t.meta["ignored_fields"] = conv.ignored
                 out.append(t)
     return out, drops

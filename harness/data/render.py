@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from harness.data import locate
 from harness.errors import TemplateError
 
 _PH = re.compile("\ue000(\\d+)\ue001")
@@ -24,8 +25,11 @@ def _template_of(tokenizer, chat_template: str | None) -> str:
     return tmpl
 
 
-def _render(tokenizer, messages: Sequence[dict], template: str) -> str:
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, chat_template=template)
+def _render(tokenizer, messages: Sequence[dict], template: str, tools=None, add_generation_prompt: bool = False
+            ) -> str:
+    kw = {"tools": list(tools)} if tools else {}
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, chat_template=template,
+                                         add_generation_prompt=add_generation_prompt, **kw)
     if not isinstance(text, str):  # some versions return a list for batched input
         text = text[0]
     return text
@@ -65,6 +69,29 @@ class TemplateRenderer:
         self.template = _template_of(tokenizer, chat_template)
         self.eot_markers = end_of_turn_markers(tokenizer, eot)
         self._layouts: dict[tuple[str, ...], _Layout | None] = {}
+        # a template that renders tool calls or reasoning: every conversation is located by harness/data/locate.py
+        self.agentic = any(x in self.template for x in ("reasoning_content", "tool_calls", "<think>"))
+
+    def needs_locate(self, messages: Sequence[dict], tools) -> bool:
+        return self.agentic or bool(tools) or any("tool_calls" in m or "reasoning_content" in m for m in messages)
+
+    def render_text(self, messages: Sequence[dict], tools=None, add_generation_prompt: bool = False) -> str:
+        return _render(self.tokenizer, messages, self.template, tools, add_generation_prompt)
+
+    def located(self, messages: Sequence[dict], tools=None, where: str = "") -> locate.Located:
+        """Contents, tool calls, reasoning and their glue located in the rendering (harness/data/locate.py)."""
+        msgs, inlined = locate.prepare(self.template, messages, tools, where)
+        try:
+            out = locate.locate(lambda m: self.render_text(m, tools), lambda m: self.render_text(m, tools, True),
+                                msgs, where)
+        except TemplateError:
+            raise
+        except Exception as exc:  # the template raised (e.g. "roles must alternate")
+            raise TemplateError(f"chat template failed: {exc}", where=where,
+                                fix="check the conversation's role order, or use a template that accepts it "
+                                "(model.chat_template)") from None
+        out.reasoning_inlined = inlined
+        return out
 
     def _layout(self, roles: tuple[str, ...], where: str) -> _Layout | None:
         if roles in self._layouts:

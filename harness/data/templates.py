@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.data.agent_templates import AGENT_TEMPLATES
 from harness.errors import TemplateError
 
 # ChatML (Qwen, many others). No default system prompt: a template that injects one would add
@@ -77,7 +78,7 @@ GEMMA3 = (
     "{%- endif -%}"
 )
 
-BUILTIN = {"chatml": CHATML, "plain": PLAIN, "gemma3": GEMMA3}
+BUILTIN = {"chatml": CHATML, "plain": PLAIN, "gemma3": GEMMA3, **AGENT_TEMPLATES}
 
 
 def resolve_template(spec: str | None) -> str | None:

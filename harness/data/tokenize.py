@@ -39,6 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from harness.data.locate import inline_think_marks
 from harness.data.render import TemplateRenderer
 from harness.errors import DataError
 
@@ -53,14 +54,19 @@ class Segment(IntEnum):
     EOT = 4  # the assistant's end-of-turn marker (e.g. <|im_end|>): the model must learn to stop
     TOOL = 5  # tool message content (treated as prompt)
     REPLAY = 6  # pretraining-style text mixed into the steps (data.replay; never part of a conversation)
+    TOOL_CALL = 7  # an assistant turn's tool calls as the template renders them (with their wrapper text)
+    REASONING = 8  # an assistant turn's reasoning with its <think> tags (reasoning_content or inline)
+    EMPTY_REASONING = 9  # an empty <think></think> block the assistant turn generates
 
 
 ROLE_SEGMENT = {"system": Segment.SYSTEM, "user": Segment.USER, "assistant": Segment.ASSISTANT,
                 "tool": Segment.TOOL}
 PROMPT_SEGMENTS = (Segment.SYSTEM, Segment.USER, Segment.TOOL)
-RESPONSE_SEGMENTS = (Segment.ASSISTANT, Segment.EOT)
-# merge-policy priority of a straddling token (higher wins)
-_PRIORITY = np.array([0, 2, 2, 4, 3, 2, 0], dtype=np.int8)
+RESPONSE_SEGMENTS = (Segment.ASSISTANT, Segment.EOT, Segment.TOOL_CALL, Segment.REASONING, Segment.EMPTY_REASONING)
+# merge-policy priority of a straddling token (higher wins): content is never cut, then what else the turn generates
+_PRIORITY = np.array([0, 2, 2, 5, 3, 2, 0, 4, 4, 3], dtype=np.int8)
+# segments whose characters belong to the turn that generates them (not to the message whose content follows)
+_OWN_TURN = frozenset({Segment.EOT, Segment.TOOL_CALL, Segment.REASONING, Segment.EMPTY_REASONING})
 BOUNDARY_POLICIES = ("split", "merge")
 TRUNCATION_POLICIES = ("right", "left", "drop")
 
@@ -94,29 +100,35 @@ class Tokenized:
 # ----------------------------------------------------------------------------------------------- tokenizing
 
 
-def _char_runs(text: str, roles: Sequence[str], spans: list[tuple[int, int]], renderer: TemplateRenderer
-               ) -> tuple[list[int], list[int], list[int], int]:
+def _char_runs(text: str, roles: Sequence[str], spans: list[tuple[int, int]], renderer: TemplateRenderer,
+               extra: Sequence[tuple[int, int, int, int]] = ()) -> tuple[list[int], list[int], list[int], int]:
     """The rendered text as runs of characters with one (segment, turn) each: run starts, segments, turns, and
     the number of assistant turns without an end-of-turn marker.
 
     Character rule: a message's content has its role's segment; the end-of-turn span after an assistant content
-    is EOT of that turn; everything else is template. Turn of a template character: the message whose content
-    ends after it (the header belongs to the message it introduces), the last message for the tail. Adjacent
+    is EOT of that turn; `extra` marks (tool calls, reasoning: harness/data/locate.py) override both, and the
+    end-of-turn marker is searched after the last of them; everything else is template. Turn of a template
+    character: the message whose content ends after it (the header belongs to the message it introduces), the
+    last message for the tail. Adjacent
     runs never share a label and no run is empty, so a token covers one run unless it straddles a change.
     """
     n, L = len(roles), len(text)
     # labelled intervals that override the template default: (start, end, segment, turn)
     marks: list[tuple[int, int, int, int]] = []  # the turn is only used for EOT marks
     no_eot = 0
+    gen_end: dict[int, int] = {}
+    for s, e, _, k in extra:
+        gen_end[k] = max(gen_end.get(k, 0), e)
     for k, ((s, e), role) in enumerate(zip(spans, roles)):
         marks.append((s, e, int(ROLE_SEGMENT[role]), k))
         if role == "assistant":
             nxt = spans[k + 1][0] if k + 1 < n else L
-            eot = renderer.eot_span(text, e, nxt)
+            eot = renderer.eot_span(text, max(e, gen_end.get(k, 0)), nxt)
             if eot is None:
                 no_eot += 1
             else:
                 marks.append((eot[0], eot[1], int(Segment.EOT), k))
+    marks += [(s, e, int(sg), k) for s, e, sg, k in extra]
     # breakpoints: every mark boundary and every template turn change (after content k ends, turn k+1 starts)
     points = {0}
     for s, e, _, _ in marks:
@@ -133,7 +145,7 @@ def _char_runs(text: str, roles: Sequence[str], spans: list[tuple[int, int]], re
         seg, turn = int(Segment.TEMPLATE), None
         for s, e, sg, k in marks:  # later marks win, as later writes would in a per-character labelling
             if s <= p < e:
-                seg, turn = sg, (k if sg == Segment.EOT else None)
+                seg, turn = sg, (k if sg in _OWN_TURN else None)
         if turn is None:
             turn = min(bisect_right(ends, p), max(n - 1, 0))
         if segs and segs[-1] == seg and turns[-1] == turn:
@@ -288,30 +300,59 @@ class ConversationTokenizer:
         cuts = [r_start[i] for i in range(1, len(resp)) if resp[i] != resp[i - 1]]
         return self._piece_encode(text, cuts, literal)
 
-    def __call__(self, conversations: Sequence[Sequence[dict]], sources: Sequence[str] | None = None
-                 ) -> list[Tokenized | None]:
+    def _render(self, conversations: Sequence[Sequence[dict]], sources: list[str], tools: list
+                ) -> tuple[list[tuple[str, list]], list[list], list[list], list[dict]]:
+        """(text, content spans), extra marks, extra literal spans and meta of each conversation: plain ones
+        through the batched placeholder rendering, those with tool calls / reasoning (or any conversation under
+        a template that renders them) through harness/data/locate.py."""
+        n = len(conversations)
+        rendered: list = [None] * n
+        extra: list[list] = [[] for _ in range(n)]
+        lit: list[list] = [[] for _ in range(n)]
+        meta: list[dict] = [{} for _ in range(n)]
+        plain = [i for i in range(n) if not self.renderer.needs_locate(conversations[i], tools[i])]
+        for i, r in zip(plain, self.renderer.render_many([conversations[i] for i in plain], [sources[i] for i in plain])):
+            rendered[i] = r
+            if "<think>" in r[0]:
+                extra[i] = inline_think_marks(r[0], r[1], [m["role"] for m in conversations[i]])
+        for i in range(n):
+            if rendered[i] is None:
+                loc = self.renderer.located(conversations[i], tools[i], sources[i])
+                rendered[i] = (loc.text, loc.spans)
+                extra[i] = loc.marks + inline_think_marks(loc.text, loc.spans, [m["role"] for m in conversations[i]])
+                lit[i] = loc.literal
+                meta[i] = {"reasoning_dropped": loc.reasoning_dropped, "reasoning_inlined": loc.reasoning_inlined}
+            w = [m.get("weight") for m in conversations[i]]
+            if any(x is not None for x in w):
+                meta[i]["message_weights"] = np.array([1.0 if x is None else x for x in w], dtype=np.float32)
+        return rendered, extra, lit, meta
+
+    def __call__(self, conversations: Sequence[Sequence[dict]], sources: Sequence[str] | None = None,
+                 tools: Sequence[Any] | None = None) -> list[Tokenized | None]:
         """Tokenize a batch. Returns one `Tokenized` per conversation, or None where `truncation='drop'`
-        dropped an over-long one."""
+        dropped an over-long one. `tools`: each conversation's tools list (or None), given to the template."""
         sources = list(sources) if sources is not None else [f"example {i}" for i in range(len(conversations))]
-        rendered = self.renderer.render_many(conversations, sources)
+        tools = list(tools) if tools is not None else [None] * len(conversations)
+        rendered, extras, extra_lit, metas = self._render(conversations, sources, tools)
         texts = [t for t, _ in rendered]
         all_ids, all_offs = self._encode(texts)
         runs = []
         no_eots = []
-        for msgs, (text, spans) in zip(conversations, rendered):
-            r_start, r_seg, r_turn, no_eot = _char_runs(text, tuple(m["role"] for m in msgs), spans, self.renderer)
+        for msgs, (text, spans), extra in zip(conversations, rendered, extras):
+            r_start, r_seg, r_turn, no_eot = _char_runs(text, tuple(m["role"] for m in msgs), spans, self.renderer,
+                                                        extra)
             runs.append((r_start, r_seg, r_turn))
             no_eots.append(no_eot)
-        literal = [self.spelled_specials(text, spans) if self.literal_content else []
-                   for text, spans in rendered]
+        literal = [self.spelled_specials(text, list(spans) + x) if self.literal_content else []
+                   for (text, spans), x in zip(rendered, extra_lit)]
         for k, lit in enumerate(literal):  # rare: re-encode those conversations with their contents as text
             if lit:
                 all_ids[k], all_offs[k] = self._piece_encode(texts[k], (), lit)
         mapped = _map_chunk(texts, runs, all_offs)
         out: list[Tokenized | None] = []
         decode = None
-        for msgs, text, run, no_eot, ids, offs, (tok_seg, tok_turn, crosses), where, lit in zip(
-                conversations, texts, runs, no_eots, all_ids, all_offs, mapped, sources, literal):
+        for msgs, text, run, no_eot, ids, offs, (tok_seg, tok_turn, crosses), where, lit, meta in zip(
+                conversations, texts, runs, no_eots, all_ids, all_offs, mapped, sources, literal, metas):
             roles = tuple(m["role"] for m in msgs)
             boundary = "clean"
             if crosses.any():
@@ -326,7 +367,7 @@ class ConversationTokenizer:
                     else:
                         boundary = "merged_fallback"
             t = Tokenized(np.asarray(ids, dtype=np.int64), tok_seg, tok_turn, offs, text, roles, where,
-                          boundary=boundary, no_eot_turns=no_eot, literal_contents=len(lit))
+                          boundary=boundary, no_eot_turns=no_eot, literal_contents=len(lit), meta=meta)
             out.append(self._truncate(t))
         return out
 
@@ -340,13 +381,13 @@ class ConversationTokenizer:
         sl = slice(0, L) if self.truncation == "right" else slice(cut, None)
         return Tokenized(t.input_ids[sl], t.segments[sl], t.turns[sl], t.offsets[sl], t.text, t.roles,
                          t.source, truncated=cut, boundary=t.boundary, no_eot_turns=t.no_eot_turns,
-                         literal_contents=t.literal_contents)
+                         literal_contents=t.literal_contents, meta=t.meta)
 
 
 def tokenize_conversation(messages: Sequence[dict], tokenizer, *, chat_template: str | None = None,
                           eot: str | None = None, boundary: str = "split", max_length: int | None = None,
-                          truncation: str = "right", source: str = "", literal_content: bool = True
-                          ) -> Tokenized | None:
+                          truncation: str = "right", source: str = "", literal_content: bool = True,
+                          tools: Any = None) -> Tokenized | None:
     """Tokenize one conversation (OpenAI-style messages) and give every token a segment and turn.
 
     Returns None only when ``truncation='drop'`` and the conversation is longer than ``max_length``.
@@ -354,4 +395,4 @@ def tokenize_conversation(messages: Sequence[dict], tokenizer, *, chat_template:
     """
     ct = ConversationTokenizer(tokenizer, chat_template=chat_template, eot=eot, boundary=boundary,
                                max_length=max_length, truncation=truncation, literal_content=literal_content)
-    return ct([list(messages)], [source or "conversation"])[0]
+    return ct([list(messages)], [source or "conversation"], [tools])[0]

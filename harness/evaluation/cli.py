@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from harness import adapters
-from harness.commands import summary
+from harness.commands import help_line
 from harness.config import ExperimentConfig, apply_overrides, build, to_dict
 from harness.errors import ConfigError
 from harness.evaluation.evaluate import evaluate_base, evaluate_checkpoint, evaluate_run
@@ -102,7 +102,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """`harness eval RUN_DIR|CHECKPOINT|EXP.yaml [--tasks t1,t2] [--config EXP.yaml]`."""
-    p = sub.add_parser("eval", help=summary("eval"),
+    p = sub.add_parser("eval", help=help_line("eval"),
                        description="Evaluate COMPLETED checkpoints (lm-eval tasks + fixed-mask NLL, forgetting "
                        "and format probes) into eval/step-NNNNNN.json. A run directory: every checkpoint still "
                        "lacking a valid result. An experiment YAML: its base model (base/eval/step-000000.json).")

@@ -67,7 +67,7 @@ class Evaluator:
                 self.paths["nll"], self.tok, max_length=d.max_length, limit=min(limits) if limits else None,
                 fmt=src.format if src else "auto", split=src.split if src else "train",
                 name=src.name if src else None, eot=d.eot, boundary=d.boundary, system_prompt=d.system_prompt,
-                literal_content=d.literal_content)
+                literal_content=d.literal_content, tools=src.tools if src else None)
         self.groups: dict[str, list] = {}  # probe task -> each item's group (analysis/items.py resamples groups)
         self.text_ids = None
         if self.paths["pretrain"]:

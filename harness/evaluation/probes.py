@@ -120,10 +120,12 @@ def token_nll(model, seqs: Sequence[np.ndarray], pad: int, batch_tokens: int | N
 def tokenize_eval_conversations(path: str, tok, *, max_length: int | None = None, limit: int | None = None,
                                 fmt: str = "auto", split: str = "train", name: str | None = None,
                                 eot: str | None = None, boundary: str = "split",
-                                system_prompt: str | None = None, literal_content: bool = True) -> list[Tokenized]:
+                                system_prompt: str | None = None, literal_content: bool = True,
+                                tools: str | None = None) -> list[Tokenized]:
     """Held-out conversations through the harness's one tokenization path (segments per token). Over-long
     conversations are cut on the right, never dropped, so every run sees the same examples."""
-    convs = load_conversations(path, fmt=fmt, split=split, name=name, limit=limit, system_prompt=system_prompt)
+    convs = load_conversations(path, fmt=fmt, split=split, name=name, limit=limit, system_prompt=system_prompt,
+                               tools=tools)
     ct = ConversationTokenizer(tok, eot=eot, boundary=boundary, max_length=max_length, truncation="right",
                                literal_content=literal_content)
     examples, _ = tokenize_all(convs, ct)

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from harness.commands import summary
+from harness.commands import help_line
 from harness.grid import load_experiment
 from harness.launch.status import cancel, print_status
 from harness.launch.submit import launch
@@ -47,7 +47,7 @@ def _cancel_cmd(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help=summary("run"))
+    p = sub.add_parser("run", help=help_line("run"))
     p.add_argument("experiment")
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--launcher", choices=("local", "slurm", "debug"), help="default: launcher.backend")
@@ -57,13 +57,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", help="run ids matching this glob / substring")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
     p.set_defaults(func=_run_cmd)
-    s = sub.add_parser("status", help=summary("status"))
+    s = sub.add_parser("status", help=help_line("status"))
     s.add_argument("experiment")
     s.add_argument("-o", "--override", action="append")
     s.add_argument("--watch", action="store_true", help="refresh until every run is done or failed")
     s.add_argument("--interval", type=float, default=5.0)
     s.set_defaults(func=_status_cmd)
-    c = sub.add_parser("cancel", help=summary("cancel"))
+    c = sub.add_parser("cancel", help=help_line("cancel"))
     c.add_argument("experiment")
     c.add_argument("-o", "--override", action="append")
     c.set_defaults(func=_cancel_cmd)

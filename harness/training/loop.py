@@ -22,9 +22,9 @@ import torch
 
 from harness import adapters
 from harness.attention import needs_one_row
-from harness.commands import summary
+from harness.commands import help_line
 from harness.config import ExperimentConfig, save_yaml, to_dict
-from harness.data import ConversationTokenizer, load_conversations, tokenize_all
+from harness.data import ConversationTokenizer, load_conversations, per_turn, tokenize_all
 from harness.errors import ConfigError, SupervisionError
 from harness.fsio import atomic_write_json, atomic_write_text, fault_point, now_iso
 from harness.grid import RunSpec, load_experiment, select_run
@@ -51,8 +51,10 @@ def prepare_data(cfg: ExperimentConfig, tokenizer=None) -> tuple[object, MaskedD
     dc = cfg.data
     tok = tokenizer or tokenizer_for(cfg)
     convs = load_conversations(dc.train.path, fmt=dc.train.format, split=dc.train.split, name=dc.train.name,
-                               limit=dc.train.limit, system_prompt=dc.system_prompt,
+                               limit=dc.train.limit, system_prompt=dc.system_prompt, tools=dc.train.tools,
                                require_assistant=cfg.regime.name != "prompt_only")
+    if cfg.regime.multiturn == "per_turn":
+        convs = per_turn(convs)
     ct = ConversationTokenizer(tok, eot=dc.eot, boundary=dc.boundary, max_length=dc.max_length,
                                truncation=dc.truncation, literal_content=dc.literal_content)
     examples, drops = tokenize_all(convs, ct)
@@ -302,7 +304,7 @@ def _report(bar, row: dict, total: int) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`harness train EXP.yaml [-o k=v ...] [--run PATTERN] [--out DIR]`: train one run of the grid in-process."""
-    p = subparsers.add_parser("train", help=summary("train"))
+    p = subparsers.add_parser("train", help=help_line("train"))
     p.add_argument("experiment", help="experiment YAML")
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--run", metavar="PATTERN", help="run id, or a substring/glob matching one run; default: the first")

@@ -1,10 +1,11 @@
-"""`harness world build --size test|demo|N [--out DIR] [--seed S] [--no-augment]`."""
+"""`harness world build --size test|demo|N [--out DIR] [--seed S] [--no-augment]`;
+`harness world reasoning WORLD_DIR [--out DIR]` (two-hop questions with reasoning traces)."""
 
 from __future__ import annotations
 
 import argparse
 
-from harness.commands import summary
+from harness.commands import help_line
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -15,8 +16,15 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reasoning(args: argparse.Namespace) -> int:
+    from harness.world.reasoning import write_reasoning_data
+
+    print(f"reasoning data ready: {write_reasoning_data(args.world, args.out)}")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("world", help=summary("world"))
+    p = sub.add_parser("world", help=help_line("world"))
     wsub = p.add_subparsers(dest="world_command", metavar="ACTION")
     wsub.required = True
     b = wsub.add_parser("build", help="build (or reuse) a mini-world")
@@ -26,3 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-augment", action="store_true",
                    help="one fixed biography per person (Physics of LM 3.1: knowledge then is not extractable)")
     b.set_defaults(func=_build)
+    r = wsub.add_parser("reasoning", help="two-hop questions with reasoning traces over a built world")
+    r.add_argument("world", help="a built world directory, e.g. results/world/demo-seed0")
+    r.add_argument("--out", default=None, help="output directory (default results/reasoning/<world name>)")
+    r.set_defaults(func=_reasoning)
