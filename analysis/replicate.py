@@ -93,7 +93,7 @@ def run_replicate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: a replication needs new seeds (the study used {sorted(used)})",
                           where="--seeds", fix="e.g. --seeds " + ",".join(str(max(used) + i) for i in (1, 2, 3)))
     rep = load_experiment(args.experiment, edit=lambda raw: with_seeds(raw, seeds))
-    summary = launch(rep, backend=args.backend, parallel=args.parallel, dry_run=args.dry_run)
+    summary = launch(rep, backend=args.backend, parallel=args.parallel, dry_run=args.dry_run, watch=True)
     if args.dry_run:
         return 0
     failed = [r for r in summary.get("results", []) if isinstance(r, dict) and r.get("status") == "failed"]
