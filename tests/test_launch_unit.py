@@ -270,3 +270,32 @@ def test_the_status_log_column_names_the_training_log(tmp_path, fake_pipeline):
     rd.launcher.write_text(json.dumps({"backend": "local", "job_id": "7", "stdout": "/l/7_0_log.out",
                                        "stderr": "/l/7_0_log.err"}))
     assert status_rows(exp)[0]["log"] == "/l/7_0_log.err"
+
+
+def test_cancel_finds_the_worker_under_submitits_controller(tmp_path):
+    """Real local jobs: the log folder is named by the pid of submitit's controller (`submitit.local._local`,
+    which forwards SIGTERM only); the worker is its child. `harness cancel` stops the child."""
+    import subprocess
+
+    from harness.launch.status import cancel, local_workers
+
+    exp = _exp(tmp_path)
+    logs = exp.out_dir / "logs"
+    worker = ("import signal, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\ntry:\n"
+              "    print('ready', flush=True)\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)\n")
+    controller = ("import subprocess, sys\n"
+                  f"p = subprocess.Popen([sys.executable, '-c', {worker!r}, 'submitit.core._submit', sys.argv[2]])\n"
+                  "sys.exit(p.wait())\n")
+    parent = subprocess.Popen([sys.executable, "-c", controller, "submitit.local._local", str(logs / "%j")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline() == "ready\n"  # the child inherited stdout and handles SIGINT now
+        (logs / str(parent.pid)).mkdir(parents=True)
+        found = local_workers(exp)
+        assert len(found) == 1 and found[0] != parent.pid
+        said = []
+        cancel(exp, out=said.append)
+        assert parent.wait(timeout=30) == 3 and f"  stopped worker {found[0]}" in said
+    finally:
+        parent.kill()
+        parent.wait()

@@ -128,17 +128,32 @@ def cancel(exp: Experiment, out=print) -> int:
 
 
 def local_workers(exp: Experiment) -> list[int]:
-    """PIDs of this experiment's live local workers: submitit names a local job's log folder by its pid
-    (``<experiment>/logs/<pid>/``), and the worker's command line names the experiment's log folder."""
+    """PIDs of this experiment's live local workers: submitit names a local job's log folder by the pid of the
+    job's controller (``<experiment>/logs/<pid>/``, a ``submitit.local._local`` process that forwards SIGTERM
+    only), whose child is the worker (``submitit.core._submit``); both command lines name the experiment's log
+    folder. The pid itself is taken when it is the worker."""
     logs = exp.dir.logs.resolve()  # submitit starts the worker with the absolute folder
     pids = []
     for d in sorted(logs.glob("*")) if logs.is_dir() else []:
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
-        try:
-            cmd = Path(f"/proc/{d.name}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # gone (or no /proc: nothing to find)
-            continue
-        if "submitit.core._submit" in cmd and any(c.startswith(str(logs)) for c in cmd):
-            pids.append(int(d.name))
+        pid = int(d.name)
+        for p in [pid, *_children(pid)]:
+            cmd = _cmdline(p)
+            if "submitit.core._submit" in cmd and any(c.startswith(str(logs)) for c in cmd):
+                pids.append(p)
     return pids
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # gone (or no /proc: nothing to find)
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
