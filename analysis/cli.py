@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from harness.commands import help_line
 from harness.errors import HarnessError
 
 
@@ -61,7 +62,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="figures, tables and a self-contained report.html from an experiment's results",
+    p = sub.add_parser("report", help=help_line("report"),
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="experiment YAML (or a results/<experiment> directory)")
     p.add_argument("--out", help="output directory (default: results/<experiment>/report/)")

@@ -121,7 +121,7 @@ class RunInfo:
 
     experiment: str
     run_id: str
-    dir: Path
+    rd: RunDir
     state: str
     detail: str
     axes: dict = field(default_factory=dict)  # axis -> value (plan first, config.yaml for the rest)
@@ -131,11 +131,15 @@ class RunInfo:
     evals: list[tuple[int, Path]] = field(default_factory=list)
     eval_hash: str | None = None  # plan.json's: which base evaluation this run is compared with
 
+    @property
+    def dir(self) -> Path:
+        return self.rd.path
 
-def run_state(rdir: Path, every_checkpoint: bool | None = None) -> tuple[str, str, int | None]:
+
+def run_state(rd: RunDir, every_checkpoint: bool | None = None) -> tuple[str, str, int | None]:
     """(state, detail, last logged/evaluated step) of a run directory: harness.layout's state
     (eval.every_checkpoint from the run's config.yaml unless given)."""
-    st = RunDir(rdir).state(every_checkpoint)
+    st = rd.state(every_checkpoint)
     return st.state, st.detail, st.last_step
 
 
@@ -161,17 +165,18 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     name = plan.get("experiment") or exp_dir.name
     axes: list[str] = list(plan.get("axes") or [])
     planned = [(r["run_id"], dict(r.get("axes") or {})) for r in plan.get("runs", []) if r.get("run_id")]
-    on_disk = ExperimentDir(exp_dir).run_ids_on_disk()
+    ed = ExperimentDir(exp_dir)
+    on_disk = ed.run_ids_on_disk()
     order = [rid for rid, _ in planned] + [rid for rid in on_disk if rid not in {r for r, _ in planned}]
     plan_axes = dict(planned)
     plan_hash = {r["run_id"]: r.get("eval_hash") for r in plan.get("runs", []) if r.get("run_id")}
     runs: list[RunInfo] = []
     for rid in order:
-        rd = ExperimentDir(exp_dir).run(rid)
+        rd = ed.run(rid)
         cfg = _read_yaml(rd.config) if rd.path.is_dir() else None
         every = _get_dotted(cfg, "eval.every_checkpoint") if cfg else every_of.get(rid)
-        state, detail, last = run_state(rd.path, every)
-        info = RunInfo(name, rid, rd.path, state, detail, dict(plan_axes.get(rid, {})), cfg, rid in plan_axes, last,
+        state, detail, last = run_state(rd, every)
+        info = RunInfo(name, rid, rd, state, detail, dict(plan_axes.get(rid, {})), cfg, rid in plan_axes, last,
                        rd.eval_files(), plan_hash.get(rid))
         runs.append(info)
     # axes: the plan's, or (no plan) the config keys that vary between runs
@@ -194,7 +199,7 @@ def discover_runs(exp_dir: str | Path, experiment: Any = None) -> tuple[list[Run
     off_axis = {k: next((_get_dotted(r.config, k) for r in runs if r.config and k not in r.axes
                          and _get_dotted(r.config, k) is not None), None) for k in axes}
     for r in runs:
-        prov = (_read_json(r.dir / "provenance.json") or {}).get("params") or {}
+        prov = (_read_json(r.rd.provenance) or {}).get("params") or {}
         r.axes.update({k: prov.get(k.split(".")[1]) for k in PARAM_KEYS})
         no_adapter = (r.axes.get("model.adapter.method") or _get_dotted(r.config, "model.adapter.method")) == "none"
         for k in keys:
@@ -286,7 +291,7 @@ def load_runs(results_dir: str | Path, experiment: Any = None) -> pd.DataFrame:
             for m, v in base_metrics.items():
                 records.append({**common, "step": 0, "epoch": base_epoch, "metric": m, "value": v,
                                 "base_value": v})
-            epochs = RunDir(r.dir).epochs_by_step() if r.evals else {}
+            epochs = r.rd.epochs_by_step() if r.evals else {}
             for step, path in r.evals:
                 if step == 0:
                     continue  # step 0 is the experiment's base evaluation
@@ -322,7 +327,7 @@ def load_training(results_dir: str | Path, experiment: Any = None) -> pd.DataFra
         for r in runs:
             common = {"experiment": r.experiment, "run_id": r.run_id, "state": r.state,
                       **{c: r.axes.get(c) for c in cols}}
-            for row in _read_jsonl(RunDir(r.dir).metrics) if r.dir.is_dir() else []:
+            for row in _read_jsonl(r.rd.metrics) if r.dir.is_dir() else []:
                 if not isinstance(row.get("step"), (int, float)):
                     continue
                 for k, v in row.items():
@@ -366,19 +371,9 @@ def load_tokens(path: str | Path) -> pd.DataFrame | None:
         return None
 
 
-def load_provenance(exp_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict | None:
-    """provenance.json of the first run (in ``run_ids`` order, else directory order) that has one."""
-    root = ExperimentDir(exp_dir).runs
-    ids = list(run_ids) if run_ids is not None else (sorted(p.name for p in root.iterdir()) if root.is_dir() else [])
-    for rid in ids:
-        if p := _read_json(root / rid / "provenance.json"):
-            return p
-    return None
-
-
 def load_audit(exp_dir: str | Path) -> dict | None:
     """The mask audit written by ``harness inspect --json`` to results/<exp>/audit.json, if any."""
-    return _read_json(Path(exp_dir) / "audit.json")
+    return _read_json(ExperimentDir(exp_dir).audit)
 
 
 def is_lm_eval_metric(name: str) -> bool:

@@ -18,6 +18,7 @@ import argparse
 import copy
 import sys
 
+from harness.commands import help_line
 from harness.errors import ConfigError
 from harness.fsio import atomic_write_json, atomic_write_text
 from harness.grid import Experiment, load_experiment
@@ -96,7 +97,7 @@ def run_replicate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: a replication needs new seeds (the study used {sorted(used)})",
                           where="--seeds", fix="e.g. --seeds " + ",".join(str(max(used) + i) for i in (1, 2, 3)))
     rep = load_experiment(args.experiment, edit=lambda raw: with_seeds(raw, seeds))
-    summary = launch(rep, backend=args.backend, parallel=args.parallel, dry_run=args.dry_run)
+    summary = launch(rep, backend=args.backend, parallel=args.parallel, dry_run=args.dry_run, watch=True)
     if args.dry_run:
         return 0
     failed = [r for r in summary.get("results", []) if isinstance(r, dict) and r.get("status") == "failed"]
@@ -113,7 +114,7 @@ def run_replicate(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("replicate", help="rerun a study on new seeds and judge its claims on them alone",
+    p = sub.add_parser("replicate", help=help_line("replicate"),
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="experiment YAML with claims:")
     p.add_argument("--seeds", required=True, help="new seeds, comma-separated (e.g. 4,5,6)")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-import yaml
 
 from analysis import stats, tables
 from analysis.figures import Context, FigureResult, render_all
@@ -35,13 +34,13 @@ from analysis.load import (
     discover_runs,
     experiment_dirs,
     load_plan,
-    load_provenance,
     load_runs,
     load_training,
     run_table,
 )
+from analysis.provenance import config_text, load_provenance, provenance_rows
 from harness.errors import HarnessError
-from harness.layout import STATES
+from harness.layout import REPORT_HTML, STATES, ExperimentDir
 
 log = logging.getLogger("analysis")
 
@@ -98,7 +97,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
                            where=str(results_dir), fix="point at one of them: results/<experiment>")
     exp_dir = dirs[0]
     config = experiment.config if hasattr(experiment, "runs") and hasattr(experiment, "config") else experiment
-    out = Path(out_dir) if out_dir else exp_dir / "report"
+    out = Path(out_dir) if out_dir else ExperimentDir(exp_dir).report
     out.mkdir(parents=True, exist_ok=True)
     formats = tuple(f.strip().lower().lstrip(".") for f in formats if f.strip())
     bad = [f for f in formats if f not in ("pdf", "png", "svg")]
@@ -160,8 +159,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
         else {}
     not_done = runs[runs["state"] != "done"] if len(runs) else runs
     prov = load_provenance(exp_dir, list(runs["run_id"]) if len(runs) else None)
-    cfg_text = _config_text(config, exp_dir, runs)
-    rep = Report(out, out / "report.html", out / "report.md", figs, tab, data, target, states, not_done, notes)
+    cfg_text = config_text(config, exp_dir, runs)
+    rep = Report(out, out / REPORT_HTML, out / "report.md", figs, tab, data, target, states, not_done, notes)
     rep.findings = findings
     if rep.findings:
         (out / "findings.json").write_text(json.dumps(
@@ -177,61 +176,16 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
 # ------------------------------------------------------------------------------------------------ content
 
 
-def _config_text(experiment: Any, exp_dir: Path, runs: pd.DataFrame) -> str:
-    if experiment is not None and hasattr(experiment, "to_dict"):
-        return yaml.safe_dump(experiment.to_dict(), sort_keys=False)
-    if isinstance(experiment, dict):
-        return yaml.safe_dump(experiment, sort_keys=False)
-    for rid in (runs["run_id"] if len(runs) else []):
-        p = exp_dir / "runs" / rid / "config.yaml"
-        if p.is_file():
-            return f"# config.yaml of run {rid} (the experiment file was not given)\n" + p.read_text(encoding="utf-8")
-    return "# no config available\n"
-
-
-def _provenance_rows(prov: dict | None, exp_dir: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
-    if not prov:
-        return [("provenance", "no run has a provenance.json yet")]
-    g = prov.get("git") or {}
-    rows = [("git commit", f"{g.get('commit')}" + (" (dirty working tree)" if g.get("dirty") else "")),
-            ("python", str(prov.get("python"))), ("platform", str(prov.get("platform"))),
-            ("host", str(prov.get("host"))), ("accelerator", str(prov.get("cuda") or "CPU"))]
-    pk = prov.get("packages") or {}
-    rows.append(("packages", ", ".join(f"{k} {v}" for k, v in pk.items() if v)))
-    d = prov.get("data") or {}
-    if d:
-        rows.append(("training data", f"{d.get('train')} (sha256 {str(d.get('sha256'))[:16]}…)"))
-    # do all runs agree on code and data?
-    commits, shas, masks = set(), set(), {}
-    for rid in (runs["run_id"] if len(runs) else []):
-        p = exp_dir / "runs" / rid / "provenance.json"
-        try:
-            pj = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        commits.add(((pj.get("git") or {}).get("commit"), (pj.get("git") or {}).get("dirty")))
-        shas.add((pj.get("data") or {}).get("sha256"))
-        m = pj.get("mask") or {}
-        if m.get("mask_hash"):
-            masks.setdefault(m.get("regime"), set()).add(m["mask_hash"])
-    if len(commits) > 1:
-        rows.append(("WARNING", f"runs come from {len(commits)} different code versions: "
-                                + "; ".join(f"{c} dirty={dy}" for c, dy in sorted(commits, key=str))))
-    if len(shas) > 1:
-        rows.append(("WARNING", f"runs trained on {len(shas)} different training-data files (sha256 differ)"))
-    if masks:
-        rows.append(("mask hashes", "; ".join(f"{r}: {', '.join(sorted(h))}" for r, h in masks.items())))
-    return rows
-
-
 def _methods(target, retention, axes) -> list[str]:
     return [
         f"Target metric: `{target}`." if target else "No target metric (no lm-eval metric found).",
         f"Fact retention: `{retention}` (drop = base − tuned)." if retention else "No fact-retention metric.",
-        "Only runs in state *done* enter figures and tables; every other run is listed above.",
-        "Tables use each run's final evaluated checkpoint. Mean over seeds with a 95% percentile bootstrap CI "
-        f"of the mean ({stats.N_BOOT} resamples, RNG seed {stats.BOOT_SEED}); one seed gives no CI. Figure bands and "
-        "whiskers are the same percentile bootstrap over seeds (1000 resamples, seed 0).",
+        "Only runs whose state is done enter figures and tables; every other run is listed above.",
+        "Tables use each run's final evaluated checkpoint: the mean over seeds, with a 95% percentile bootstrap CI "
+        "that resamples seeds and evaluation items together where per-item results exist (so one seed still has "
+        f"a CI, over the items), else seeds only ({stats.N_BOOT} resamples, RNG seed {stats.BOOT_SEED}; one seed: "
+        "no CI, shown as –). Figure bands and whiskers are the percentile bootstrap over seeds (1000 resamples, "
+        "seed 0).",
         "Paired comparisons pair runs of two regimes that share every other grid axis ("
         + ", ".join(a for a in axes if a not in ("regime.name", "regime.prompt_weight")) + ").",
         f"With few seeds or pairs (n < {tables.MIN_PAIRS}) a percentile bootstrap CI is too narrow (it can only "
@@ -298,7 +252,7 @@ def _markdown(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_tex
     for key, title in _TABLE_TITLES(rep):
         L += [f"### {title}", "", tables.to_markdown(frames[key]),
               f"LaTeX: `{(rep.out_dir / 'tables' / (key + '.tex')).relative_to(rep.out_dir).as_posix()}`", ""]
-    L += ["## Provenance", ""] + [f"- **{k}**: {v}" for k, v in _provenance_rows(prov, exp_dir, _runs_of(rep))] + [""]
+    L += ["## Provenance", ""] + [f"- **{k}**: {v}" for k, v in provenance_rows(prov, exp_dir, _runs_of(rep))] + [""]
     L += ["## Configuration", "", "```yaml", cfg_text.rstrip(), "```", ""]
     if plan:
         L += [f"Grid axes: {', '.join(f'`{a}`' for a in axes)}; {len(plan.get('runs', []))} planned runs "
@@ -331,7 +285,12 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.82em}.scroll{overflo
 def _html_table(df: pd.DataFrame) -> str:
     if df is None or df.empty:
         return "<p><em>(no data)</em></p>"
-    return df.to_html(index=False, escape=True, border=0, na_rep="–")
+    return _scroll(df.to_html(index=False, escape=True, border=0, na_rep="–"))
+
+
+def _scroll(table: str) -> str:
+    """A table wider than the page scrolls sideways inside it instead of running off it."""
+    return f"<div class='scroll'>{table}</div>"
 
 
 def _html(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, notes, experiment,
@@ -356,7 +315,7 @@ def _html(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, n
             rows.append("<tr>" + "".join(
                 f"<td class='state-{e(str(v))}'>{e(str(v))}</td>" if c == "state" else f"<td>{e(str(v))}</td>"
                 for c, v in r.items()) + "</tr>")
-        H.append("".join(rows) + "</table></div>")
+        H.append(_scroll("".join(rows) + "</table>") + "</div>")
     for n in rep.notes:
         H.append(f"<p class='warn'>note: {e(n)}</p>")
     if rep.findings:
@@ -379,9 +338,9 @@ def _html(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_text, n
     H.append("<h2>Tables</h2>")
     for key, title in _TABLE_TITLES(rep):
         H.append(f"<h3>{e(title)}</h3>" + _html_table(frames[key]))
-    H.append("<h2>Provenance</h2><table>" + "".join(
-        f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _provenance_rows(prov, exp_dir, _runs_of(rep)))
-        + "</table>")
+    H.append("<h2>Provenance</h2>" + _scroll("<table>" + "".join(
+        f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in provenance_rows(prov, exp_dir, _runs_of(rep)))
+        + "</table>"))
     H.append(f"<h2>Configuration</h2><pre>{e(cfg_text)}</pre>")
     if plan:
         H.append(f"<p>Grid axes: {e(', '.join(axes))}; {len(plan.get('runs', []))} planned runs (plan created "

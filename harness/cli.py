@@ -7,26 +7,16 @@ Each subcommand lives beside the code it drives; this module only wires argparse
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+from harness.commands import COMMANDS, help_line
 from harness.errors import HarnessError
 from harness.fsio import exit_without_teardown
 
 
-def _add_world(sub: argparse._SubParsersAction) -> None:
-    from harness.world.cli import add_parser
-
-    add_parser(sub)
-
-
-def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    from harness.inspect import add_parser
-
-    add_parser(sub)
-
-
 def _add_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show an experiment's resolved config and runs, or explain every key")
+    p = sub.add_parser("config", help=help_line("config"))
     p.add_argument("experiment", nargs="?", help="experiment YAML")
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--explain", action="store_true", help="list every config key with its type, default and doc")
@@ -58,89 +48,44 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_launch(sub: argparse._SubParsersAction) -> None:
-    from harness.launch.cli import add_parsers
-
-    add_parsers(sub)
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from harness.evaluation.cli import add_parser
-
-    add_parser(sub)
-
-
-def _add_report(sub: argparse._SubParsersAction) -> None:
-    from analysis.cli import add_parser
-
-    add_parser(sub)
-
-
-def _add_doctor(sub: argparse._SubParsersAction) -> None:
-    from harness.doctor import add_parser
-
-    add_parser(sub)
-
-
-def _add_model(sub: argparse._SubParsersAction) -> None:
-    from harness.realmodels import add_parser
-
-    add_parser(sub)
-
-
-def _add_realdata(sub: argparse._SubParsersAction) -> None:
-    from harness.realdata import add_parser
-
-    add_parser(sub)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from harness.training.loop import add_parser
-
-    add_parser(sub)
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    from harness.export import add_parser
-
-    add_parser(sub)
-
-
-def _add_replicate(sub: argparse._SubParsersAction) -> None:
-    from analysis.replicate import add_parser
-
-    add_parser(sub)
-
-
-# Subcommand registrars; each adds a parser whose `func(args) -> int` runs it.
-_REGISTRARS = [_add_world, _add_model, _add_realdata, _add_inspect, _add_config, _add_launch, _add_train, _add_eval,
-               _add_export, _add_report, _add_replicate, _add_doctor]
-
-
-# Which registrar defines each command: `harness run` then imports the launcher only, not torch, transformers,
-# pandas and lm-eval for the other commands (seconds of start-up per call, and per launcher). This is why the
-# registrars import their modules inside the function: for start-up time, never to hide an import circle.
-_COMMANDS = {"world": _add_world, "inspect": _add_inspect, "config": _add_config, "run": _add_launch,
-             "status": _add_launch, "cancel": _add_launch, "train": _add_train, "eval": _add_eval,
-             "report": _add_report, "doctor": _add_doctor, "model": _add_model,
-             "realdata": _add_realdata, "export": _add_export, "replicate": _add_replicate}
-
-
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The whole CLI, or only the parser of `command` (plus `demo`) when it names a known command."""
-    parser = argparse.ArgumentParser(
-        prog="harness", description="SFT loss-masking research harness."
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    registrars = [_COMMANDS[command]] if command in _COMMANDS else _REGISTRARS
-    for register in registrars:
-        register(sub)
-    demo = sub.add_parser("demo", help="run the embedded mini-LIMA study end to end (world, grid, report)")
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help=help_line("demo"))
     demo.add_argument("--experiment", default="experiments/mini_lima.yaml")
     demo.add_argument("--size", default="demo", help="mini-world size (default demo)")
     demo.add_argument("--parallel", type=int, default=None)
     demo.set_defaults(func=_demo)
+
+
+def _register(sub: argparse._SubParsersAction, module: str) -> None:
+    """Add the parsers `module` defines (its add_parser, or add_parsers for the launcher's three commands).
+    Imported here, inside the function, for start-up time (never to hide an import circle): `harness run`
+    then imports the launcher only, not torch, transformers, pandas and lm-eval for the other commands."""
+    if module == __name__:
+        return
+    mod = importlib.import_module(module)
+    (getattr(mod, "add_parsers", None) or mod.add_parser)(sub)
+
+
+_OWN = {"config": _add_config, "demo": _add_demo}  # the commands this module defines
+
+
+def build_parser(command: str | None = None, *, listing: bool = False) -> argparse.ArgumentParser:
+    """The whole CLI; only the parser of `command` when it names a known command; with `listing` (``harness``,
+    ``harness --help``), each command's name and line (harness/commands.py) without importing any module."""
+    parser = argparse.ArgumentParser(prog="harness", description="SFT loss-masking research harness.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    names = [command] if command in COMMANDS else list(COMMANDS)
+    done: set[str] = set()
+    for name in names:
+        module = COMMANDS[name][0]
+        if listing:
+            sub.add_parser(name, help=help_line(name))
+        elif name in _OWN:
+            _OWN[name](sub)
+        elif module not in done:
+            done.add(module)
+            _register(sub, module)
     return parser
 
 
@@ -158,24 +103,24 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"[1/4] mini-world ({args.size})", flush=True)
     build_world(args.size, seed=0)
     exp = load_experiment(args.experiment)
-    print(f"[2/4] mask audit -> {exp.out_dir / 'audit.json'}", flush=True)
+    print(f"[2/4] mask audit -> {exp.dir.audit}", flush=True)
     exp.out_dir.mkdir(parents=True, exist_ok=True)
-    main(["inspect", args.experiment, "--n", "2", "--json", str(exp.out_dir / "audit.json"),
-          "--html", str(exp.out_dir / "audit.html")])
+    main(["inspect", args.experiment, "--n", "2", "--json", str(exp.dir.audit), "--html", str(exp.dir.audit_html)])
     print(f"[3/4] grid: {len(exp.runs)} runs", flush=True)
     refuse(exp, check_experiment(exp))
-    summary = launch(exp, parallel=args.parallel)
+    summary = launch(exp, parallel=args.parallel, watch=True)
     print_status(exp)
     print("[4/4] report", flush=True)
     rc = main(["report", args.experiment])
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {exp.out_dir / 'report' / 'report.html'}")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {exp.dir.report_html}")
     failed = [r for r in summary.get("results", []) if isinstance(r, dict) and r.get("status") == "failed"]
     return 1 if failed or rc else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(argv[0] if argv else None)
+    command = argv[0] if argv else None
+    parser = build_parser(command, listing=command not in COMMANDS)  # `harness --help`, or no or a wrong command
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -14,14 +14,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from harness.commands import help_line
 from harness.data import load_conversations
 from harness.errors import HarnessError
 from harness.evaluation.lm_eval import check_tasks
 from harness.fsio import is_local_path
 from harness.grid import check_schema, load_experiment
-from harness.inspect import RegimeSpec, audit
 from harness.masking import regime_options
-from harness.modeling import tokenizer_for
 from harness.preflight import check_experiment, path_note
 
 
@@ -109,7 +108,10 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
         out(f"        {note}")
     if not problems:
         r.ok(f"paths, max_length and tokenizer files of all {len(exp.runs)} runs")
-    # model + tokenizer
+    # model + tokenizer: torch from here on (imported here so that the config's verdict comes at once)
+    from harness.inspect import RegimeSpec, audit
+    from harness.modeling import tokenizer_for
+
     model_path = Path(cfg.model.name_or_path)
     if model_path.exists():
         r.ok(f"model: {model_path} ({_dir_size(model_path) / 1e6:.1f} MB)")
@@ -200,7 +202,7 @@ def doctor(path: str, overrides: list[str] | None = None, out=print) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check an experiment before launch")
+    p = sub.add_parser("doctor", help=help_line("doctor"))
     p.add_argument("experiment")
     p.add_argument("-o", "--override", action="append")
     p.set_defaults(func=lambda a: doctor(a.experiment, a.override))

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from harness import adapters
+from harness.commands import help_line
 from harness.config import ExperimentConfig, build
 from harness.errors import ConfigError
-from harness.layout import COMPLETED, SHARDED_STATE, TRAINER_STATE, RunDir, read_yaml
+from harness.layout import COMPLETED, SHARDED_STATE, TRAINER_STATE, RunDir, read_yaml, run_of_checkpoint
 from harness.modeling import load_model, tokenizer_for
 
 
@@ -33,7 +34,11 @@ def checkpoint_of(target: str | Path, step: int | None = None) -> tuple[Path, Ru
         if step is not None:
             raise ConfigError("--step is for a run directory; this is a checkpoint", where=str(target),
                               fix="drop --step, or pass the run directory")
-        return target, RunDir(target.parent.parent)
+        rd = run_of_checkpoint(target)
+        if rd is None:
+            raise ConfigError("this checkpoint is not in a run's checkpoints/ folder: its config is unknown",
+                              where=str(target), fix="export from the run directory it was trained in")
+        return target, rd
     rd = RunDir(target)
     cks = dict(rd.completed_checkpoints())
     if not cks:
@@ -76,7 +81,7 @@ def export(target: str | Path, out: str | Path, *, step: int | None = None, merg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a run's checkpoint as a standalone model (--merged: adapter folded in)")
+    p = sub.add_parser("export", help=help_line("export"))
     p.add_argument("target", help="run directory or checkpoint directory")
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument("--step", type=int, help="checkpoint step of a run directory (default: the newest)")

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import yaml
+
 _FAULT_HITS: dict[str, int] = {}
 
 
@@ -197,3 +199,42 @@ def exit_without_teardown(rc: int = 0) -> None:
         except (OSError, ValueError):  # a closed pipe or stream: nothing left to flush
             pass
     os._exit(rc)
+
+
+# ------------------------------------------------------------------------------------------ tolerant readers (of results files: harness.layout)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's value; None when it is missing or does not parse (half-written, not ours)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when present (faster)
+
+
+def read_yaml(path: Path) -> dict | None:
+    try:
+        d = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
+    except (OSError, yaml.YAMLError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (a writer killed mid-line) is skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict):
+            rows.append(r)
+    return rows

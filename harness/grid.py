@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import yaml
 
-from harness.claims import Claim, parse_claims, registration
+from harness.claims import Claim, parse_claims
 from harness.config import ExperimentConfig, to_dict
 from harness.config.load import (
     LineMap,
@@ -35,11 +35,9 @@ from harness.config.load import (
 )
 from harness.config.paths import resolve_paths, root_of
 from harness.errors import ConfigError, HarnessError
-from harness.evaluation.identity import eval_hash
-from harness.fsio import atomic_write_json, now_iso
-from harness.layout import ExperimentDir, base_eval_json
+from harness.layout import ExperimentDir
 from harness.masking import REGIME_OPTIONS, check_regime
-from harness.stages import RUN_PREFIX, Stage, init_run_id, parse_stages
+from harness.stages import RUN_PREFIX, Stage, parse_stages
 from harness.versions import SCHEMA_VERSION
 
 
@@ -186,12 +184,12 @@ class Experiment:
     """What the study claims (``claims:``, harness/claims.py): judged by the report, registered by `harness run`."""
 
     @property
-    def out_dir(self) -> Path:
-        return Path(self.config.results_dir) / self.config.name
+    def dir(self) -> ExperimentDir:
+        return ExperimentDir.of(self.config)
 
     @property
-    def dir(self) -> ExperimentDir:
-        return ExperimentDir(self.out_dir)
+    def out_dir(self) -> Path:
+        return self.dir.path
 
     def run_dir(self, run: RunSpec):
         return self.dir.run(run.run_id)
@@ -339,39 +337,6 @@ def select_run(runs: tuple[RunSpec, ...] | list[RunSpec], pattern: str | None) -
 
 
 # ------------------------------------------------------------------------------------------ the plan
-
-
-def write_plan(exp: Experiment) -> Path:
-    """``plan.json``: the expanded grid with each run's config hash and eval hash (the base it is compared with)."""
-    axes: list[str] = list(dict.fromkeys(k for r in exp.runs for k in r.axes))
-    hashes: dict[str, str] = {}
-
-    def ehash(cfg: ExperimentConfig) -> str:  # memoised: it fingerprints the probe and model files
-        d = to_dict(cfg)
-        key = json.dumps([d["model"], d["data"], d["eval"]], sort_keys=True, default=str)
-        if key not in hashes:
-            hashes[key] = eval_hash(cfg)
-        return hashes[key]
-
-    old = exp.dir.read_plan() or {}
-    plan = {"schema": SCHEMA_VERSION, "experiment": exp.config.name, "experiment_file": exp.path,
-            "created": now_iso(), "axes": axes, "base_eval_hash": ehash(exp.config),
-            # before any run of this launch trains: a claim first seen once results exist is post hoc for good
-            "claims": registration(list(exp.claims), old.get("claims"), results_exist(exp), now_iso()),
-            "runs": [{"run_id": r.run_id, "axes": r.axes, "config_hash": r.config_hash, "eval_hash": ehash(r.config),
-                      **({"after": a} if (a := init_run_id(r.config.model.init_from)) else {})}
-                     for r in exp.runs]}
-    atomic_write_json(exp.dir.plan, plan)
-    return exp.dir.plan
-
-
-def results_exist(exp: Experiment) -> bool:
-    """Whether any result of this experiment is on disk (a checkpoint or an evaluation of a run, or the base's):
-    what a claim registered now could have been written after seeing."""
-    d = exp.dir
-    if base_eval_json(d.base()).exists():
-        return True
-    return any(d.run(r).eval_files() or d.run(r).completed_checkpoints() for r in d.run_ids_on_disk())
 
 
 def check_schema(exp: Experiment) -> None:

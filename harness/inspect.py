@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from harness.commands import help_line
 from harness.data import ConversationTokenizer, load_conversations, per_turn, tokenize_all
 from harness.data.prepare import Drops
 from harness.data.templates import resolve_template
@@ -138,7 +139,28 @@ def _shown(a: Audit, k: int, example_index: int) -> tuple[Tokenized, Masked | No
 # ----------------------------------------------------------------------------------------------- terminal
 
 
+# Off a terminal (a pipe, a file) colours and bold are gone: the loss is marked in the text itself
+IN_LOSS, WEIGHTED = ("\u00ab", "\u00bb"), ("\u2039", "\u203a")  # «in the loss», ‹in it with a weight below 1›
+
+
+def _marked(toks: list[str], weights: list[float]) -> str:
+    """The tokens as plain text, each run of in-loss tokens between « », of down-weighted ones between ‹ ›."""
+    out, open_ = [], None
+    for s, w in zip(toks, weights):
+        kind = IN_LOSS if w >= 1 else WEIGHTED if w > 0 else None
+        if kind != open_:
+            out += [open_[1] if open_ else "", kind[0] if kind else ""]
+            open_ = kind
+        out.append(s.replace("\n", "\u23ce\n"))
+    return "".join(out) + (open_[1] if open_ else "")
+
+
 def render_terminal(a: Audit, n: int, console=None) -> None:
+    """N examples under each regime and the mask statistics. In a terminal: colours, in-loss tokens bold and
+    underlined, regimes side by side; in a pipe or a file: in-loss tokens between markers (« », ‹ › for a weight
+    below 1), regimes one under the other, long lines and table cells wrapped, never cut."""
+    import os
+
     from rich.columns import Columns
     from rich.console import Console
     from rich.panel import Panel
@@ -146,33 +168,39 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
     from rich.text import Text
 
     console = console or Console()
+    plain = not console.is_terminal
+    if plain and console.width <= 80:  # rich's default off a terminal; COLUMNS still wins when set
+        console.width = int(os.environ.get("COLUMNS") or 120)
     legend = Text("segments: ")
     for seg, colour in SEGMENT_COLOURS.items():
         legend.append(f" {seg.name.lower()} ", style=f"black on {colour}")
         legend.append(" ")
-    legend.append("   in loss: ", style="")
-    legend.append("bold underlined", style="bold underline")
-    legend.append(" (weight < 1: ", style="")
-    legend.append("underlined", style="underline")
-    legend.append("), not in loss: ", style="")
-    legend.append("dim", style="dim")
+    if plain:
+        legend = Text(f"in the loss: {IN_LOSS[0]}...{IN_LOSS[1]}, with a weight below 1: {WEIGHTED[0]}...{WEIGHTED[1]}"
+                      ", not in the loss: unmarked")
+    for part, style in () if plain else (("   in loss: ", ""), ("bold underlined", "bold underline"), (" (weight < 1: ", ""),
+                                         ("underlined", "underline"), ("), not in loss: ", ""), ("dim", "dim")):
+        legend.append(part, style=style)
     console.print(legend)
     for i, t in enumerate(a.examples[:n]):
         panels = []
         for k, r in enumerate(a.regimes):
             shown, m = _shown(a, k, i)
             toks = _token_strings(a.tokenizer, shown)
+            weights = [0.0] * len(toks) if m is None else [float(w) for w in m.weights]
             text = Text()
-            for j, (s, seg) in enumerate(zip(toks, shown.segments.tolist())):
-                w = 0.0 if m is None else float(m.weights[j])
+            if plain:
+                text.append(_marked(toks, weights))
+            for j, (s, seg) in enumerate(zip(toks, shown.segments.tolist()) if not plain else ()):
                 style = f"{SEGMENT_COLOURS[Segment(seg)]}"
-                style += " bold underline" if w >= 1 else " underline" if w > 0 else " dim"
+                style += " bold underline" if weights[j] >= 1 else " underline" if weights[j] > 0 else " dim"
                 text.append(s.replace("\n", "⏎\n"), style=style)
             n_sup = 0 if m is None else m.n_supervised
             title = f"{r.label}: {n_sup}/{len(shown)} in loss" + (" [DROPPED]" if m is None else "")
             panels.append(Panel(text, title=title, expand=True))
         console.print(f"[bold]example {i}[/bold] ({t.source}, {len(t)} tokens, boundary={t.boundary})")
-        console.print(Columns(panels, equal=True, expand=True))
+        for row in (panels if plain else [Columns(panels, equal=True, expand=True)]):
+            console.print(row)
     table = Table(title=f"mask statistics ({a.source}: {len(a.examples) + a.tokenize_drops.total} examples)")
     for col in ("regime", "examples", "dropped", "tokens", "supervised", "weight sum", "fraction", "truncated",
                 "no-EOT turns", "spell specials", "mask hash"):
@@ -181,7 +209,11 @@ def render_terminal(a: Audit, n: int, console=None) -> None:
         table.add_row(s["regime"], str(s["examples"]), str(s["dropped"]), str(s["tokens"]),
                       str(s["supervised_tokens"]), f"{s['weight_sum']:g}", f"{s['supervised_fraction']:.3f}", str(s["truncated_examples"]),
                       str(s["turns_without_eot"]), str(s["contents_spelling_special_tokens"]), s["mask_hash"])
+    wrap_at = console.width  # off a terminal the table is as wide as its cells: a cut or folded cell misleads
+    natural = console.measure(table, options=console.options.update_width(10**4)).maximum
+    console.width = max(wrap_at, natural) if plain else wrap_at
     console.print(table)
+    console.width = wrap_at
     for r, md in zip(a.regimes, a.masked):
         if md.drops.total:
             console.print(f"[yellow]{r.label}: dropped {md.drops.describe()}[/yellow]")
@@ -353,7 +385,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="mask audit: which tokens each regime trains on",
+    p = sub.add_parser("inspect", help=help_line("inspect"),
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", nargs="?", help="experiment YAML (uses its model, data and grid regimes)")
     p.add_argument("--data", help="a data file (instead of an experiment)")

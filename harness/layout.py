@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.fsio import is_locked
+from harness.fsio import is_locked, read_jsonl, read_yaml  # noqa: F401 (the readers of results files)
+from harness.fsio import read_json as _read_json
 from harness.versions import EVAL_SCHEMA
 
 # ------------------------------------------------------------------------------------------ names
@@ -43,10 +42,17 @@ FAILED = "FAILED"
 LOCK = ".lock"
 LAUNCHER = "launcher.json"
 INPUTS = "inputs.json"
+PROGRESS = "progress.json"
+AUDIT = "audit.json"
+AUDIT_HTML = "audit.html"
+REPORT_HTML = "report.html"
+EVAL_LOCK = ".eval.lock"  # base/: held while the base is evaluated (a concurrent evaluator waits, then reuses it)
+CACHE_LOCK = ".logprobs.lock"  # base/: held while the base's log-prob caches are computed
+JOB_LOGS = "%j"  # submitit's placeholder for the job id: logs/<job-id>/
+BASE_CACHES = {"logprobs": "base_logprobs", "kl_sft": "base_kl_sft"}  # base/eval/<name>-<eval_hash>.npz
 
 STATES = ("done", "failed", "running", "partial", "pending")
-_STEP = re.compile(r"^step-(\d{6})$")
-_EVAL_FILE = re.compile(r"^step-(\d{6})\.json$")
+_STEP = re.compile(r"^step-(\d{6})$")  # THE spelling of a checkpoint's (and an eval file's) step
 
 # (path, written by, what it holds): the table of docs/results-schema.md
 FILES = (
@@ -55,10 +61,13 @@ FILES = (
                           "(the run it starts from)"),
     (LAUNCH_LOCK, "harness run", "flock held while one launcher submits the grid (a second one is refused)"),
     (f"{BASE}/{EVAL}/step-000000.json", "evaluation", "the base model, evaluated once per experiment "
-                                                       "(+ .samples.jsonl.gz, .tokens.parquet, base_logprobs-*.npz)"),
+                                                       "(+ .samples.jsonl.gz, .tokens.parquet, base_logprobs-*.npz, "
+                                                       f"base_kl_sft-*.npz; {BASE}/{EVAL_LOCK} and "
+                                                       f"{BASE}/{CACHE_LOCK} held while they are computed)"),
     (f"{BASES}/<eval_hash>/{EVAL}/...", "evaluation", "only for grids over the base model or eval data: each "
                                                        "other base, evaluated once"),
-    (f"{LOGS}/<job>/", "submitit", "job logs"),
+    (f"{LOGS}/<job>/", "submitit", f"job logs (submitit's folder pattern {LOGS}/{JOB_LOGS}): "
+                                   "<job>_0_log.err holds the training log, <job>_0_log.out submitit's own lines"),
     (f"{RUNS}/<run-id>/{CONFIG}", "training", "resolved config of this run (no grid)"),
     (f"{RUNS}/<run-id>/{PROVENANCE}", "training", "git commit/dirty, package versions, host, data sha256, "
                                                    "mask statistics and hash, engine, schema, parameter counts "
@@ -86,7 +95,14 @@ FILES = (
                                             "and before evaluation"),
     (f"{RUNS}/<run-id>/{FAILED}", "launcher", "the run failed: the traceback (removed when it is retried)"),
     (f"{RUNS}/<run-id>/{LOCK}", "launcher", "flock held by the process training or evaluating the run"),
-    (f"{RUNS}/<run-id>/{LAUNCHER}", "launcher", "backend, job id, log paths, launch token, status"),
+    (f"{RUNS}/<run-id>/{LAUNCHER}", "launcher", "backend, job id, log paths (stderr holds the training log), "
+                                              "launch token, status"),
+    (f"{RUNS}/<run-id>/{PROGRESS}", "training, evaluation", "what the run is doing now (phase, step/total, "
+                                                           "loss, tokens/s; evaluation: checkpoint i of n), "
+                                                           "rewritten atomically; `harness run` shows it"),
+    (f"{AUDIT}, {AUDIT_HTML}", "harness demo", "the masks of the first conversations (harness inspect --json "
+                                               "/ --html), for the report"),
+    (f"{REPORT}/", "harness report", f"{REPORT_HTML}, report.md, figures, tables and the data behind them"),
 )
 
 STATE_RULES = (
@@ -120,6 +136,12 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def step_of(name: str) -> int | None:
+    """The step a checkpoint directory (``step-000400``) or an eval file (``step-000400.json``) is of, else None."""
+    m = _STEP.match(name[: -len(".json")] if name.endswith(".json") else name)
+    return int(m.group(1)) if m else None
+
+
 def valid_eval(path: str | Path, eval_hash: str | None = None) -> bool:
     """A finished eval JSON: parses, has the eval schema and a metrics dict (and the given eval hash)."""
     try:
@@ -136,11 +158,22 @@ class ExperimentDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    __fspath__ = lambda self: str(self.path)  # noqa: E731
+
+    @classmethod
+    def of(cls, config: Any) -> "ExperimentDir":
+        """Where an experiment config's results go: ``<results_dir>/<name>``."""
+        return cls(Path(config.results_dir) / config.name)
+
     plan = property(lambda self: self.path / PLAN)
+    audit = property(lambda self: self.path / AUDIT)
+    audit_html = property(lambda self: self.path / AUDIT_HTML)
+    job_logs = property(lambda self: self.path / LOGS / JOB_LOGS)  # submitit's folder pattern
     launch_lock = property(lambda self: self.path / LAUNCH_LOCK)
     runs = property(lambda self: self.path / RUNS)
     logs = property(lambda self: self.path / LOGS)
     report = property(lambda self: self.path / REPORT)
+    report_html = property(lambda self: self.path / REPORT / REPORT_HTML)
 
     def run(self, run_id: str) -> "RunDir":
         return RunDir(self.runs / run_id)
@@ -159,8 +192,31 @@ class ExperimentDir:
         return self.plan.is_file() or self.runs.is_dir()
 
 
+def experiment_of(path: str | Path) -> ExperimentDir | None:
+    """The experiment of a run directory (``<exp>/runs/<run-id>``) or of what lies in its checkpoints/, eval/ or
+    tracking/; None for a run trained elsewhere (``harness train --out DIR``). Only those levels are looked at:
+    a folder named runs higher up is not an experiment's."""
+    p = Path(path).resolve()
+    for run in (p, *p.parents[:3]):
+        if run.parent.name == RUNS and (run == p or p.relative_to(run).parts[0] in (CHECKPOINTS, EVAL, TRACKING)):
+            return ExperimentDir(run.parent.parent)
+    return None
+
+
+def run_of_checkpoint(path: str | Path) -> "RunDir | None":
+    """The run whose ``checkpoints/step-NNNNNN`` `path` is, else None (a model directory elsewhere)."""
+    p = Path(path)
+    return RunDir(p.parent.parent) if p.parent.name == CHECKPOINTS and step_of(p.name) is not None else None
+
+
 def base_eval_json(base_dir: str | Path) -> Path:
-    return Path(base_dir) / EVAL / "step-000000.json"
+    return Path(base_dir) / EVAL / f"{step_name(0)}.json"
+
+
+def base_cache(base_dir: str | Path, kind: str, eval_hash: str) -> Path:
+    """A cache of the base model beside its evaluation: ``logprobs`` (on the pretraining-like text) or ``kl_sft``
+    (its continuations of the fine-tuning prompts), per eval hash."""
+    return Path(base_dir) / EVAL / f"{BASE_CACHES[kind]}-{eval_hash}.npz"
 
 
 EVAL_SIDE_FILES = {"samples": ".samples.jsonl.gz", "tokens": ".tokens.parquet"}
@@ -187,9 +243,7 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def __fspath__(self) -> str:
-        return str(self.path)
-
+    __fspath__ = lambda self: str(self.path)  # noqa: E731
     name = property(lambda self: self.path.name)
     config = property(lambda self: self.path / CONFIG)
     provenance = property(lambda self: self.path / PROVENANCE)
@@ -202,9 +256,27 @@ class RunDir:
     lock = property(lambda self: self.path / LOCK)
     launcher = property(lambda self: self.path / LAUNCHER)
     inputs = property(lambda self: self.path / INPUTS)
+    progress = property(lambda self: self.path / PROGRESS)
+
+    @classmethod
+    def at(cls, path: "str | Path | RunDir") -> "RunDir":
+        """`path` as a RunDir (the entry points: a directory the user names, ``harness train --out DIR``)."""
+        return path if isinstance(path, RunDir) else cls(path)
+
+    @property
+    def experiment(self) -> ExperimentDir | None:
+        return experiment_of(self.path)
+
+    def sibling(self, run_id: str) -> "RunDir":
+        """Another run of the same experiment (a later stage's previous stage)."""
+        return RunDir(self.path.parent / run_id)
 
     def step_dir(self, step: int) -> Path:
         return self.checkpoints / step_name(step)
+
+    def tmp_step_dir(self, step: int) -> Path:
+        """Where checkpoint `step` is written before it is renamed into place."""
+        return self.checkpoints / f".tmp-{step_name(step)}"
 
     def eval_json(self, step: int, adhoc: bool = False) -> Path:
         return (self.eval_dir / ADHOC if adhoc else self.eval_dir) / f"{step_name(step)}.json"
@@ -214,9 +286,9 @@ class RunDir:
         out = []
         if self.checkpoints.is_dir():
             for p in self.checkpoints.iterdir():
-                m = _STEP.match(p.name)
-                if m and p.is_dir() and (p / COMPLETED).exists():
-                    out.append((int(m.group(1)), p))
+                step = step_of(p.name)
+                if step is not None and p.is_dir() and (p / COMPLETED).exists():
+                    out.append((step, p))
         return sorted(out)
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
@@ -227,7 +299,8 @@ class RunDir:
         """(step, path) of every eval/step-NNNNNN.json on disk, valid or not."""
         if not self.eval_dir.is_dir():
             return []
-        return sorted((int(m.group(1)), p) for p in self.eval_dir.iterdir() if (m := _EVAL_FILE.match(p.name)))
+        return sorted((s, p) for p in self.eval_dir.iterdir() if p.name.endswith(".json")
+                      and (s := step_of(p.name)) is not None)
 
     def every_checkpoint(self) -> bool:
         """eval.every_checkpoint from this run's config.yaml (True when there is none)."""
@@ -300,41 +373,3 @@ class RunDir:
     def launcher_info(self) -> dict:
         d = _read_json(self.launcher)
         return d if isinstance(d, dict) else {}
-
-
-# ------------------------------------------------------------------------------------------ tolerant readers
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when present (faster)
-
-
-def read_yaml(path: Path) -> dict | None:
-    try:
-        d = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
-    except (OSError, yaml.YAMLError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (a writer killed mid-line) is skipped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(r, dict):
-            rows.append(r)
-    return rows

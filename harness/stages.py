@@ -82,7 +82,7 @@ def init_checkpoint(cfg: ExperimentConfig) -> Path | None:
     if not init:
         return None
     rid = init_run_id(init)
-    path = ExperimentDir(Path(cfg.results_dir) / cfg.name).run(rid).path if rid else Path(init).expanduser()
+    path = ExperimentDir.of(cfg).run(rid).path if rid else Path(init).expanduser()
     if not path.exists():
         raise ConfigError("model.init_from: no such run or checkpoint", where=f"{init} ({path})",
                           fix="run the previous stage first (harness run runs a chain in order)")
@@ -114,19 +114,19 @@ def base_weights(cfg: ExperimentConfig) -> str | Path:
     return init_checkpoint(cfg) or cfg.model.name_or_path
 
 
-def parent_done(spec: Any, rdir: str | Path) -> bool:
+def parent_done(spec: Any, rd: RunDir) -> bool:
     """A run may start: it has no previous stage, or that stage (a sibling run directory) is DONE."""
     parent = init_run_id(spec.config.model.init_from)
-    return parent is None or (Path(rdir).parent / parent / DONE).exists()
+    return parent is None or rd.sibling(parent).done.exists()
 
 
-def waits_for(spec: Any, rdir: str | Path) -> str | None:
+def waits_for(spec: Any, rd: RunDir) -> str | None:
     """Why the run cannot start yet ("waits for its previous stage X", or "its previous stage X failed"), or
     None when it can: the one wording of the launcher's, the debug backend's and ``harness status``'s."""
-    if parent_done(spec, rdir):
+    if parent_done(spec, rd):
         return None
     parent = init_run_id(spec.config.model.init_from)
-    if RunDir(Path(rdir).parent / parent).failed.exists():
+    if rd.sibling(parent).failed.exists():
         return f"its previous stage {parent} failed"
     return f"waits for its previous stage {parent}"
 

@@ -327,3 +327,16 @@ def test_runs_with_another_base_are_compared_with_their_own(tmp_path):
     qa = df[df["metric"] == "qa"].set_index(["run_id", "step"])
     assert qa.loc[("aug-1", 0), "value"] == 0.1 and qa.loc[("plain-1", 0), "value"] == 0.3
     assert qa.loc[("aug-1", 10), "delta"] == pytest.approx(0.8) and qa.loc[("plain-1", 10), "delta"] == pytest.approx(0.1)
+
+
+def test_report_tables_scroll_and_the_methods_say_what_the_tables_show(report):
+    """Wide tables scroll inside the page (not off it); the Methods text describes the CIs the tables show
+    (seeds and items together where per-item results exist: one seed still has a CI); no markdown left raw."""
+    html = (report / "report.html").read_text()
+    md = (report / "report.md").read_text()
+    assert html.count("<table") > 3 and html.count("<table") == html.count("<div class='scroll'><table")
+    assert ".scroll{overflow-x:auto}" in html
+    assert "*done*" not in html and "*done*" not in md and "one seed gives no CI" not in md
+    for text in (html, md):
+        assert "resamples seeds and evaluation items together where per-item results exist (so one seed still " \
+               "has a CI, over the items)" in text.replace("\n", " ")

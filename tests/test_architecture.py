@@ -147,3 +147,121 @@ def test_low_level_modules_stay_low():
         high = {d for d in closure(low) if d.startswith(("harness.training", "harness.evaluation.evaluat",
                                                         "harness.evaluation.lm_eval", "harness.modeling", "analysis"))}
         assert not high, f"{low} reaches {sorted(high)}"
+
+
+# ------------------------------------------------------------------------------------------ one owner of results paths
+
+def _results_names() -> tuple[set[str], set[str]]:
+    """(file names only a results directory has, every name harness/layout.py gives a file or folder): the module's
+    string constants, read from its source."""
+    from harness import layout
+
+    names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)} - {"%j"}
+    names |= set(layout.BASE_CACHES.values()) | set(layout.EVAL_SIDE_FILES.values())
+    generic = {n for n in names if n.isalpha() and n.islower()}  # runs, base, eval, logs...: also ordinary words
+    return names - generic, names
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def _help_texts(tree: ast.AST) -> set[int]:
+    """String constants that are user-facing text: argparse help/description and error messages' `fix`/`where`."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg in ("help", "description", "epilog", "fix"):
+            out |= {id(n) for n in ast.walk(node.value)}
+    return out
+
+
+def _spellings(path: Path, distinctive: set[str], names: set[str]) -> list[str]:
+    """Where `path` spells a results file name itself: a string that is one, a path joined with one (``d / "runs"``),
+    or the step-NNNNNN pattern (a regex or an f-string)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _docstrings(tree) | _help_texts(tree)
+    hits = []
+    for node in sorted(ast.walk(tree), key=lambda n: not isinstance(n, ast.BinOp)):  # joins first
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            for side in (node.left, node.right):
+                if isinstance(side, ast.Constant) and side.value in names:
+                    skip.add(id(side))
+                    hits.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{node.lineno}: / {side.value!r}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            s = node.value
+            if s in distinctive or "step-(" in s or "step-\\d" in s:
+                hits.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{node.lineno}: {s!r}")
+        elif isinstance(node, ast.JoinedStr) and id(node) not in skip:
+            parts = [v.value for v in node.values if isinstance(v, ast.Constant)]
+            if any(p.endswith("step-") for p in parts):
+                hits.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{node.lineno}: f-string step-...")
+    return hits
+
+
+def test_only_layout_names_results_files():
+    """harness/layout.py is the one place that names a file or folder of results/ (ExperimentDir, RunDir and its
+    constants); everything else asks it, so training, evaluation, the launcher and analysis never disagree."""
+    distinctive, names = _results_names()
+    assert {"plan.json", "metrics.jsonl", "DONE", ".lock", "audit.json"} <= distinctive
+    hits = [h for m, p in _modules().items() if m != "harness.layout" for h in _spellings(p, distinctive, names)]
+    assert not hits, "results file names spelled outside harness/layout.py (use its ExperimentDir/RunDir): " + \
+        "; ".join(hits)
+
+
+def test_the_owner_test_catches_spellings(tmp_path):
+    """The check above fails on each kind of spelling it looks for (and not on docstrings or help text)."""
+    distinctive, names = _results_names()
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""plan.json in a docstring is fine."""\nimport re\n'
+                   'a = exp / "runs" / rid / "config.yaml"\nb = re.compile(r"step-(\\d+)")\n'
+                   'c = f"step-{s:06d}"\nd = root / "audit.json"\nparser.add_argument("--x", help="see plan.json")\n')
+    hits = _spellings(bad, distinctive, names)
+    assert len(hits) == 5, hits  # / "runs", "config.yaml", the regex, the f-string, "audit.json"
+
+
+def _folder_graph() -> dict[str, set[str]]:
+    """The import graph with each sub-package (harness/training, harness/evaluation, analysis/figures...) as one
+    node and each top-level module (harness/grid.py, harness/modeling.py...) as its own."""
+    mods = _modules()
+
+    def node(m: str) -> str:
+        parts = m.split(".")
+        sub = len(parts) >= 3 or (len(parts) == 2 and mods[m].name == "__init__.py")
+        return ".".join(parts[:2]) if sub else m
+
+    out: dict[str, set[str]] = {}
+    for m, deps in _graph().items():
+        out.setdefault(node(m), set()).update(node(d) for d in deps if node(d) != node(m))
+    return out
+
+
+def test_no_folder_back_edges():
+    """A folder (harness/training, harness/evaluation, ...) that imports a top-level module is never imported by it:
+    the folders sit above harness/grid.py, harness/modeling.py and the other shared modules, not beside them
+    (grid -> evaluation/identity and modeling -> training/freeze were two such back-edges)."""
+    graph = _folder_graph()
+    back = sorted(f"{a} -> {b} (and {b} -> {a})" for a, deps in graph.items() for b in deps
+                  if a in graph.get(b, set()) and a < b)
+    assert not back, back
+    state: dict[str, int] = {}
+    cycles: list[str] = []
+
+    def visit(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join(stack[stack.index(d):] + [n, d]))
+            elif d not in state:
+                visit(d, stack + [n])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [])
+    assert not cycles, cycles

@@ -304,7 +304,7 @@ def test_runs_with_another_base_model_get_their_own_base_dir(tiny, tmp_path):
     from dataclasses import replace
 
     from harness.evaluation.identity import base_dir_for, eval_hash
-    from harness.grid import write_plan
+    from harness.launch.plan import write_plan
 
     exp = tmp_path / "exp"
     assert base_dir_for(exp, tiny.config) == exp / "base"  # no plan yet: the one base
@@ -320,3 +320,20 @@ def test_runs_with_another_base_model_get_their_own_base_dir(tiny, tmp_path):
     assert plan["base_eval_hash"] == eval_hash(tiny.config) and all(r["eval_hash"] for r in plan["runs"])
     assert base_dir_for(exp, tiny.config) == exp / "base"
     assert base_dir_for(exp, other) == exp / "bases" / eval_hash(other) != exp / "base"
+
+
+def test_lm_eval_git_hash_is_the_harness_commit_and_quiet_outside_a_checkout(tmp_path, monkeypatch, capfd):
+    """lm-eval asks `git describe` in the current directory: outside a checkout that printed "fatal: not a git
+    repository" into every evaluation's log. Within our lm-eval call it is the harness's commit, asked quietly."""
+    import lm_eval.evaluator as ev
+
+    from harness.evaluation.lm_eval import _env_info_once
+    from harness.provenance import git_info
+
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    original = ev.get_git_commit_hash
+    with _env_info_once():
+        got = ev.get_git_commit_hash()
+    assert got == git_info()["commit"]
+    assert ev.get_git_commit_hash is original  # restored
+    assert "fatal" not in capfd.readouterr().err

@@ -75,3 +75,37 @@ def test_inspect_errors_are_clean(files, capsys):
     assert main(["inspect", "--data", data, "--tokenizer", tok, "--regime", "prompt_maskd"]) == 2
     assert "did you mean 'prompt_masked'" in capsys.readouterr().err
     assert main(["inspect"]) == 2
+
+
+def test_inspect_piped_marks_the_loss_in_the_text_and_wraps(files, capsys, monkeypatch):
+    """Off a terminal (capsys is a pipe) the colours are gone: in-loss tokens are between « », down-weighted
+    ones between ‹ ›, so the three regime panels read differently; lines wrap at 120 columns, nothing is cut."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    tmp, data, tok = files
+    rc = main(["inspect", "--data", data, "--tokenizer", tok, "--n", "1", "--regime", "prompt_masked",
+               "--regime", "full", "--regime", "prompt_only", "--regime", "prompt_weight:prompt_weight=0.25"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and "…" not in out  # plain text, no cell or line cut short
+    panels_part = out.split("mask statistics", 1)[0]
+    panel_lines = [ln for ln in panels_part.splitlines() if ln.startswith(("│", "╭", "╰"))]
+    assert {len(ln) for ln in panel_lines} == {120}  # the regimes' panels wrap at 120 columns
+    header = next(ln for ln in out.splitlines() if "supervised" in ln)  # the statistics at their natural width
+    assert "mask hash" in header and "spell specials" in header
+    panels = {}
+    for name in ("prompt_masked", "full", "prompt_only", "prompt_weight:prompt_weight=0.25"):
+        start = out.index(f" {name}: ")
+        block = out[start:].split("╰", 1)[0]
+        panels[name] = "".join(ln.strip("│ ") for ln in block.splitlines()[1:])
+    assert len(set(panels.values())) == 4, panels  # each regime's panel reads differently
+    assert "«4.<|im_end|>" in panels["prompt_masked"] and "«What is 2+2?" not in panels["prompt_masked"]
+    assert panels["full"].count("«") == 1 and panels["full"].startswith("<|im_start|>«system")  # all but the first
+    assert "«" in panels["prompt_only"] and "4.«" not in panels["prompt_only"]
+    assert "‹" in panels["prompt_weight:prompt_weight=0.25"] and "«4." in panels["prompt_weight:prompt_weight=0.25"]
+
+
+def test_marked_groups_runs_of_tokens():
+    from harness.inspect import _marked
+
+    assert _marked(["a", "b", "c", "d", "e"], [0, 1, 1, 0.5, 0]) == "a«bc»‹d›e"
+    assert _marked(["x\n", "y"], [1, 1]) == "«x\u23ce\ny»"

@@ -147,14 +147,14 @@ def test_local_workers_share_one_run_list(tmp_path, fake_pipeline):
 
     exp = _exp(tmp_path)
     exp.out_dir.mkdir(parents=True)
-    from harness.grid import write_plan
+    from harness.launch.plan import write_plan
 
     write_plan(exp)
-    specs, rdirs = list(exp.runs), [str(exp.run_dir(r).path) for r in exp.runs]
+    specs, rdirs = list(exp.runs), [exp.run_dir(r) for r in exp.runs]
     held = Path(rdirs[0])
     with try_lock(held / ".lock") as got:  # another worker is training run 0
         assert got
-        first = LocalWorker(specs, rdirs, 1, "launch-1", base=(exp.config, str(exp.out_dir)))()
+        first = LocalWorker(specs, rdirs, 1, "launch-1", base=(exp.config, exp.dir))()
     assert [r["run_id"] for r in first] == [r.run_id for r in specs[1:]]
     assert {r["run_id"]: r["status"] for r in first}[specs[3].run_id] == "failed"
     assert "boom: injected failure" in (Path(rdirs[3]) / "FAILED").read_text()
@@ -235,3 +235,67 @@ def test_workers_are_interruptible_even_when_started_with_sigint_ignored():
         assert signal.getsignal(signal.SIGINT) is custom
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_cancelled_worker_says_so_and_not_that_it_completed(tmp_path, fake_pipeline, monkeypatch, capsys):
+    """`harness cancel` (SIGINT -> KeyboardInterrupt in the run): the worker's log says the run stops and resumes
+    next time; submitit's closing "Job completed successfully" is kept out of that log."""
+    import logging
+
+    from harness.launch import jobs
+
+    def interrupted(spec, rdir, should_stop=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys.modules["harness.training.loop"], "train", interrupted)
+    exp = _exp(tmp_path)
+    logger = logging.getLogger("submitit")
+    try:
+        got = jobs.LocalWorker(list(exp.runs), [exp.run_dir(r) for r in exp.runs], 1, "launch-1")()
+        assert got == [{"run_id": exp.runs[0].run_id, "status": "cancelled"}]
+        assert f"cancelled: {exp.runs[0].run_id} stops here and resumes" in capsys.readouterr().err
+        done = logger.makeRecord("submitit", logging.INFO, __file__, 1, "Job completed successfully", (), None)
+        other = logger.makeRecord("submitit", logging.INFO, __file__, 1, "Starting with JobEnvironment", (), None)
+        assert not logger.filter(done) and logger.filter(other)
+        assert exp.run_dir(exp.runs[0]).launcher_info()["status"] == "cancelled"
+    finally:
+        logger.removeFilter(jobs._not_success)
+
+
+def test_the_status_log_column_names_the_training_log(tmp_path, fake_pipeline):
+    """A worker's training log is its stderr (submitit's *_log.err); *_log.out holds only submitit's lines."""
+    exp = _exp(tmp_path)
+    rd = exp.run_dir(exp.runs[0])
+    rd.path.mkdir(parents=True)
+    rd.launcher.write_text(json.dumps({"backend": "local", "job_id": "7", "stdout": "/l/7_0_log.out",
+                                       "stderr": "/l/7_0_log.err"}))
+    assert status_rows(exp)[0]["log"] == "/l/7_0_log.err"
+
+
+def test_cancel_finds_the_worker_under_submitits_controller(tmp_path):
+    """Real local jobs: the log folder is named by the pid of submitit's controller (`submitit.local._local`,
+    which forwards SIGTERM only); the worker is its child. `harness cancel` stops the child."""
+    import subprocess
+
+    from harness.launch.status import cancel, local_workers
+
+    exp = _exp(tmp_path)
+    logs = exp.out_dir / "logs"
+    worker = ("import signal, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\ntry:\n"
+              "    print('ready', flush=True)\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)\n")
+    controller = ("import subprocess, sys\n"
+                  f"p = subprocess.Popen([sys.executable, '-c', {worker!r}, 'submitit.core._submit', sys.argv[2]])\n"
+                  "sys.exit(p.wait())\n")
+    parent = subprocess.Popen([sys.executable, "-c", controller, "submitit.local._local", str(logs / "%j")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline() == "ready\n"  # the child inherited stdout and handles SIGINT now
+        (logs / str(parent.pid)).mkdir(parents=True)
+        found = local_workers(exp)
+        assert len(found) == 1 and found[0] != parent.pid
+        said = []
+        cancel(exp, out=said.append)
+        assert parent.wait(timeout=30) == 3 and f"  stopped worker {found[0]}" in said
+    finally:
+        parent.kill()
+        parent.wait()

@@ -11,7 +11,8 @@ from harness import layout
 from harness.config.load import save_yaml
 from harness.evaluation.evaluate import pending_checkpoints
 from harness.fsio import is_locked
-from harness.grid import load_experiment, write_plan
+from harness.grid import load_experiment
+from harness.launch.plan import write_plan
 from harness.launch.status import status_rows
 from harness.versions import EVAL_SCHEMA, SCHEMA_VERSION
 
@@ -152,7 +153,7 @@ def _build(seed, rd, spec):
 
 def _eval_view(rd, spec) -> tuple[bool, list[int]]:
     """Evaluation's view: done iff trained (DONE), nothing left to evaluate, and nobody holds the run."""
-    todo = [s for s, _ in pending_checkpoints(rd.path, spec.config)]
+    todo = [s for s, _ in pending_checkpoints(rd, spec.config)]
     return rd.done.exists() and not todo and not is_locked(rd.lock), todo
 
 
@@ -213,3 +214,15 @@ def test_every_reader_agrees_on_every_run_state(tmp_path):
     assert {s: set(v.values()) for s, v in after.items()} == {
         by_seed[s].run_id: {"partial" if s == 3 else "done" if s == 10 else e}
         for s, (_, e, _, _) in SCENARIOS.items()}
+
+
+def test_experiment_of_looks_only_where_a_run_keeps_things(tmp_path):
+    exp = tmp_path / "results" / "e"
+    rd = layout.ExperimentDir(exp).run("r1")
+    for inside in (rd.path, rd.step_dir(4), rd.eval_json(4), rd.eval_json(4, adhoc=True), rd.tracking / "train"):
+        assert layout.experiment_of(inside).path == exp.resolve(), inside
+    elsewhere = tmp_path / "runs" / "mine" / "notes" / "deep" / "x.json"  # a folder named runs higher up
+    assert layout.experiment_of(elsewhere) is None and layout.experiment_of(tmp_path / "out") is None
+    assert layout.run_of_checkpoint(rd.step_dir(4)).path == rd.path
+    assert layout.run_of_checkpoint(tmp_path / "model") is None and layout.step_of("step-000400.json") == 400
+    assert layout.step_of("step-4") is None and layout.step_of("step-000400.samples.jsonl.gz") is None

@@ -166,7 +166,7 @@ def _task(rank, port, spec, rdir, fail_rank, q):
     from harness.launch.jobs import execute_run
 
     try:
-        q.put(execute_run(spec, Path(rdir)))
+        q.put(execute_run(spec, RunDir(rdir)))
     except Exception as exc:
         q.put({"rank": rank, "status": "raised", "error": str(exc)})
 

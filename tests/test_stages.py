@@ -110,7 +110,7 @@ def test_chain_resumes_after_a_kill_bit_exact(tiny, tmp_path):
     launch(whole, backend="debug", out=lambda *_: None)
     killed = load_experiment(write_exp(root, exp, "killed", **kw))
     a, b = killed.runs
-    assert execute_run(a, killed.run_dir(a).path)["status"] == "done"
+    assert execute_run(a, killed.run_dir(a))["status"] == "done"
     calls = {"n": 0}
 
     def crash_mid_b():  # checked once per step: b (4 steps) dies after its step-2 checkpoint
@@ -135,7 +135,7 @@ def test_a_later_stage_waits_and_is_not_run_when_its_stage_failed(tiny):
     root, exp = tiny
     e = load_experiment(write_exp(root, exp, "waits", grid={}))
     a, b = e.runs
-    assert execute_run(b, e.run_dir(b).path)["status"] == "waiting"  # a not done: b does not start
+    assert execute_run(b, e.run_dir(b))["status"] == "waiting"  # a not done: b does not start
     assert not (e.run_dir(b).path / "checkpoints").exists()
     e.run_dir(a).path.mkdir(parents=True)
     with pytest.raises(ConfigError, match="not finished"):
@@ -171,7 +171,7 @@ def test_slurm_job_runs_a_whole_chain_in_order(tiny):
     root, exp = tiny
     e = load_experiment(write_exp(root, exp, "job"))
     first, *then = chains(e.runs)[0]
-    job = RunJob(first, str(e.run_dir(first).path), None, tuple((s, str(e.run_dir(s).path)) for s in then))
+    job = RunJob(first, e.run_dir(first), None, tuple((s, e.run_dir(s)) for s in then))
     assert job()["status"] == "done"
     assert all((e.run_dir(r).path / "DONE").exists() for r in e.runs)
     assert job.checkpoint().function.then == job.then  # a requeued job keeps its chain

@@ -174,9 +174,10 @@ def offline(tmp_path, monkeypatch):
 ATTEMPT = """
 import json, os, sys
 from pathlib import Path
+from harness.layout import RunDir
 from harness.tracking import open_trackers
 rdir = Path(sys.argv[2])
-track = open_trackers([sys.argv[1]], rdir / "tracking", "lr0.0001-abc", json.loads(sys.argv[3]), {"name": "exp1"})
+track = open_trackers([sys.argv[1]], RunDir(rdir), "lr0.0001-abc", json.loads(sys.argv[3]), {"name": "exp1"})
 for s in (1, 2, 3):  # a first attempt that logs steps 1-3 and dies like kill -9 (its checkpoint: step 2)
     row = {"step": s, "loss": float(s), "lr": 0.1, "nan": float("nan"), "time": "now"}
     with open(rdir / "metrics.jsonl", "a") as fh:
@@ -201,14 +202,14 @@ def test_tracker_holds_each_step_once_across_a_kill_and_evaluation(name, tmp_pat
     # the harness's resume: the training log cut to the checkpoint, the steps after it logged again (new values)
     rows = [json.loads(x) for x in rd.metrics.read_text().splitlines()][:2]
     rd.metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with open_trackers([name], rd.tracking, rd.name, AXES, {"name": "exp1"}, purge_step=3) as track:
+    with open_trackers([name], rd, rd.name, AXES, {"name": "exp1"}, purge_step=3) as track:
         for s in (3, 4, 5):
             row = {"step": s, "loss": 10.0 + s, "lr": 0.1}
             with open(rd.metrics, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             track.log(row, s, prefix="train/")
     rd.eval_dir.mkdir()
-    with open_trackers([name], rd.tracking, "run-dir-name", {}, {}, kind="eval") as track:  # as evaluate.py
+    with open_trackers([name], rd, "run-dir-name", {}, {}, kind="eval") as track:  # as evaluate.py
         for s in (2, 4):
             metrics = {"acc": s / 10, "per_task": {"x": 1.0}}
             rd.eval_json(s).write_text(json.dumps({"schema": 1, "step": s, "metrics": metrics}))
@@ -227,7 +228,7 @@ def test_a_missing_tracker_package_names_its_extra(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(ConfigError, match=r"\.\[wandb\]"):
-        open_trackers(["wandb"], tmp_path / "run" / "tracking", "r", {}, {"name": "e"})
+        open_trackers(["wandb"], RunDir(tmp_path / "run"), "r", {}, {"name": "e"})
 
 
 def test_wandb_ids_are_stable_and_valid():

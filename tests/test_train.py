@@ -34,7 +34,9 @@ def test_smoke_run_directory_file_set(tiny, tmp_path):
     ck = [f"checkpoints/step-{s:06d}/{f}" for s in (n // 2, n) for f in
           ("COMPLETED", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
            "tokenizer.json", "tokenizer_config.json")]  # a finished run keeps no optimizer state
-    assert files == sorted(["DONE", "config.yaml", "metrics.jsonl", "provenance.json"] + ck)
+    assert files == sorted(["DONE", "config.yaml", "metrics.jsonl", "progress.json", "provenance.json"] + ck)
+    progress = json.loads((rdir / "progress.json").read_text())  # what `harness run` showed last: the last step
+    assert (progress["phase"], progress["step"], progress["total"], progress["eta_s"]) == ("training", n, n, 0.0)
     rows = [json.loads(x) for x in (rdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, n + 1)) and rows[-1]["epoch"] == 2.0
     assert {"lr", "loss", "loss_response", "loss_prompt", "supervised_tokens", "tokens", "tokens_per_s",
@@ -201,13 +203,16 @@ def test_resume_is_bit_exact(tiny, tmp_path, layout):
     assert strip(la) == strip(lb)
 
 
-def test_should_stop_checkpoints_and_resumes(tiny, tmp_path):
+def test_should_stop_checkpoints_and_resumes(tiny, tmp_path, capfd):
     root, exp = tiny
     spec = spec_of(exp)
     rdir = tmp_path / "r"
     out = train(spec, rdir, should_stop=lambda: True)
     assert out["status"] == "interrupted" and (rdir / "checkpoints/step-000001/COMPLETED").exists()
+    assert "resumed from" not in capfd.readouterr().err
     assert train(spec, rdir)["status"] == "done"
+    total = json.loads((rdir / "DONE").read_text())["steps"]
+    assert f"{spec.run_id}: resumed from step 1 of {total}" in capfd.readouterr().err  # in the run's log
 
 
 def test_gradient_accumulation_equals_one_batch(tiny, tmp_path):
@@ -392,20 +397,20 @@ def test_checkpoint_schedule_and_keep_policies(tiny, tmp_path):
     evaluated(5, 1.0)
     evaluated(15, 2.0)
     rd.eval_json(10).write_text('{"schema": ')  # half-written: still needs its evaluation
-    assert prune_checkpoints(r, "best", metric="nll/response", mode="min") == [rd.step_dir(15)]
+    assert prune_checkpoints(rd, "best", metric="nll/response", mode="min") == [rd.step_dir(15)]
     assert [s for s, _ in rd.completed_checkpoints()] == [5, 10, 16]  # best (5), unevaluated (10), newest
-    prune_checkpoints(r, "last")
+    prune_checkpoints(rd, "last")
     assert [s for s, _ in rd.completed_checkpoints()] == [10, 16]
     assert not rd.step_dir(5).exists() and rd.eval_json(5).exists()  # the result stays, the weights go
     # with every_checkpoint off only the newest is ever evaluated: the others are not waiting for anything
-    prune_checkpoints(r, "last", every_checkpoint=False)
+    prune_checkpoints(rd, "last", every_checkpoint=False)
     assert [s for s, _ in rd.completed_checkpoints()] == [16]
     # none: results only. The newest stays while the run could still resume; once finished and evaluated it
     # goes too, and the run is done with its results and no weights
-    assert prune_checkpoints(r, "none") == [] and [s for s, _ in rd.completed_checkpoints()] == [16]
-    assert prune_checkpoints(r, "none", finished=True) == []  # step 16 is not evaluated yet: kept
+    assert prune_checkpoints(rd, "none") == [] and [s for s, _ in rd.completed_checkpoints()] == [16]
+    assert prune_checkpoints(rd, "none", finished=True) == []  # step 16 is not evaluated yet: kept
     evaluated(16, 3.0)
-    assert prune_checkpoints(r, "none", finished=True) == [rd.step_dir(16)]
+    assert prune_checkpoints(rd, "none", finished=True) == [rd.step_dir(16)]
     assert rd.completed_checkpoints() == [] and rd.state(True).state == "done" and rd.eval_json(16).exists()
 
 
@@ -727,3 +732,21 @@ def test_last_checkpoint_has_no_optimizer_state_and_a_crash_before_done_still_fi
     assert out["status"] == "done" and rd.done.exists() and sorted(saved) == [3, 6]  # nothing retrained
     after = load_file(rd.step_dir(6) / "model.safetensors")
     assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
+def test_resume_drops_a_torn_last_log_line_and_refuses_a_bad_one_before_it(tmp_path):
+    """docs/results-schema.md: a torn last line of metrics.jsonl (a process killed mid-write) is skipped by every
+    reader, and a resume drops it with the rows after its checkpoint; a bad line before the last is an error
+    naming the file and line, not a silent loss of the log."""
+    from harness.errors import ConfigError
+    from harness.training.loop import _truncate_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+    log.write_text("\n".join(rows) + '\n{"step": 5, "lo')  # killed while writing step 5
+    _truncate_metrics(log, 3)
+    assert log.read_text() == "\n".join(rows[:3]) + "\n"
+    log.write_text(rows[0] + "\n[1, 2]\n" + rows[1] + "\n")
+    with pytest.raises(ConfigError, match=r"line 2 of the training log") as err:
+        _truncate_metrics(log, 3)
+    assert f"{log}:2" in str(err.value)

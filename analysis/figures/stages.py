@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 from analysis import stats
 from analysis.figures.common import SEED, Context, NotApplicable, Skip, _grid, ci_frame
 from analysis.style import BASE_COLOUR, metric_label
+from harness.layout import ExperimentDir
 
 STAGE = "stage"
 _K = re.compile(r"^recovery/k(\d+)/(.+)$")
@@ -22,7 +23,7 @@ _K = re.compile(r"^recovery/k(\d+)/(.+)$")
 def stage_order(ctx: Context) -> tuple[list[str], dict[str, str]]:
     """(stage names in chain order, run id -> the run it started from), from plan.json's ``after``."""
     try:
-        plan = json.loads((ctx.exp_dir / "plan.json").read_text(encoding="utf-8"))
+        plan = json.loads(ExperimentDir(ctx.exp_dir).plan.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return [], {}
     runs = plan.get("runs", [])

@@ -10,6 +10,7 @@ from analysis import stats
 from analysis.figures.common import REGIME, Context, Skip
 from analysis.load import load_audit, load_tokens
 from analysis.style import BASE_COLOUR, SEGMENT_COLOURS, fmt_num, variant_regime
+from harness.layout import ExperimentDir, base_eval_json, eval_side_file
 
 MAX_TOKENS = 64
 
@@ -19,8 +20,8 @@ def fig_mask_audit(ctx: Context):
     bold and opaque = in the loss (opacity grows with the weight), faded = context only."""
     audit = load_audit(ctx.exp_dir)
     if not audit:
-        raise Skip(f"no mask audit at {ctx.exp_dir / 'audit.json'} (write one with: harness inspect EXP.yaml "
-                   f"--json {ctx.exp_dir / 'audit.json'})")
+        where = ExperimentDir(ctx.exp_dir).audit
+        raise Skip(f"no mask audit at {where} (write one with: harness inspect EXP.yaml --json {where})")
     exs = audit.get("examples") or []
     if not exs:
         raise Skip("the mask audit has no examples")
@@ -98,13 +99,14 @@ def _representatives(ctx: Context) -> list[tuple[str, str, int]]:
 def fig_token_loss(ctx: Context):
     """Per-token NLL of one held-out conversation (eval/step-N.tokens.parquet): base model vs each regime's
     best configuration at its final checkpoint; bars coloured by segment."""
-    base = load_tokens(ctx.exp_dir / "base" / "eval" / "step-000000.tokens.parquet")
+    ed = ExperimentDir(ctx.exp_dir)
+    base = load_tokens(eval_side_file(base_eval_json(ed.base()), "tokens"))
     if base is None or base.empty:
         raise Skip("no per-token losses of the base model (base/eval/step-000000.tokens.parquet)")
     panels = [("base model (step 0)", base, BASE_COLOUR)]
     used = []
     for label, rid, step in _representatives(ctx):
-        t = load_tokens(ctx.exp_dir / "runs" / rid / "eval" / f"step-{step:06d}.tokens.parquet")
+        t = load_tokens(eval_side_file(ed.run(rid).eval_json(step), "tokens"))
         if t is not None and len(t):
             panels.append((f"{label} (step {step})", t, ctx.palette.get(label, "black")))
             used.append(f"{label}: {rid} step {step}")

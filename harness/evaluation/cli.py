@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from harness import adapters
+from harness.commands import help_line
 from harness.config import ExperimentConfig, apply_overrides, build, to_dict
 from harness.errors import ConfigError
 from harness.evaluation.evaluate import evaluate_base, evaluate_checkpoint, evaluate_run
 from harness.evaluation.identity import base_dir_for, eval_hash
 from harness.grid import load_experiment
-from harness.layout import CHECKPOINTS, RunDir, base_eval_json, read_yaml, valid_eval
+from harness.layout import ExperimentDir, RunDir, base_eval_json, read_yaml, run_of_checkpoint, step_of, valid_eval
 
 
 def _config_for(target: Path, config: str | None, overrides: list[str] | None) -> ExperimentConfig:
     if config:
         exp = load_experiment(config, overrides)
         return exp.runs[0].config if len(exp.runs) == 1 else exp.config
-    for run_dir in (RunDir(target), RunDir(target.parent.parent)):  # a run directory, or one of its checkpoints
-        raw = read_yaml(run_dir.config)
+    for run_dir in (RunDir(target), run_of_checkpoint(target)):  # a run directory, or one of its checkpoints
+        raw = read_yaml(run_dir.config) if run_dir is not None else None
         if raw is not None:
             return build(ExperimentConfig, apply_overrides(raw, overrides))
     raise ConfigError("no config.yaml in this run directory (or above this checkpoint)", where=str(target),
@@ -67,25 +67,24 @@ def _eval_cmd(args: argparse.Namespace) -> int:
     if args.tasks:
         cfg = _with_tasks(cfg, [t for t in args.tasks.split(",") if t])
     is_ckpt = (target / "config.json").exists() or adapters.is_adapter_dir(target) \
-        or re.search(r"step-\d+$", target.name) is not None
+        or step_of(target.name) is not None
     if not is_ckpt:  # a run directory
         if adhoc:  # other tasks than the run's: written aside, so the run's rows stay comparable
             out = []
             rd = RunDir(target)
             for step, ckpt in rd.completed_checkpoints():
                 out.append(evaluate_checkpoint(ckpt, cfg, rd.eval_json(step, adhoc=True),
-                                               base_dir=base_dir_for(target.resolve().parent.parent, cfg),
+                                               base_dir=base_dir_for(rd.experiment or ExperimentDir.of(cfg), cfg),
                                                run_id=target.name, step=step))
         else:
-            out = evaluate_run(target, cfg, force=args.force)
+            out = evaluate_run(RunDir(target), cfg, force=args.force)
         print(f"evaluated {len(out)} checkpoint(s) of {target}")
         for r in out:
             _print_metrics(r["metrics"], f"step {r['step']}:")
         return 0
-    run_dir = RunDir(target.parent.parent)
-    m = re.search(r"step-(\d+)$", target.name)
-    step = int(m.group(1)) if m else None
-    in_run = step is not None and target.parent.name == CHECKPOINTS
+    run_dir = run_of_checkpoint(target)
+    step = step_of(target.name)
+    in_run = run_dir is not None
     if args.out:
         out_json = Path(args.out)
     elif in_run:
@@ -103,7 +102,7 @@ def _eval_cmd(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """`harness eval RUN_DIR|CHECKPOINT|EXP.yaml [--tasks t1,t2] [--config EXP.yaml]`."""
-    p = sub.add_parser("eval", help="evaluate a run's checkpoints, one checkpoint, or an experiment's base model",
+    p = sub.add_parser("eval", help=help_line("eval"),
                        description="Evaluate COMPLETED checkpoints (lm-eval tasks + fixed-mask NLL, forgetting "
                        "and format probes) into eval/step-NNNNNN.json. A run directory: every checkpoint still "
                        "lacking a valid result. An experiment YAML: its base model (base/eval/step-000000.json).")

@@ -4,17 +4,18 @@ every checkpoint of a run still lacking a valid result."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
+from harness import progress
 from harness.config import ExperimentConfig
 from harness.errors import EvaluationError
 from harness.evaluation.evaluator import Evaluator, evaluator_for
 from harness.evaluation.identity import base_dir_for, eval_hash
 from harness.evaluation.results import payload, write_eval
 from harness.fsio import file_lock
-from harness.layout import COMPLETED, RUNS, RunDir, base_eval_json, valid_eval
+from harness.layout import (COMPLETED, EVAL_LOCK, ExperimentDir, RunDir, base_eval_json, experiment_of,
+                            run_of_checkpoint, step_of, valid_eval)
 from harness.modeling import load_model
 from harness.tracking import open_trackers
 
@@ -26,7 +27,7 @@ def evaluate_base(cfg: ExperimentConfig, experiment_dir: str | Path, *, force: b
     base_dir = base_dir_for(experiment_dir, cfg)
     out = base_eval_json(base_dir)
     h = eval_hash(cfg)
-    with file_lock(base_dir / ".eval.lock"):  # held throughout: a concurrent caller waits, then reuses
+    with file_lock(base_dir / EVAL_LOCK):  # held throughout: a concurrent caller waits, then reuses
         if not force and valid_eval(out, h):
             return json.loads(out.read_text())
         t0 = time.perf_counter()
@@ -40,11 +41,8 @@ def evaluate_base(cfg: ExperimentConfig, experiment_dir: str | Path, *, force: b
 
 
 def _default_base_dir(cfg: ExperimentConfig, out_json: Path) -> Path:
-    """<experiment>/base for <experiment>/runs/<run>/eval/step-N.json, else results_dir/name/base."""
-    p = Path(out_json).resolve()
-    if len(p.parents) >= 4 and p.parent.name == "eval" and p.parents[2].name == RUNS:
-        return base_dir_for(p.parents[3], cfg)
-    return base_dir_for(Path(cfg.results_dir) / cfg.name, cfg)
+    """The base of the experiment `out_json` lies in (a run's eval file), else of the config's experiment."""
+    return base_dir_for(experiment_of(out_json) or ExperimentDir.of(cfg), cfg)
 
 
 def evaluate_checkpoint(checkpoint_dir: str | Path, config: ExperimentConfig, out_json: str | Path, *,
@@ -62,41 +60,37 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, config: ExperimentConfig, ou
                               fix="evaluate a completed checkpoint; resuming training rewrites this one")
     out_json = Path(out_json)
     if step is None:
-        m = re.search(r"step-(\d+)$", ckpt.name)
-        step = int(m.group(1)) if m else None
+        step = step_of(ckpt.name)
     t0 = time.perf_counter()
     base_dir = Path(base_dir) if base_dir is not None else _default_base_dir(config, out_json)
     ev = evaluator or evaluator_for(config, base_dir)
     model = load_model(config, ckpt, ev.device, training=False)
     res = ev.evaluate(model)
-    try:
-        rel = str(ckpt.resolve().relative_to(out_json.resolve().parent.parent))
-    except ValueError:
-        rel = str(ckpt)
+    run = run_of_checkpoint(ckpt)  # in a run: recorded relative to it (checkpoints/step-NNNNNN)
+    rel = str(ckpt.relative_to(run.path)) if run is not None else str(ckpt)
     written = payload(res, run_id=run_id, step=step, epoch=epoch, checkpoint=rel,
                       seconds=time.perf_counter() - t0, hash_=ev.hash)
     write_eval(out_json, written, res.samples, res.token_rows)
     return written
 
 
-def pending_checkpoints(run_dir: str | Path, cfg: ExperimentConfig) -> list[tuple[int, Path]]:
+def pending_checkpoints(rd: RunDir, cfg: ExperimentConfig) -> list[tuple[int, Path]]:
     """COMPLETED checkpoints without a valid eval JSON (all, or the last with eval.every_checkpoint off): the
     same rule as the run's state (harness.layout)."""
-    return RunDir(run_dir).missing_evals(cfg.eval.every_checkpoint)
+    return rd.missing_evals(cfg.eval.every_checkpoint)
 
 
-def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool = False) -> list[dict]:
+def evaluate_run(run_dir: RunDir | str | Path, config: ExperimentConfig, *, force: bool = False) -> list[dict]:
     """Evaluate every COMPLETED checkpoint of a run lacking a valid eval JSON (a half-written or invalid one
     is redone; `force` redoes all). The experiment's base row (``<experiment>/base/eval/step-000000.json``)
     is evaluated first if missing (once: concurrent runs wait for it); the base's log-probs are cached there."""
-    rd = RunDir(run_dir)
-    in_exp = rd.path.resolve().parent.name == RUNS
-    exp_dir = rd.path.resolve().parent.parent if in_exp else Path(config.results_dir) / config.name
-    base_dir = base_dir_for(exp_dir, config)
-    todo = pending_checkpoints(rd.path, config) if not force else rd.completed_checkpoints()
+    rd = RunDir.at(run_dir)
+    exp_dir = rd.experiment
+    base_dir = base_dir_for(exp_dir or ExperimentDir.of(config), config)
+    todo = pending_checkpoints(rd, config) if not force else rd.completed_checkpoints()
     if not todo:
         return []
-    if in_exp:
+    if exp_dir is not None:
         evaluate_base(config, exp_dir)
     ev = evaluator_for(config, base_dir)
     # tasks marked final_only, and the recovery probe unless eval.recovery.every_checkpoint, run on the final
@@ -110,8 +104,9 @@ def evaluate_run(run_dir: str | Path, config: ExperimentConfig, *, force: bool =
     final = cks[-1][0] if cks and rd.done.exists() else None
     epochs = rd.epochs_by_step()
     out = []
-    with open_trackers(config.train.report_to, rd.tracking, rd.name, {}, {}, kind="eval") as track:
-        for step, ckpt in todo:
+    with open_trackers(config.train.report_to, rd, rd.name, {}, {}, kind="eval") as track:
+        for i, (step, ckpt) in enumerate(todo, 1):
+            progress.write(rd, phase="evaluating", checkpoint=i, of=len(todo), step=step)  # for `harness run`
             out.append(evaluate_checkpoint(ckpt, config, rd.eval_json(step), base_dir=base_dir, run_id=rd.name,
                                            step=step, epoch=epochs.get(step),
                                            evaluator=ev if step == final else ev_mid))

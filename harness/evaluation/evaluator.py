@@ -23,7 +23,7 @@ from harness.evaluation.groups import add_groups, item_group
 from harness.evaluation.identity import eval_hash, kl_prompt_source, probe_paths
 from harness.evaluation.lm_eval import finite_or_none, run_lm_eval, task_manager_for
 from harness.fsio import file_lock
-from harness.layout import ExperimentDir
+from harness.layout import CACHE_LOCK, ExperimentDir, base_cache
 from harness.modeling import default_device, load_model, tokenizer_for
 
 
@@ -50,7 +50,7 @@ class Evaluator:
                  recovery: bool = True):
         self.cfg = cfg
         self.tasks = list(cfg.eval.tasks if tasks is None else tasks)
-        self.base_dir = Path(base_dir) if base_dir is not None else ExperimentDir(Path(cfg.results_dir) / cfg.name).base()
+        self.base_dir = Path(base_dir) if base_dir is not None else ExperimentDir.of(cfg).base()
         self.device = device or default_device()
         self.hash = eval_hash(cfg)
         self.paths = probe_paths(cfg)
@@ -113,12 +113,12 @@ class Evaluator:
 
     @property
     def base_cache_path(self) -> Path:
-        return self.base_dir / "eval" / f"base_logprobs-{self.hash}.npz"
+        return base_cache(self.base_dir, "logprobs", self.hash)
 
     def _on_disk(self, path: Path, cls, compute):
         """`cls.load(path)`, or `compute(base model)` saved to `path`: once per experiment, under a lock shared by
         every process that evaluates against this base (a half-written or unreadable file is computed again)."""
-        with file_lock(self.base_dir / ".logprobs.lock"):
+        with file_lock(self.base_dir / CACHE_LOCK):
             if path.exists():
                 try:
                     return cls.load(path)
@@ -142,7 +142,7 @@ class Evaluator:
 
     @property
     def kl_cache_path(self) -> Path:
-        return self.base_dir / "eval" / f"base_kl_sft-{self.hash}.npz"
+        return base_cache(self.base_dir, "kl_sft", self.hash)
 
     def kl_cache(self, base_model=None) -> K.KLCache | None:
         """The base's continuations of the fine-tuning prompts and its top-k log-probs on them: computed (the

@@ -28,6 +28,7 @@ import numpy as np
 from harness.config import ExperimentConfig, TaskConfig
 from harness.errors import ConfigError, DataError, EvaluationError
 from harness.fsio import atomic_write_text
+from harness.provenance import git_info
 
 log = logging.getLogger("harness.evaluate")
 BOOTSTRAP_ITERS = 100  # lm-eval stderr: closed form for mean metrics; bootstrap (this many) for the rest
@@ -322,22 +323,24 @@ def _env_info_once() -> Iterator[None]:
     """lm-eval's simple_evaluate ends by describing the environment (torch.utils.collect_env: `pip list`,
     lscpu, conda and driver probes in subprocesses), a sizeable share of a small checkpoint's evaluation
     (benchmarks/NOTES.md). It cannot change within a process: describe it once, copy it into every result
-    (the same keys as lm-eval writes). lm-eval has no option for this, so its function is swapped for the
+    (the same keys as lm-eval writes). Its git hash is the harness's own commit (harness.provenance, quietly):
+    lm-eval asks `git describe` in the current directory, which prints "fatal: not a git repository" into every
+    evaluation's log outside a checkout. lm-eval has no option for either, so its functions are swapped for the
     duration of the call and restored after."""
     import lm_eval.evaluator as ev
 
-    original = ev.add_env_info
+    original, original_git = ev.add_env_info, ev.get_git_commit_hash
 
     def cached(storage: dict) -> None:
         if not _ENV_INFO:
             original(_ENV_INFO)
         storage.update(_ENV_INFO)
 
-    ev.add_env_info = cached
+    ev.add_env_info, ev.get_git_commit_hash = cached, lambda: git_info()["commit"]
     try:
         yield
     finally:
-        ev.add_env_info = original
+        ev.add_env_info, ev.get_git_commit_hash = original, original_git
 
 
 def run_lm_eval(model, tok, cfg: ExperimentConfig, tasks: Sequence[TaskConfig] | None = None,

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from harness.commands import help_line
 from harness.grid import load_experiment, match_runs
 from harness.launch.status import cancel, print_status
 from harness.launch.submit import launch
@@ -14,6 +15,8 @@ from harness.preflight import check_experiment, path_note, refuse
 
 
 def _run_cmd(args: argparse.Namespace) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # a pipe (`harness run ... | tee log`) gets each line when it happens
+        sys.stdout.reconfigure(line_buffering=True)
     exp = load_experiment(args.experiment, args.override)
     problems = check_experiment(exp, match_runs(exp.runs, args.only))  # doctor's fast part, before any worker
     if problems and args.dry_run:
@@ -22,7 +25,7 @@ def _run_cmd(args: argparse.Namespace) -> int:
     else:
         refuse(exp, problems)
     summary = launch(exp, backend=args.launcher, parallel=args.parallel, dry_run=args.dry_run, only=args.only,
-                     wait=not args.no_wait, accept_changed_inputs=args.accept_changed_inputs)
+                     wait=not args.no_wait, accept_changed_inputs=args.accept_changed_inputs, watch=True)
     failed = [r for r in summary.get("results", []) if isinstance(r, dict) and r.get("status") == "failed"]
     if not args.dry_run:
         print_status(exp)
@@ -51,7 +54,7 @@ def _cancel_cmd(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run an experiment's grid (skips done runs, resumes partial ones)")
+    p = sub.add_parser("run", help=help_line("run"))
     p.add_argument("experiment")
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--launcher", choices=("local", "slurm", "debug"), help="default: launcher.backend")
@@ -64,13 +67,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="keep the results of runs whose data, model or probe files changed since they read them "
                         "(recorded in each run's inputs.json); without it such runs stop the launch")
     p.set_defaults(func=_run_cmd)
-    s = sub.add_parser("status", help="table of an experiment's runs")
+    s = sub.add_parser("status", help=help_line("status"))
     s.add_argument("experiment")
     s.add_argument("-o", "--override", action="append")
     s.add_argument("--watch", action="store_true", help="refresh until every run is done or failed")
     s.add_argument("--interval", type=float, default=5.0)
     s.set_defaults(func=_status_cmd)
-    c = sub.add_parser("cancel", help="stop an experiment's running jobs")
+    c = sub.add_parser("cancel", help=help_line("cancel"))
     c.add_argument("experiment")
     c.add_argument("-o", "--override", action="append")
     c.set_defaults(func=_cancel_cmd)

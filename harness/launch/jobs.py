@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import sys
 import traceback
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import submitit
@@ -31,7 +31,7 @@ from harness.fsio import (
     try_lock,
 )
 from harness.grid import RunSpec
-from harness.layout import FAILED, LOCK, ExperimentDir, RunDir, base_eval_json, valid_eval
+from harness.layout import FAILED, ExperimentDir, RunDir, base_eval_json, valid_eval
 from harness.stages import parent_done, waits_for
 
 # The launcher process itself never imports torch (``harness run`` plans and submits in well under a second):
@@ -56,17 +56,16 @@ def task_ranks() -> tuple[int, int]:
     return rank, world
 
 
-def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
+def execute_run(spec: RunSpec, rd: RunDir, threads: int | None = None,
                 should_stop: Callable[[], bool] = lambda: False, on_start: Callable[[], None] | None = None) -> dict:
     """Train (resuming) and evaluate one run under its lock. Writes FAILED with the traceback on error.
     `on_start` is called once the lock is held (before that, another process may take the run). As one of
     several tasks of a run (a multi-task SLURM job): :func:`execute_ranked`."""
-    if (why := waits_for(spec, rdir)) is not None:  # a later stage starts once its previous stage is DONE
+    if (why := waits_for(spec, rd)) is not None:  # a later stage starts once its previous stage is DONE
         return {"run_id": spec.run_id, "status": "waiting", "reason": why}
     rank, world = task_ranks()
     if world > 1:
-        return execute_ranked(spec, Path(rdir), rank, world, threads, should_stop, on_start)
-    rd = RunDir(rdir)
+        return execute_ranked(spec, rd, rank, world, threads, should_stop, on_start)
     rd.path.mkdir(parents=True, exist_ok=True)
     with try_lock(rd.lock) as got:
         if not got:
@@ -83,12 +82,12 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
             inputs.check_unchanged(rd, spec.config, spec.run_id)
             result = {}
             if not rd.done.exists():
-                result = train(spec, rd.path, should_stop=should_stop)
+                result = train(spec, rd, should_stop=should_stop)
                 if result.get("status") == "interrupted" or should_stop():
                     return {"run_id": spec.run_id, "status": "interrupted", **result}
-            evaluate_run(rd.path, spec.config)
+            evaluate_run(rd, spec.config)
             tc = spec.config.train
-            prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
+            prune_checkpoints(rd, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
                               every_checkpoint=spec.config.eval.every_checkpoint, finished=rd.done.exists())
             return {"run_id": spec.run_id, "status": "done", **result}
         except BaseException as exc:
@@ -97,7 +96,7 @@ def execute_run(spec: RunSpec, rdir: Path, threads: int | None = None,
             raise
 
 
-def execute_ranked(spec: RunSpec, rdir: Path, rank: int, world: int, threads: int | None = None,
+def execute_ranked(spec: RunSpec, rd: RunDir, rank: int, world: int, threads: int | None = None,
                    should_stop: Callable[[], bool] = lambda: False,
                    on_start: Callable[[], None] | None = None) -> dict:
     """One run as task `rank` of `world` (srun starts one per GPU, each runs this): the launcher's bookkeeping
@@ -108,7 +107,6 @@ def execute_ranked(spec: RunSpec, rdir: Path, rank: int, world: int, threads: in
     fails in its next collective); before rank 0's word, the others write nothing."""
     from harness.training.distributed import Dist
 
-    rd = RunDir(rdir)
     if rank == 0:
         rd.path.mkdir(parents=True, exist_ok=True)
     held = try_lock(rd.lock) if rank == 0 else contextlib.nullcontext(False)
@@ -141,7 +139,7 @@ def execute_ranked(spec: RunSpec, rdir: Path, rank: int, world: int, threads: in
             if todo == "train":
                 from harness.training.loop import train
 
-                result = train(spec, rd.path, should_stop=should_stop)
+                result = train(spec, rd, should_stop=should_stop)
                 if result.get("status") == "interrupted" or should_stop():
                     return {**result, **me, "status": "interrupted"}
             dist.close()  # train() closed it too; evaluation is rank 0's alone
@@ -150,9 +148,9 @@ def execute_ranked(spec: RunSpec, rdir: Path, rank: int, world: int, threads: in
             from harness.evaluation.evaluate import evaluate_run
             from harness.training.checkpoint import prune_checkpoints
 
-            evaluate_run(rd.path, spec.config)
+            evaluate_run(rd, spec.config)
             tc = spec.config.train
-            prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
+            prune_checkpoints(rd, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
                               every_checkpoint=spec.config.eval.every_checkpoint, finished=rd.done.exists())
             return {**result, **me, "status": "done", "evaluated": True}
         except BaseException as exc:
@@ -211,22 +209,22 @@ class RunJob(Checkpointable):
     done runs are skipped and the interrupted one resumes from its newest COMPLETED checkpoint. Returns the
     first run's result (the later stages' are in their run directories)."""
 
-    def __init__(self, spec: RunSpec, rdir: str, threads: int | None = None,
-                 then: tuple[tuple[RunSpec, str], ...] = ()):
+    def __init__(self, spec: RunSpec, rd: RunDir, threads: int | None = None,
+                 then: tuple[tuple[RunSpec, RunDir], ...] = ()):
         self.spec = spec
-        self.rdir = str(rdir)
+        self.rd = rd
         self.threads = threads
         self.then = tuple(then)
 
     def __call__(self) -> dict:
         interruptible()
         with stop_on_usr2() as should_stop:
-            first = execute_run(self.spec, Path(self.rdir), self.threads, should_stop)
-            for spec, rdir in self.then:
+            first = execute_run(self.spec, self.rd, self.threads, should_stop)
+            for spec, rd in self.then:
                 if should_stop() or first.get("status") == "interrupted":
                     break
                 try:  # its FAILED holds the traceback; a sibling stage from the same parent still runs
-                    r = execute_run(spec, Path(rdir), self.threads, should_stop)
+                    r = execute_run(spec, rd, self.threads, should_stop)
                 except Exception:
                     continue
                 if r.get("status") == "interrupted":
@@ -234,7 +232,7 @@ class RunJob(Checkpointable):
             return first
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
-        return DelayedSubmission(RunJob(self.spec, self.rdir, self.threads, self.then))
+        return DelayedSubmission(RunJob(self.spec, self.rd, self.threads, self.then))
 
 
 class LocalWorker(Checkpointable):
@@ -245,11 +243,11 @@ class LocalWorker(Checkpointable):
     Checkpointable like :class:`RunJob`: on a time limit it is requeued with the same list; done runs are skipped
     and the interrupted one resumes from its newest COMPLETED checkpoint."""
 
-    def __init__(self, specs: list[RunSpec], rdirs: list[str], threads: int | None, token: str,
-                 base: tuple[ExperimentConfig, str] | None = None):
+    def __init__(self, specs: list[RunSpec], rdirs: list[RunDir], threads: int | None, token: str,
+                 base: tuple[ExperimentConfig, ExperimentDir] | None = None):
         self.specs, self.rdirs, self.threads, self.token, self.base = specs, rdirs, threads, token, base
 
-    def _claim(self, rdir: Path, **extra: Any) -> None:
+    def _claim(self, rd: RunDir, **extra: Any) -> None:
         info: dict[str, Any] = {"backend": "local", "job_id": str(os.getpid()), "launch": self.token}
         try:
             env = submitit.JobEnvironment()
@@ -257,7 +255,7 @@ class LocalWorker(Checkpointable):
             info.update(stdout=str(env.paths.stdout), stderr=str(env.paths.stderr))
         except Exception:  # not under submitit (called directly): the pid identifies the process
             pass
-        atomic_write_json(RunDir(rdir).launcher, {**info, **extra})
+        atomic_write_json(rd.launcher, {**info, **extra})
 
     def __call__(self) -> list[dict]:
         results: list[dict] = []
@@ -267,30 +265,32 @@ class LocalWorker(Checkpointable):
             if self.base is not None:
                 cfg, exp_dir = self.base
                 try:
-                    if not base_done(cfg, Path(exp_dir)):
+                    if not base_done(cfg, exp_dir):
                         evaluate_base_job(cfg, exp_dir)
                 except Exception:  # reported; runs still train (and retry the base when they evaluate)
-                    atomic_write_text(ExperimentDir(exp_dir).base() / FAILED, f"{now_iso()} base\n{traceback.format_exc()}")
-            for spec, rdir in zip(self.specs, map(Path, self.rdirs)):
+                    atomic_write_text(exp_dir.base() / FAILED, f"{now_iso()} base\n{traceback.format_exc()}")
+            for spec, rd in zip(self.specs, self.rdirs):
                 if should_stop():
                     break
-                if is_complete(spec, rdir) or is_locked(rdir / LOCK) or not parent_done(spec, rdir):
+                if is_complete(spec, rd) or is_locked(rd.lock) or not parent_done(spec, rd):
                     # done, or another worker / launcher has it, or its previous stage is not done yet: the
                     # worker training that stage walks the same list and comes to this run after it
                     continue
                 started = now_iso()
                 try:
-                    r = execute_run(spec, rdir, None, should_stop,
-                                    on_start=lambda: self._claim(rdir, started=started))
+                    r = execute_run(spec, rd, None, should_stop,
+                                    on_start=lambda: self._claim(rd, started=started))
                 except KeyboardInterrupt:  # `harness cancel`: stop this worker, record nothing as failed
-                    self._claim(rdir, started=started, finished=now_iso(), status="cancelled")
+                    self._claim(rd, started=started, finished=now_iso(), status="cancelled")
                     results.append({"run_id": spec.run_id, "status": "cancelled"})
+                    say_cancelled(f"{now_iso()} cancelled: {spec.run_id} stops here and resumes from its newest "
+                                  "checkpoint at the next `harness run`")
                     return results
                 except Exception as exc:  # FAILED holds the traceback; the next run goes on
                     r = {"run_id": spec.run_id, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
                 if r["status"] == "skipped":  # lost the race for the lock to another worker
                     continue
-                self._claim(rdir, started=started, finished=now_iso(), status=r["status"])
+                self._claim(rd, started=started, finished=now_iso(), status=r["status"])
                 results.append(r)
         main = getattr(sys.modules.get("__main__"), "__spec__", None)
         if os.environ.get("SUBMITIT_LOCAL_JOB_ID") and getattr(main, "name", "") == "submitit.core._submit":
@@ -299,6 +299,17 @@ class LocalWorker(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> "DelayedSubmission":
         return DelayedSubmission(LocalWorker(self.specs, self.rdirs, self.threads, self.token, self.base))
+
+
+def say_cancelled(line: str) -> None:
+    """Write why this worker stops into its log, and keep submitit from ending that log with "Job completed
+    successfully" (it says so for any function that returns; a cancelled worker returns its results)."""
+    print(line, file=sys.stderr, flush=True)
+    logging.getLogger("submitit").addFilter(_not_success)
+
+
+def _not_success(record: logging.LogRecord) -> bool:
+    return "success" not in record.getMessage()
 
 
 def _exit_without_teardown() -> None:
@@ -310,21 +321,20 @@ def _exit_without_teardown() -> None:
     exit_without_teardown(0)
 
 
-def is_complete(spec: RunSpec, rdir: Path) -> bool:
+def is_complete(spec: RunSpec, rd: RunDir) -> bool:
     """Trained and evaluated (the layout's "done", without asking whether a process holds the lock)."""
-    rd = RunDir(rdir)
     return rd.done.exists() and not rd.missing_evals(spec.config.eval.every_checkpoint)
 
 
-def base_done(config: ExperimentConfig, exp_dir: Path) -> bool:
+def base_done(config: ExperimentConfig, exp_dir: ExperimentDir) -> bool:
     """The base that runs with this config are compared with is evaluated (see base_dir_for)."""
     return valid_eval(base_eval_json(base_dir_for(exp_dir, config)))
 
 
-def evaluate_base_job(config: ExperimentConfig, exp_dir: str) -> dict:
+def evaluate_base_job(config: ExperimentConfig, exp_dir: ExperimentDir) -> dict:
     if task_ranks()[0] != 0:  # submitted as one task; should it run as several, one evaluates
         return {"status": "skipped"}
     from harness.evaluation.evaluate import evaluate_base
 
-    evaluate_base(config, Path(exp_dir))
+    evaluate_base(config, exp_dir)
     return {"status": "done"}

@@ -24,7 +24,7 @@ from harness.stages import waits_for
 @dataclass
 class RunStatus:
     run: RunSpec
-    dir: Path
+    dir: RunDir
     state: str  # harness.layout.STATES
     detail: str = ""  # why it is in that state
     step: int | None = None
@@ -40,7 +40,7 @@ class RunStatus:
 def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
     rd = exp.run_dir(run)
     rs = rd.state(run.config.eval.every_checkpoint)
-    st = RunStatus(run, rd.path, rs.state, rs.detail, job=rd.launcher_info() or None, last=rd.last_metrics())
+    st = RunStatus(run, rd, rs.state, rs.detail, job=rd.launcher_info() or None, last=rd.last_metrics())
     if st.last:
         st.step, st.epoch = st.last.get("step"), st.last.get("epoch")
         if st.epoch is not None and run.config.train.budget == "epochs":
@@ -50,7 +50,7 @@ def run_status(exp: Experiment, run: RunSpec) -> RunStatus:
     elif rs.state == "failed":
         st.error = rs.detail
     elif rs.state == "pending":  # a later stage: why it has not started
-        st.waiting = waits_for(run, rd.path)
+        st.waiting = waits_for(run, rd)
     if rs.state != "running" and (found := inputs.changes(rd, run.config)):
         # never done, never resumed on other data: harness run refuses it until the user chooses (inputs.py)
         st.state, st.changes, st.progress = "changed", tuple(found), None
@@ -79,7 +79,8 @@ def status_rows(exp: Experiment) -> list[dict]:
         rows.append({"run_id": r.run_id, "axes": r.axes, "state": s.state,
                      "progress": None if s.progress is None else round(100 * s.progress),
                      "step": s.step, "loss": last.get("loss"), "loss_response": last.get("loss_response"),
-                     "job_id": (s.job or {}).get("job_id"), "log": (s.job or {}).get("stdout"),
+                     "job_id": (s.job or {}).get("job_id"),
+                     "log": (s.job or {}).get("stderr") or (s.job or {}).get("stdout"),  # stderr: the training log
                      "error": s.error, "detail": s.detail, "waiting": s.waiting})
     return rows
 
@@ -119,7 +120,7 @@ def cancel(exp: Experiment, out=print) -> int:
         if job.get("backend") == "slurm" and job.get("job_id"):
             subprocess.run(["scancel", str(job["job_id"])], check=False)
         else:
-            holder = lock_holder(RunDir(s.dir).lock).split()
+            holder = lock_holder(s.dir.lock).split()
             if holder and holder[0].isdigit():
                 try:  # SIGINT: the run stops (no FAILED file) and resumes from its checkpoint next time
                     os.kill(int(holder[0]), signal.SIGINT)
@@ -138,17 +139,32 @@ def cancel(exp: Experiment, out=print) -> int:
 
 
 def local_workers(exp: Experiment) -> list[int]:
-    """PIDs of this experiment's live local workers: submitit names a local job's log folder by its pid
-    (``<experiment>/logs/<pid>/``), and the worker's command line names the experiment's log folder."""
-    logs = exp.out_dir / "logs"
+    """PIDs of this experiment's live local workers: submitit names a local job's log folder by the pid of the
+    job's controller (``<experiment>/logs/<pid>/``, a ``submitit.local._local`` process that forwards SIGTERM
+    only), whose child is the worker (``submitit.core._submit``); both command lines name the experiment's log
+    folder. The pid itself is taken when it is the worker."""
+    logs = exp.dir.logs.resolve()  # submitit starts the worker with the absolute folder
     pids = []
     for d in sorted(logs.glob("*")) if logs.is_dir() else []:
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
-        try:
-            cmd = Path(f"/proc/{d.name}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # gone (or no /proc: nothing to find)
-            continue
-        if "submitit.core._submit" in cmd and any(c.startswith(str(logs)) for c in cmd):
-            pids.append(int(d.name))
+        pid = int(d.name)
+        for p in [pid, *_children(pid)]:
+            cmd = _cmdline(p)
+            if "submitit.core._submit" in cmd and any(c.startswith(str(logs)) for c in cmd):
+                pids.append(p)
     return pids
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # gone (or no /proc: nothing to find)
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []

@@ -18,10 +18,10 @@ trackio        ``trackio``     ``results/<exp>/trackio/<exp>.db``
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from harness.errors import ConfigError
+from harness.layout import RunDir
 from harness.tracking.base import Context, Trackers, context, finite
 from harness.tracking.mlflow_tracker import MlflowTracker
 from harness.tracking.tensorboard_tracker import TensorBoardTracker
@@ -37,9 +37,9 @@ REGISTRY: dict[str, Callable] = {"tensorboard": TensorBoardTracker, "wandb": Wan
                                  "mlflow": MlflowTracker, "trackio": TrackioTracker}
 
 
-def open_trackers(names, logdir: Path, run_id: str, axes: dict, config: dict, *, kind: str = "train",
+def open_trackers(names, rd: RunDir, run_id: str, axes: dict, config: dict, *, kind: str = "train",
                   purge_step: int | None = None, experiment: str | None = None) -> Trackers:
-    """Writers for `names` (``train.report_to``); `logdir` is ``RunDir.tracking``. `purge_step`: a resumed run's
+    """Writers for `names` (``train.report_to``) writing into ``rd.tracking``. `purge_step`: a resumed run's
     first step (train). Config, axes and `experiment` (the name) default to the run's ``config.yaml`` and the
     experiment's ``plan.json``, as evaluation passes none."""
     names = tuple(names or ())
@@ -48,7 +48,7 @@ def open_trackers(names, logdir: Path, run_id: str, axes: dict, config: dict, *,
             raise ConfigError(f"unknown tracker {name!r}", where="train.report_to", fix=f"use any of {sorted(REGISTRY)}")
     if not names:
         return Trackers([])
-    ctx = context(logdir, run_id, axes, config, kind, purge_step, experiment)
+    ctx = context(rd, run_id, axes, config, kind, purge_step, experiment)
     writers = []
     try:
         for name in names:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness.errors import ConfigError
 from harness.fsio import atomic_write_text
-from harness.layout import RUNS, ExperimentDir, RunDir, read_jsonl, read_yaml, valid_eval
+from harness.layout import RunDir, read_jsonl, read_yaml, valid_eval
 
 IDENTITY = "run.json"  # RunDir.tracking/run.json: the run id and axes training was given, for evaluation
 KINDS = ("train", "eval")  # metric prefixes: harness/training/loop.py logs "train/...", evaluate.py "eval/..."
@@ -62,7 +62,8 @@ class Context:
     """One opening of a run's trackers. `logdir` is ``RunDir.tracking``; `exp_dir` is the experiment directory
     (``results/<experiment>``), or `logdir` itself for a run outside one (``harness train --out DIR``)."""
 
-    logdir: Path
+    run_dir: RunDir
+    logdir: Path  # run_dir.tracking
     run_id: str
     axes: dict
     config: dict
@@ -71,10 +72,6 @@ class Context:
     experiment: str
     exp_dir: Path
     _history: list | None = field(default=None, repr=False)
-
-    @property
-    def run_dir(self) -> RunDir:
-        return RunDir(self.logdir.parent)
 
     def history(self) -> list[tuple[str, int, dict[str, float]]]:
         """(kind, step, metrics) the tracker must hold before this attempt logs: the training log's rows before
@@ -91,16 +88,16 @@ class Context:
         return self._history
 
 
-def context(logdir, run_id: str, axes: dict, config: dict, kind: str, purge_step: int | None,
+def context(rd: RunDir, run_id: str, axes: dict, config: dict, kind: str, purge_step: int | None,
             experiment: str | None) -> Context:
     """The caller's values, completed from the run directory: evaluation passes no config, axes or run id (the
     directory's name), so they come from the run's ``config.yaml`` and what training left in ``run.json`` (or the
     experiment's ``plan.json``), and every opening of a tracker run carries the same ones."""
-    logdir = Path(logdir)
-    run_dir = logdir.parent.resolve()
-    in_exp = run_dir.parent.name == RUNS
-    exp_dir = run_dir.parent.parent if in_exp else logdir
-    config = dict(config or read_yaml(RunDir(run_dir).config) or {})
+    logdir = rd.tracking
+    exp = rd.experiment
+    in_exp = exp is not None
+    exp_dir = exp.path if in_exp else logdir
+    config = dict(config or read_yaml(rd.config) or {})
     ident = logdir / IDENTITY
     if kind == "train":  # training's names, kept for the evaluations that follow (also outside an experiment)
         known = json.loads(json.dumps({"run_id": run_id, "axes": axes or {}}, default=str))
@@ -111,10 +108,10 @@ def context(logdir, run_id: str, axes: dict, config: dict, kind: str, purge_step
         known = _read_json(ident) or {}
         run_id, axes = known.get("run_id") or run_id, known.get("axes")
         if not axes and in_exp:  # a run trained before the identity file existed
-            plan = ExperimentDir(exp_dir).read_plan() or {}
+            plan = exp.read_plan() or {}
             axes = next((r.get("axes") or {} for r in plan.get("runs", []) if r.get("run_id") == run_id), {})
     name = experiment or config.get("name") or (exp_dir.name if in_exp else "harness")
-    return Context(logdir, run_id, dict(axes or {}), config, kind, purge_step, str(name), exp_dir)
+    return Context(rd, logdir, run_id, dict(axes or {}), config, kind, purge_step, str(name), exp_dir)
 
 
 class Trackers:

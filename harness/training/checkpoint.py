@@ -23,20 +23,15 @@ from harness.fsio import atomic_write_text, fault_point, now_iso
 from harness.layout import COMPLETED, SHARDED_STATE, TRAINER_STATE, RunDir, valid_eval
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
-    begin_checkpoint(run_dir, step)
-    return finish_checkpoint(run_dir, step, model, tokenizer, state)
+def save_checkpoint(rd: RunDir, step: int, model, tokenizer, state: dict) -> Path:
+    begin_checkpoint(rd, step)
+    return finish_checkpoint(rd, step, model, tokenizer, state)
 
 
-def tmp_dir(run_dir: Path, step: int) -> Path:
-    final = RunDir(run_dir).step_dir(step)
-    return final.parent / f".tmp-{final.name}"
-
-
-def begin_checkpoint(run_dir: Path, step: int) -> Path:
+def begin_checkpoint(rd: RunDir, step: int) -> Path:
     """The empty temp directory of step `step`'s checkpoint (under FSDP every rank writes its shards into it
     before rank 0's :func:`finish_checkpoint`)."""
-    final, tmp = RunDir(run_dir).step_dir(step), tmp_dir(run_dir, step)
+    final, tmp = rd.step_dir(step), rd.tmp_step_dir(step)
     for stale in (tmp, final):  # leftovers of a crash (no COMPLETED): never trusted, replaced
         if stale.exists():
             shutil.rmtree(stale)
@@ -44,8 +39,8 @@ def begin_checkpoint(run_dir: Path, step: int) -> Path:
     return tmp
 
 
-def finish_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict) -> Path:
-    final, tmp = RunDir(run_dir).step_dir(step), tmp_dir(run_dir, step)
+def finish_checkpoint(rd: RunDir, step: int, model, tokenizer, state: dict) -> Path:
+    final, tmp = rd.step_dir(step), rd.tmp_step_dir(step)
     adapters.save(model, tmp)  # full weights, or the adapter only (adapter_config.json + safetensors)
     tokenizer.save_pretrained(tmp)
     torch.save(state, tmp / TRAINER_STATE)
@@ -61,7 +56,7 @@ def load_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / TRAINER_STATE, weights_only=True)
 
 
-def prune_checkpoints(run_dir: Path, keep: str = "all", *, metric: str = "nll/response", mode: str = "min",
+def prune_checkpoints(rd: RunDir, keep: str = "all", *, metric: str = "nll/response", mode: str = "min",
                       every_checkpoint: bool = True, finished: bool = False) -> list[Path]:
     """Apply ``train.keep`` after a checkpoint was saved or evaluated. Returns the checkpoints deleted.
 
@@ -71,7 +66,6 @@ def prune_checkpoints(run_dir: Path, keep: str = "all", *, metric: str = "nll/re
     (the newest) | best (the newest and the best evaluated one by `metric`). A checkpoint that still needs its
     evaluation is never deleted; a deleted one is first un-COMPLETED, so a crash mid-delete leaves nothing that
     looks complete. `none`: every evaluated checkpoint goes, except the newest of an unfinished run."""
-    rd = RunDir(run_dir)
     cks = rd.completed_checkpoints()
     for step, path in cks[:-1] if not finished else cks:
         (path / TRAINER_STATE).unlink(missing_ok=True)

@@ -210,7 +210,7 @@ def has_state(ckpt: Path) -> bool:
     return (Path(ckpt) / SHARDED_STATE / ".metadata").is_file()
 
 
-def save_checkpoint(run_dir: Path, step: int, engine, tokenizer, state: dict, *, resumable: bool) -> Path:
+def save_checkpoint(rd: RunDir, step: int, engine, tokenizer, state: dict, *, resumable: bool) -> Path:
     """train.parallel: fsdp's checkpoint, called on EVERY rank: rank 0 prepares the temp directory, all ranks
     gather the weights and (when `resumable`) write their DCP shards into it, then rank 0 writes the HF weights,
     the tokenizer and trainer_state.pt, renames it into place and writes COMPLETED
@@ -218,14 +218,14 @@ def save_checkpoint(run_dir: Path, step: int, engine, tokenizer, state: dict, *,
     from harness.training import checkpoint as C
 
     dist, sh = engine.dist, engine.sharded
-    tmp = C.begin_checkpoint(run_dir, step) if dist.rank == 0 else C.tmp_dir(run_dir, step)
+    tmp = C.begin_checkpoint(rd, step) if dist.rank == 0 else rd.tmp_step_dir(step)
     dist.barrier()  # the temp directory exists (and no stale one is left) before any rank writes into it
     model = sh.gathered()
     if resumable:
         sh.save_state(tmp / SHARDED_STATE, engine.opt)
     if dist.rank == 0:
-        C.finish_checkpoint(run_dir, step, model, tokenizer, state)
-    return RunDir(run_dir).step_dir(step)
+        C.finish_checkpoint(rd, step, model, tokenizer, state)
+    return rd.step_dir(step)
 
 
 def _empty_batch(device: torch.device) -> Batch:

@@ -22,6 +22,7 @@ import torch
 
 from harness import adapters
 from harness.attention import needs_one_row
+from harness.commands import help_line
 from harness.config import ExperimentConfig, save_yaml, to_dict
 from harness.data import ConversationTokenizer, load_conversations, per_turn, tokenize_all
 from harness.errors import ConfigError, SupervisionError
@@ -31,10 +32,12 @@ from harness.layout import RunDir
 from harness.masking import MaskedData, apply_all, regime_options
 from harness.modeling import check_model, load_model, tokenizer_for
 from harness.stages import base_weights, init_checkpoint
+from harness.progress import TrainingProgress
 from harness.provenance import file_sha256, provenance
 from harness.training.checkpoint import load_state, prune_checkpoints, save_checkpoint
 from harness.training.distributed import Dist
 from harness.training.engine import Engine
+from harness.training.freeze import freeze
 from harness.training.fsdp import save_checkpoint as fsdp_checkpoint
 from harness.training.packing import Batch, PlannedStep, layout_step, plan_steps
 from harness.training.replay import ReplayStats, add_replay
@@ -93,8 +96,9 @@ class Setup:
         self._lengths = [len(t) for t in self.data.examples]
 
 
-def setup(cfg: ExperimentConfig, run_dir: str | Path | None = None, dist: Dist | None = None) -> Setup:
-    """Data, plan, model (from `run_dir`'s newest COMPLETED checkpoint if it has one) and engine."""
+def setup(cfg: ExperimentConfig, rd: RunDir | None = None, dist: Dist | None = None) -> Setup:
+    """Data, plan, model (from `rd`'s newest COMPLETED checkpoint if it has one, frozen as train.freeze says) and
+    engine."""
     tc = cfg.train
     check_model(cfg)
     dist = dist or Dist()
@@ -109,26 +113,28 @@ def setup(cfg: ExperimentConfig, run_dir: str | Path | None = None, dist: Dist |
     if pad is None:  # tokenizer loading already falls back to eos; a tokenizer with neither still trains
         pad = 0
         log.warning("tokenizer has no pad or eos token: padding with id 0 (never attended to, never in the loss)")
-    resume = RunDir(run_dir).latest_checkpoint() if run_dir is not None else None
+    resume = rd.latest_checkpoint() if rd is not None else None
     # a later stage (model.init_from) starts from the previous stage's final checkpoint, not the base
     model = load_model(cfg, resume[1] if resume else base_weights(cfg), dist.device, training=True)
+    freeze(adapters.unwrap(model), tc.freeze)  # before the engine: it optimizes what requires grad
     first = data.examples[plan[0].rows[0].examples[0]]
     sample = torch.as_tensor(first.input_ids[:32], device=dist.device)[None]
     engine = Engine(model, tc, len(plan), dist, sample_ids=sample)
     return Setup(cfg, dist, tok, data, plan, pad, model, engine, resume, mask_stats, replay)
 
 
-def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Train one run into `run_dir`, resuming from its newest COMPLETED checkpoint.
+def train(spec: RunSpec, run_dir: RunDir | str | Path, *, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Train one run into `run_dir` (the launcher's RunDir, or a directory: ``harness train --out``), resuming
+    from its newest COMPLETED checkpoint.
 
     Returns a summary (also written to ``DONE``); with status "interrupted" when `should_stop()` became true
     on any rank (a checkpoint was saved at that step). A run already DONE returns its summary at once."""
     started = time.perf_counter()
     cfg, tc = spec.config, spec.config.train
-    rd = RunDir(run_dir)
+    rd = RunDir.at(run_dir)
     if rd.done.exists():
         return json.loads(rd.done.read_text() or "{}")
-    s = setup(cfg, rd.path, Dist.from_env())
+    s = setup(cfg, rd, Dist.from_env())
     dist, eng, plan, total = s.dist, s.engine, s.plan, len(s.plan)
     stats = s.mask_stats or s.data.stats()
     save_at = {i + 1 for i in range(total)
@@ -156,6 +162,9 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
         if dist.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"])
         state.update(prog)
+        if dist.rank == 0:  # in the run's log (the worker's stderr), where a reader looks for why it is at N
+            print(f"{now_iso()} {spec.run_id}: resumed from step {state['step']} of {total} "
+                  f"({s.resume[1]})", file=sys.stderr, flush=True)
     if dist.rank == 0:
         rd.path.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, rd.config)
@@ -175,7 +184,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
             log.warning("%s: dropped %s", spec.run_id, s.data.drops.describe())
 
     bar = _progress(total, state["step"]) if dist.rank == 0 else None
-    track = open_trackers(tc.report_to if dist.rank == 0 else (), rd.tracking, spec.run_id, spec.axes,
+    watch = TrainingProgress(rd, total, state["step"], state["tokens"]) if dist.rank == 0 else None
+    track = open_trackers(tc.report_to if dist.rank == 0 else (), rd, spec.run_id, spec.axes,
                           to_dict(cfg), purge_step=state["step"] + 1)  # also drops a killed first attempt's
     try:
         for step in range(state["step"], total):
@@ -198,6 +208,8 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                     fh.write(json.dumps(row) + "\n")
                 _report(bar, row, total)
                 track.log(row, state["step"], prefix="train/")
+            if watch is not None:  # progress.json, for `harness run` (throttled: at most once a second)
+                watch.step(state["step"], state["tokens"], m.loss if logging_step else None)
             fault_point("train_step")  # reliability suite: killed (or held) after a logged step
             stop = dist.any(bool(should_stop()))
             if state["step"] in save_at or stop:
@@ -208,11 +220,11 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                 resumable = state["step"] < total
                 ck = {**(eng.resumable_state() if resumable else {}), "rng": rng, "progress": dict(state)}
                 if eng.sharded is not None:  # every rank: gathered weights + DCP shards (harness/training/fsdp.py)
-                    fsdp_checkpoint(rd.path, state["step"], eng, s.tok, ck, resumable=resumable)
+                    fsdp_checkpoint(rd, state["step"], eng, s.tok, ck, resumable=resumable)
                 if dist.rank == 0:
                     if eng.sharded is None:
-                        save_checkpoint(rd.path, state["step"], s.model, s.tok, ck)
-                    prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
+                        save_checkpoint(rd, state["step"], s.model, s.tok, ck)
+                    prune_checkpoints(rd, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,
                                       every_checkpoint=cfg.eval.every_checkpoint)
                 dist.barrier()
             if stop:
@@ -230,7 +242,7 @@ def train(spec: RunSpec, run_dir: str | Path, *, should_stop: Callable[[], bool]
                "finished": now_iso()}
     if dist.rank == 0:
         atomic_write_text(rd.done, json.dumps(summary) + "\n")  # after the last checkpoint, before evaluation
-        prune_checkpoints(rd.path, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,  # no resume: no
+        prune_checkpoints(rd, tc.keep, metric=tc.keep_metric, mode=tc.keep_mode,  # no resume: no
                           every_checkpoint=cfg.eval.every_checkpoint, finished=True)   # optimizer state
     dist.barrier()
     dist.close()
@@ -247,10 +259,25 @@ def _init_record(cfg) -> dict | None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop log rows written after the checkpoint we resume from (they will be redone)."""
+    """On resume, drop log rows written after the checkpoint we resume from (they will be redone), and a torn
+    last line (a process killed mid-write: docs/results-schema.md); a bad line before the last is an error."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    keep = []
+    for i, ln in enumerate(lines, 1):
+        try:
+            row = json.loads(ln)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if i == len(lines):
+                log.warning("%s: dropped a torn last line (a process killed while writing it): %.80s", path, ln)
+                continue
+            raise ConfigError(f"line {i} of the training log is not JSON", where=f"{path}:{i}",
+                              fix="delete the run directory to train it again from scratch")
+        if row.get("step", 0) <= step:
+            keep.append(ln)
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
@@ -277,7 +304,7 @@ def _report(bar, row: dict, total: int) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`harness train EXP.yaml [-o k=v ...] [--run PATTERN] [--out DIR]`: train one run of the grid in-process."""
-    p = subparsers.add_parser("train", help="train one run of an experiment's grid in this process (resumes)")
+    p = subparsers.add_parser("train", help=help_line("train"))
     p.add_argument("experiment", help="experiment YAML")
     p.add_argument("-o", "--override", action="append", help="dotted override, e.g. train.lr=1e-5")
     p.add_argument("--run", metavar="PATTERN", help="run id, or a substring/glob matching one run; default: the first")
@@ -289,8 +316,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _train_cmd(args: argparse.Namespace) -> int:
     exp = load_experiment(args.experiment, args.override)
     spec = select_run(exp.runs, args.run)
-    rdir = Path(args.out) if args.out else exp.run_dir(spec).path
-    print(f"training {spec.run_id} -> {rdir}", file=sys.stderr)
-    summary = train(spec, rdir)
+    rd = RunDir(args.out) if args.out else exp.run_dir(spec)
+    print(f"training {spec.run_id} -> {rd.path}", file=sys.stderr)
+    summary = train(spec, rd)
     print(json.dumps(summary))
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from harness.commands import help_line
+
 
 def _build(args: argparse.Namespace) -> int:
     from harness.world import build_world
@@ -22,7 +24,7 @@ def _reasoning(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("world", help="the mini-world: synthetic data, tokenizer and tiny base model")
+    p = sub.add_parser("world", help=help_line("world"))
     wsub = p.add_subparsers(dest="world_command", metavar="ACTION")
     wsub.required = True
     b = wsub.add_parser("build", help="build (or reuse) a mini-world")
