@@ -216,8 +216,10 @@ def estimate(ev: Evidence, claim: Claim) -> tuple[IV.Interval | None, str]:
     with np.errstate(invalid="ignore", divide="ignore"):
         point = run("point")[:, 0]
         boot = run("boot")
-    groups = min(ev.groups(x.metric)[1] for x in comp.cells)
-    items = min(len(ev.docs(x.metric)) for x in comp.cells)
+    # the judged metric's item set (a selection by another metric reads that one's items too: not counted here)
+    judged = [x for x in comp.cells if x.metric == claim.metric] or comp.cells
+    groups = min(ev.groups(x.metric)[1] for x in judged)
+    items = min(len(ev.docs(x.metric)) for x in judged)
     iv = IV.interval(point, boot, len(seeds) if trained else 0, groups, items)
     if iv is None:
         return None, "the effect is not finite on the data (e.g. a zero denominator)"

@@ -70,7 +70,12 @@ FILES = (
                                    "<job>_0_log.err holds the training log, <job>_0_log.out submitit's own lines"),
     (f"{RUNS}/<run-id>/{CONFIG}", "training", "resolved config of this run (no grid)"),
     (f"{RUNS}/<run-id>/{PROVENANCE}", "training", "git commit/dirty, package versions, host, data sha256, "
-                                                   "mask statistics and hash, engine, schema, parameter counts "
+                                                   "mask statistics and hash (with agentic data also "
+                                                   "`tool_call_tokens` / `reasoning_tokens` / "
+                                                   "`empty_reasoning_tokens` {total, supervised}, "
+                                                   "`reasoning_dropped_turns`, `reasoning_inlined_turns`, "
+                                                   "`messages_with_data_weight`, `ignored_fields`: only the keys "
+                                                   "that occur), engine, schema, parameter counts "
                                                    "(trainable/total), adapter, replay share, init_from (a "
                                                    "later stage's starting checkpoint and its weights' sha256)"),
     (f"{RUNS}/<run-id>/{INPUTS}", "launcher (job)", "content sha256 of every local file the run reads (base model, "

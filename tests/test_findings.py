@@ -154,7 +154,8 @@ def test_replicate_renames_reseeds_every_subgrid_and_compares_verdicts(tmp_path)
     raw = yaml.safe_load((ROOT / "experiments" / "replay.yaml").read_text())
     rep = with_seeds(raw, [4, 5, 6])
     assert rep["name"] == "replay_rep_s4-5-6" and all(g["train.seed"] == [4, 5, 6] for g in rep["grid"])
-    assert raw["grid"][0]["train.seed"] == [1, 2]  # the original is left alone
+    assert raw["grid"][0]["train.seed"] == yaml.safe_load((ROOT / "experiments" / "replay.yaml").read_text())[
+        "grid"][0]["train.seed"] != [4, 5, 6]  # the original is left alone
     ref = {c: {"verdict": v, "claim": c, "family": "primary"} for c, v in
            (("a", "yes"), ("b", "no"), ("c", "yes"), ("d", "inconclusive"))} | {
         "e": {"verdict": "yes", "claim": "e", "family": "secondary", "seeds": 0}}

@@ -152,7 +152,11 @@ def test_uneven_steps_pad_every_rank_to_the_same_micro_batches(tiny):
     spec = _spec(exp, ov)
     assert min(len(p.rows) for p in plan_steps(prepare_data(spec.config)[1], spec.config)) == 1
     d = _diff(_run(tiny, "uneven1", ov), _run(tiny, "uneven2", ov, world=2))
-    assert all(v < 1e-5 for v in d.values()), d
+    # every step's loss, grad norm and token counts agree to 1e-6; the weights after 8 AdamW steps differ by the
+    # reduction order's rounding, amplified where Adam divides a tiny gradient by its tiny second moment: 1.009e-5
+    # on an AMD EPYC (AVX2), under 1e-5 on an Intel Xeon (AVX-512), at the commit before this test was touched. The
+    # bound is the same order, above either CPU's floating-point path (a packing bug moves weights by ~1e-3).
+    assert all(d[k] < 1e-5 for k in d if k != "weights") and d["weights"] < 5e-5, d
 
 
 def test_gradient_checkpointing_composes_with_fsdp(tiny):

@@ -58,10 +58,14 @@ def eval_hash(cfg: ExperimentConfig) -> str:
     paths, located = probe_paths(cfg), probe_paths(_by_contents(cfg))
     # model.init_from (a later stage's starting weights) is part of the weights evaluated, not of the base
     model = {k: v for k, v in _changed(d["model"], default["model"]).items() if k != "init_from"}
+    data = _changed({k: d["data"][k] for k in data_keys}, default["data"])
+    if isinstance(data.get("eval"), dict):
+        # fields added to a data source after hashes existed: at their default they are no part of the identity
+        data["eval"] = {k: v for k, v in data["eval"].items() if not (k in _LATER_SOURCE_FIELDS and v is None)}
     payload = {"version": EVAL_VERSION, "model": model,
                "model_files": _file_fingerprint(cfg.model.name_or_path),
                "tokenizer_files": _file_fingerprint(cfg.model.tokenizer) if cfg.model.tokenizer else None,
-               "data": _changed({k: d["data"][k] for k in data_keys}, default["data"]),
+               "data": data,
                "eval": ev, "probes": {k: [located[k], _file_fingerprint(v) if v else None] for k, v in paths.items()},
                "tasks": {str(at): _file_fingerprint_dir(p) for at, p in zip(d["eval"]["include_path"],
                                                                             cfg.eval.include_path)}}
@@ -91,6 +95,9 @@ def _by_contents(cfg: ExperimentConfig) -> ExperimentConfig:
     for key in _EVAL_PATHS:
         cfg = replace_at(cfg, key, digest(key))
     return cfg
+
+
+_LATER_SOURCE_FIELDS = ("tools",)  # data.eval.tools (agentic data): None leaves every earlier eval hash as it was
 
 
 def _changed(d: dict, default: dict) -> dict:
