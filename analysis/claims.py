@@ -235,9 +235,10 @@ def judge(ev: Evidence, claim: Claim) -> Finding:
         f.observed = f"the runs or per-item samples it needs are missing: {why}"
         return f
     b = claim.boundary
-    # a rate lies in [0, 1] and a difference of rates in [-1, 1]: the interval is cut to where the parameter can
-    # be (which keeps its coverage)
-    lim = {"pct": (0.0, 1.0), "pts": (-1.0, 1.0)}.get(claim.unit)
+    # a rate (or an R^2) lies in [0, 1] and a difference of them in [-1, 1]: the interval is cut to where the
+    # parameter can be (which keeps its coverage)
+    lim = {"pct": (0.0, 1.0), "pts": (-1.0, 1.0),
+           "r2": (-1.0, 1.0) if claim.effect == "fit" and claim.spec.get("minus") else (0.0, 1.0)}.get(claim.unit)
     if lim:
         iv.low, iv.high = max(iv.low, lim[0]), min(iv.high, lim[1])
     f.estimate, f.low, f.high = iv.value, iv.low, iv.high
