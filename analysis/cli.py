@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.commands import help_line
 from harness.errors import HarnessError
+from harness.layout import FIGURES, FINDINGS
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def run_report(args: argparse.Namespace) -> int:
     rep = build_report(results_dir, args.out, formats=formats, target=args.metric, retention=args.retention,
                        experiment=experiment, experiment_file=experiment_file, only=only)
     drawn = [f for f in rep.figures if not f.skipped]
-    print(f"figures ({len(drawn)} drawn, {len(rep.skipped)} skipped) in {rep.out_dir / 'figures'}:",
+    print(f"figures ({len(drawn)} drawn, {len(rep.skipped)} skipped) in {rep.out_dir / FIGURES}:",
           file=sys.stderr)
     for f in rep.figures:
         if f.skipped:
@@ -53,7 +54,7 @@ def run_report(args: argparse.Namespace) -> int:
     if rep.findings:
         n = {v: sum(f.verdict == v for f in rep.findings) for v in ("yes", "no", "inconclusive", "n/a")}
         print(f"findings: {n['yes']} yes, {n['no']} no, {n['inconclusive']} inconclusive"
-              + (f", {n['n/a']} n/a" if n["n/a"] else "") + f" ({rep.out_dir / 'findings.json'})", file=sys.stderr)
+              + (f", {n['n/a']} n/a" if n["n/a"] else "") + f" ({rep.out_dir / FINDINGS})", file=sys.stderr)
         for f in rep.findings:
             print(f"  {f.verdict:12s} {f.claim}", file=sys.stderr)
     print(rep.markdown, file=sys.stderr)

@@ -22,6 +22,7 @@ from harness.commands import help_line
 from harness.errors import ConfigError
 from harness.fsio import atomic_write_json, atomic_write_text
 from harness.grid import Experiment, load_experiment
+from harness.layout import REPLICATION_JSON, REPLICATION_MD
 
 
 def with_seeds(raw: dict, seeds: list[int]) -> dict:
@@ -104,12 +105,12 @@ def run_replicate(args: argparse.Namespace) -> int:
     rows = compare(judged(exp), judged(rep))
     out = rep.dir.report
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "replication.json", {"experiment": exp.config.name, "replication": rep.config.name,
+    atomic_write_json(out / REPLICATION_JSON, {"experiment": exp.config.name, "replication": rep.config.name,
                                                  "seeds": seeds, "original_seeds": sorted(used), "claims": rows})
     md = to_markdown(rows, seeds, sorted(used))
-    atomic_write_text(out / "replication.md", md)
+    atomic_write_text(out / REPLICATION_MD, md)
     print(md)
-    print(f"written: {out / 'replication.md'}", file=sys.stderr)
+    print(f"written: {out / REPLICATION_MD}", file=sys.stderr)
     return 1 if failed else 0
 
 

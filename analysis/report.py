@@ -39,6 +39,7 @@ from analysis.load import (
     run_table,
 )
 from analysis.provenance import config_text, load_provenance, provenance_rows
+from harness import layout as lay
 from harness.errors import HarnessError
 from harness.layout import REPORT_HTML, STATES, ExperimentDir
 
@@ -108,12 +109,12 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     training = load_training(exp_dir, experiment)
     runs = run_table(exp_dir, experiment)
     _, axes = discover_runs(exp_dir, experiment)
-    data = [p for p in (_safe_parquet(df, out / "runs.parquet"), _safe_parquet(training, out / "training.parquet"))
+    data = [p for p in (_safe_parquet(df, out / lay.RUNS_PARQUET), _safe_parquet(training, out / lay.TRAINING_PARQUET))
             if p]
-    df.to_csv(out / "runs.csv", index=False)
-    training.to_csv(out / "training.csv", index=False)
-    runs.to_csv(out / "run_states.csv", index=False)
-    data += [out / "runs.csv", out / "training.csv", out / "run_states.csv"]
+    df.to_csv(out / lay.RUNS_CSV, index=False)
+    training.to_csv(out / lay.TRAINING_CSV, index=False)
+    runs.to_csv(out / lay.RUN_STATES_CSV, index=False)
+    data += [out / lay.RUNS_CSV, out / lay.TRAINING_CSV, out / lay.RUN_STATES_CSV]
 
     done = df[(df["state"] == "done") & (df["metric"] != "state")]
     metrics_seen = list(dict.fromkeys(done.loc[done["step"] > 0, "metric"]))
@@ -132,7 +133,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     ev = evidence(df, exp_dir, list(dict.fromkeys([*metrics, *claim_metrics(claims)])))  # per-item results
     summ = with_item_cis(stats.summary(df, metrics, axes), ev)
     base = stats.base_summary(df, metrics)
-    tdir = out / "tables"
+    tdir = out / lay.TABLES
     best = stats.best_per_regime(summ, target) if target else summ.iloc[0:0]
     pair_metrics = [m for m in dict.fromkeys([target, *PAIRED_METRICS]) if m and m in metrics_seen]
     pairs = stats.paired(df, pair_metrics, axes)
@@ -160,13 +161,13 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None, *,
     not_done = runs[runs["state"] != "done"] if len(runs) else runs
     prov = load_provenance(exp_dir, list(runs["run_id"]) if len(runs) else None)
     cfg_text = config_text(config, exp_dir, runs)
-    rep = Report(out, out / REPORT_HTML, out / "report.md", figs, tab, data, target, states, not_done, notes)
+    rep = Report(out, out / REPORT_HTML, out / lay.REPORT_MD, figs, tab, data, target, states, not_done, notes)
     rep.findings = findings
     if rep.findings:
-        (out / "findings.json").write_text(json.dumps(
+        (out / lay.FINDINGS).write_text(json.dumps(
             {"experiment": name, "claims_hash": (plan.get("claims") or {}).get("hash"),
              "findings": [f.to_dict() for f in rep.findings]}, indent=1) + "\n")
-        data.append(out / "findings.json")
+        data.append(out / lay.FINDINGS)
     args = (rep, exp_dir, plan, axes, retention, frames, prov, cfg_text, ctx.notes, config, experiment_file)
     rep.markdown.write_text(_markdown(*args), encoding="utf-8")
     rep.html.write_text(_html(*args), encoding="utf-8")
@@ -251,7 +252,7 @@ def _markdown(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_tex
     L += ["## Tables", ""]
     for key, title in _TABLE_TITLES(rep):
         L += [f"### {title}", "", tables.to_markdown(frames[key]),
-              f"LaTeX: `{(rep.out_dir / 'tables' / (key + '.tex')).relative_to(rep.out_dir).as_posix()}`", ""]
+              f"LaTeX: `{(rep.out_dir / lay.TABLES / (key + '.tex')).relative_to(rep.out_dir).as_posix()}`", ""]
     L += ["## Provenance", ""] + [f"- **{k}**: {v}" for k, v in provenance_rows(prov, exp_dir, _runs_of(rep))] + [""]
     L += ["## Configuration", "", "```yaml", cfg_text.rstrip(), "```", ""]
     if plan:
@@ -262,7 +263,7 @@ def _markdown(rep: Report, exp_dir, plan, axes, retention, frames, prov, cfg_tex
 
 
 def _runs_of(rep: Report) -> pd.DataFrame:
-    p = rep.out_dir / "run_states.csv"
+    p = rep.out_dir / lay.RUN_STATES_CSV
     try:
         return pd.read_csv(p)
     except (OSError, ValueError, pd.errors.EmptyDataError):

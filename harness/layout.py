@@ -46,6 +46,14 @@ PROGRESS = "progress.json"
 AUDIT = "audit.json"
 AUDIT_HTML = "audit.html"
 REPORT_HTML = "report.html"
+# what harness report (and harness replicate) write into report/: the document, the findings, the data behind them
+REPORT_MD = "report.md"
+FINDINGS = "findings.json"
+REPLICATION_JSON, REPLICATION_MD = "replication.json", "replication.md"
+FIGURES, TABLES = "figures", "tables"
+RUNS_CSV, RUNS_PARQUET = "runs.csv", "runs.parquet"
+TRAINING_CSV, TRAINING_PARQUET = "training.csv", "training.parquet"
+RUN_STATES_CSV = "run_states.csv"
 EVAL_LOCK = ".eval.lock"  # base/: held while the base is evaluated (a concurrent evaluator waits, then reuses it)
 CACHE_LOCK = ".logprobs.lock"  # base/: held while the base's log-prob caches are computed
 JOB_LOGS = "%j"  # submitit's placeholder for the job id: logs/<job-id>/
@@ -107,7 +115,10 @@ FILES = (
                                                            "rewritten atomically; `harness run` shows it"),
     (f"{AUDIT}, {AUDIT_HTML}", "harness demo", "the masks of the first conversations (harness inspect --json "
                                                "/ --html), for the report"),
-    (f"{REPORT}/", "harness report", f"{REPORT_HTML}, report.md, figures, tables and the data behind them"),
+    (f"{REPORT}/", "harness report", f"{REPORT_HTML}, {REPORT_MD}, {FIGURES}/, {TABLES}/, {FINDINGS} (the "
+                                       f"claims judged), the data behind them ({RUNS_CSV}, {RUNS_PARQUET}, "
+                                       f"{TRAINING_CSV}, {TRAINING_PARQUET}, {RUN_STATES_CSV}); harness replicate: "
+                                       f"{REPLICATION_JSON}, {REPLICATION_MD}"),
 )
 
 STATE_RULES = (

@@ -24,6 +24,7 @@ from analysis.figures.sweeps import (
 from analysis.figures.tokens import fig_mask_audit, fig_token_loss
 from analysis.figures.training import fig_nll_vs_step, fig_training_curves
 from analysis.style import paper_style
+from harness.layout import FIGURES as FIGURES_DIR
 
 log = logging.getLogger("analysis")
 
@@ -61,7 +62,7 @@ class FigureResult:
 def render_all(ctx: Context, out_dir: Path, formats: tuple[str, ...] = ("pdf", "png"),
                only: list[str] | None = None) -> list[FigureResult]:
     """Draw every figure into ``out_dir/figures/`` (each format), skipping those whose inputs are missing."""
-    fig_dir = Path(out_dir) / "figures"
+    fig_dir = Path(out_dir) / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for name, fn in FIGURES:
