@@ -87,7 +87,6 @@ class Evidence:
         self._groups: dict[str, tuple[np.ndarray, int]] = {}
         self._folds: dict[str, np.ndarray] = {}
         self._counts: dict[str, np.ndarray] = {}
-        self._cells: dict = {}
 
     # ---- items, groups, draws
 

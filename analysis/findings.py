@@ -86,8 +86,7 @@ def correct(found: list[Finding]) -> None:
     rest = [f for f in found if f not in primary]
     for fam, method, adjust in ((primary, "holm", IV.holm), (rest, "bh", IV.benjamini_hochberg)):
         judged = [f for f in fam if f.p is not None and f.verdict != "n/a"]
-        ps = [f.p if f.decide != "one seed: the seed variance is unknown; run 2 or more seeds" else 1.0
-              for f in judged]
+        ps = [f.p if f.seeds != 1 else 1.0 for f in judged]  # one seed: the seed variance is unknown, never decided
         for f, q in zip(judged, adjust(ps) if ps else []):
             f.p_adjusted, f.correction = float(q), method
             f.adjusted = f.verdict if f.verdict in ("yes", "no") and q < ALPHA else \

@@ -73,6 +73,21 @@ class Side:
         self.configs: list[dict] = []
         self._rows: dict = {}
 
+    def _matching(self, metric: str) -> tuple[pd.DataFrame, str | None]:
+        """The trained runs' rows of `metric` that match this side (any of its maps) at its checkpoint."""
+        d = self.ev.runs(metric)
+        d = d[d["run_id"] != "base"]
+        keep = np.zeros(len(d), dtype=bool)
+        for m in self.maps:
+            sel = np.ones(len(d), dtype=bool)
+            for k, v in m.items():
+                if k not in d.columns:
+                    return d.iloc[0:0], f"no axis {k!r} in the results"
+                sel &= _match(d[k], v)
+            keep |= sel
+        d, self.selects_step = _checkpoint(d[keep], self.checkpoint)
+        return d, None
+
     def resolve(self, metric: str) -> str | None:
         """Find the configurations (on `metric`'s runs); a reason when there are none."""
         d = self.ev.runs(metric)
@@ -82,16 +97,9 @@ class Side:
             rows = d[d["run_id"] == "base"]
             self.configs = [{}] if len(rows) else []
             return None if len(rows) else f"no base evaluation of {metric}"
-        d = d[d["run_id"] != "base"]
-        keep = np.zeros(len(d), dtype=bool)
-        for m in self.maps:
-            sel = np.ones(len(d), dtype=bool)
-            for k, v in m.items():
-                if k not in d.columns:
-                    return f"no axis {k!r} in the results"
-                sel &= _match(d[k], v)
-            keep |= sel
-        d, self.selects_step = _checkpoint(d[keep], self.checkpoint)
+        d, why = self._matching(metric)
+        if why:
+            return why
         if d.empty:
             return f"no done runs of {metric} match {self.describe()}"
         axes = [a for a in axis_columns(d) if d[a].nunique(dropna=False) > 1] + (["step"] if self.selects_step else [])
@@ -108,18 +116,11 @@ class Side:
     def cell(self, metric: str, config: dict) -> Cell | None:
         key = (metric, tuple(sorted((k, str(v)) for k, v in config.items())))
         if key not in self._rows:
-            d = self.ev.runs(metric)
             if self.base:
+                d = self.ev.runs(metric)
                 self._rows[key] = self.ev.cell(metric, d[d["run_id"] == "base"], {})
                 return self._rows[key]
-            d = d[d["run_id"] != "base"]
-            keep = np.zeros(len(d), dtype=bool)
-            for m in self.maps:
-                sel = np.ones(len(d), dtype=bool)
-                for k, v in m.items():
-                    sel &= _match(d[k], v) if k in d else False
-                keep |= sel
-            d, _ = _checkpoint(d[keep], self.checkpoint)
+            d, _ = self._matching(metric)
             for k, v in config.items():
                 if k == "step":
                     d = d[d["step"] == v]
