@@ -301,9 +301,8 @@ def expand(ev: Evidence, claim: Claim) -> list[Claim | list[Claim]]:
 
 
 def _free_axes(ev: Evidence, c: Claim) -> list[str]:
-    sides = [c.spec["a"], c.spec["b"]] if c.effect == "compare" else [c.spec] if c.effect == "value" else []
     free: list[str] = []
-    for s in sides:
+    for s in c.sides() if c.effect in ("compare", "value") else []:
         if s == BASE:
             continue
         side = Side(ev, s, c.where, c.checkpoint)

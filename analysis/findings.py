@@ -41,9 +41,7 @@ def claim_metrics(claims: Sequence[Claim]) -> list[str]:
         out += [c.metric, *([c.by] if c.by else [])]
         if c.effect == "fit":
             out += [c.spec["x"], *([c.spec["minus"]] if c.spec.get("minus") else [])]
-        sides = [c.spec["a"], c.spec["b"]] if c.effect == "compare" else [c.spec] if c.effect == "value" else \
-            [t["side"] for t in c.spec] if c.effect == "contrast" else []
-        for side in sides:
+        for side in c.sides():
             for m in side if isinstance(side, list) else [side]:
                 if isinstance(m, dict) and m.get("metric"):
                     out.append(m["metric"])

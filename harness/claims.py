@@ -83,6 +83,14 @@ class Claim:
     def digest(self) -> str:
         return claim_hash(self.raw)
 
+    def sides(self) -> list:
+        """The sides the effect names (compare's a and b, value's, each contrast term's); [] for the axis effects."""
+        if self.effect == "compare":
+            return [self.spec["a"], self.spec["b"]]
+        if self.effect == "value":
+            return [self.spec]
+        return [t["side"] for t in self.spec] if self.effect == "contrast" else []
+
     def words(self) -> str:
         return self.text or f"{self.id}: {self.effect} of {self.metric} {self.test} {self.bound:g} {self.unit}"
 
