@@ -14,6 +14,10 @@ Measured with wandb 0.31 (tests/test_tracking.py reads the offline files back):
 * W&B's own ``_step`` must only grow (a lower one is dropped or renumbered), and evaluation logs checkpoint steps
   after training logged later ones: ``train/*`` and ``eval/*`` are therefore plotted against their own step
   metrics ``train/step`` and ``eval/step`` (``define_metric``), and ``_step`` only counts rows.
+* ``run.finish()`` can return before wandb-core has written the transaction log (a loaded CI machine read a
+  finished run's ``.wandb`` file back with no records after its header), and a process that ends without its
+  atexit hooks (a multiprocessing child) would leave it so: closing the last harness run of a process therefore
+  calls ``wandb.teardown()``, which waits for wandb-core to exit (~1 s to start it again for the next run).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import shutil
 from urllib.parse import urlparse
 
 from harness.tracking.base import KINDS, Context, missing_extra
+
+_OPEN = 0  # harness W&B runs open in this process: the last to close tears wandb-core down
 
 
 def wandb_id(run_id: str) -> str:
@@ -70,7 +76,7 @@ class WandbTracker:
             import wandb
         except ImportError as exc:
             raise missing_extra("wandb", "wandb", exc) from None
-        self.kind = ctx.kind
+        self.kind, self._wandb = ctx.kind, wandb
         mode = wandb_mode()
         offline = mode in ("offline", "dryrun")
         online = not offline and mode != "disabled"
@@ -85,6 +91,8 @@ class WandbTracker:
             resume="allow", dir=str(ctx.logdir), mode=mode, reinit="create_new",
             config={"axes": ctx.axes, **ctx.config}, tags=[f"{k}={v}"[:64] for k, v in ctx.axes.items()],
             settings=wandb.Settings(console="off", quiet=True))
+        global _OPEN
+        _OPEN += 1
         for kind in KINDS:
             self.run.define_metric(f"{kind}/step")
             self.run.define_metric(f"{kind}/*", step_metric=f"{kind}/step")
@@ -107,4 +115,8 @@ class WandbTracker:
         self._log(self.kind, metrics, step)
 
     def close(self) -> None:
+        global _OPEN
         self.run.finish()
+        _OPEN -= 1
+        if _OPEN == 0:
+            self._wandb.teardown()  # the files are complete once wandb-core has exited (see the module doc)
