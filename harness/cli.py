@@ -53,6 +53,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--experiment", default="experiments/mini_lima.yaml")
     demo.add_argument("--size", default="demo", help="mini-world size (default demo)")
     demo.add_argument("--parallel", type=int, default=None)
+    demo.add_argument("--pretrain", action="store_true",
+                      help="pretrain the world here even when its weights are shipped (harness/world/prebuilt.py)")
     demo.set_defaults(func=_demo)
 
 
@@ -101,7 +103,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     print(f"[1/4] mini-world ({args.size})", flush=True)
-    build_world(args.size, seed=0)
+    build_world(args.size, seed=0, pretrain_here=args.pretrain)
     exp = load_experiment(args.experiment)
     print(f"[2/4] mask audit -> {exp.dir.audit}", flush=True)
     exp.out_dir.mkdir(parents=True, exist_ok=True)

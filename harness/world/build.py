@@ -18,6 +18,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 from harness.evaluation.tasks import generate_task
 from harness.world import generator as G
+from harness.world import prebuilt
 from harness.world.pretrain import PretrainConfig
 
 WORLD_VERSION = 2  # 2: trailing-space tokenizer, questions end with a word after the name
@@ -253,12 +254,20 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def model_key(pcfg: PretrainConfig, vocab: int, hashes: dict) -> str:
+    """What the base model's weights depend on (the cache key, and the key of shipped weights)."""
+    return _hash({"version": WORLD_VERSION, "pretrain": pcfg.to_dict(), "vocab": vocab,
+                  "corpus": hashes["pretrain.jsonl"], "sft": hashes["sft_train.jsonl"]})
+
+
 def build_world(size: str | int = "test", out: str | Path | None = None, seed: int = 0, augment: bool = True,
-                progress: bool = True, log=print, overrides: dict | None = None) -> Path:
+                progress: bool = True, log=print, overrides: dict | None = None, pretrain_here: bool = False) -> Path:
     """Build (or reuse) a mini-world; returns its directory.
 
     `overrides` replaces fields of the size's PretrainConfig (e.g. {"lr": 1e-3, "steps": 800}); they enter
-    the model's cache key and world.json."""
+    the model's cache key and world.json. The weights come from `harness/world/prebuilt` when shipped for this
+    world's key and tokenizer (hash-verified, `prebuilt.py`), else from pretraining here; `pretrain_here`
+    always pretrains (and replaces a world built from shipped weights)."""
     import torch
 
     from harness.modeling import quiet_hf_progress
@@ -283,10 +292,11 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
     except TypeError as exc:
         raise ConfigError(f"unknown pretraining field: {exc}", where="overrides",
                           fix=f"use fields of PretrainConfig: {', '.join(PretrainConfig().to_dict())}") from None
-    key = _hash({"version": WORLD_VERSION, "pretrain": pcfg.to_dict(), "vocab": spec["vocab"],
-                 "corpus": hashes["pretrain.jsonl"], "sft": hashes["sft_train.jsonl"]})
+    key = model_key(pcfg, spec["vocab"], hashes)
     model_dir, tok_dir = out / "model", out / "tokenizer"
     cached = (model_dir / "world_key.txt").exists() and (model_dir / "world_key.txt").read_text().strip() == key
+    if cached and pretrain_here and (out / "world.json").exists():
+        cached = json.loads((out / "world.json").read_text()).get("weights", {}).get("source") != "prebuilt"
     measurements_path = out / "measurements.json"
     if cached and measurements_path.exists():
         log(f"base model cached ({key}); nothing to do")
@@ -311,9 +321,19 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
             log(f"corpus: {len(docs)} documents, {n_tokens:,} tokens, ~{n_rows} rows of {pcfg.seq_len} per epoch; "
                 f"pretraining {pcfg.layers}x{pcfg.hidden} for {pcfg.steps} steps (~{epochs:.1f} epochs)")
             model = make_model(pcfg, len(tok), tok.eos_token_id, tok.pad_token_id)
-            t0 = time.perf_counter()
-            pretrain(model, rows, pcfg, progress=progress, log=log)
-            pretrain_s = time.perf_counter() - t0
+            shipped, entry = (None, "--pretrain") if pretrain_here else prebuilt.find(key, tok_dir / "tokenizer.json")
+            pretrain_s = None
+            if shipped is not None:
+                prebuilt.load_into(model, shipped)
+                weights = {"source": "prebuilt", "file": shipped.name, "sha256": entry["sha256"], **entry["built"]}
+                log(f"weights: shipped with harness ({shipped.name}, sha256 verified; pretrained on "
+                    f"{entry['built']['cpu']}, {entry['built']['date']}); `--pretrain` computes them here instead")
+            else:
+                log(f"weights: pretraining here ({entry})")
+                t0 = time.perf_counter()
+                pretrain(model, rows, pcfg, progress=progress, log=log)
+                pretrain_s = time.perf_counter() - t0
+                weights = {"source": "pretrained here", "cpu": prebuilt.cpu_name()}
             tmp_model = out / ".tmp-model"
             shutil.rmtree(tmp_model, ignore_errors=True)
             model.config.use_cache = True
@@ -324,6 +344,8 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
             tmp_model.rename(model_dir)
         else:
             pretrain_s = None
+            weights = json.loads((out / "world.json").read_text()).get("weights") if (out / "world.json").exists() \
+                else None
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -352,7 +374,8 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
     info = {"version": WORLD_VERSION, "seed": seed, "size": str(size), "augment": augment,
             "people": len(world.people), "attributes": list(G.ATTRIBUTES),
             "split": {"train": [p.name for p in world.train_people], "heldout": [p.name for p in world.heldout_people]},
-            "pretrain": pcfg.to_dict(), "vocab_size": spec["vocab"], "model_key": key, "files": hashes}
+            "pretrain": pcfg.to_dict(), "vocab_size": spec["vocab"], "model_key": key, "files": hashes,
+            "weights": {**(weights or {}), "model_sha256": prebuilt.sha256(model_dir / "model.safetensors")}}
     (out / "world.json").write_text(json.dumps(info, indent=1) + "\n")
     measurements_path.write_text(json.dumps(meas, indent=1) + "\n")
     _table(meas, log)
@@ -367,5 +390,6 @@ def _table(meas: dict, log) -> None:
             ("raw question -> answered", meas["raw_answered"])]
     for name, v in rows:
         log(f"{name:38s} {100 * v:5.1f}%")
-    log(f"{'build time':38s} {meas['build_seconds']:5.0f} s  (pretraining {meas['pretrain_seconds']} s, "
+    pre = "shipped weights" if meas["pretrain_seconds"] is None else f"pretraining {meas['pretrain_seconds']} s"
+    log(f"{'build time':38s} {meas['build_seconds']:5.0f} s  ({pre}, "
         f"{meas['params']:,} params)")
