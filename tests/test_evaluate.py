@@ -119,6 +119,7 @@ def test_environment_is_described_once_per_process(evaluated, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import harness.evaluation.lm_eval as E
+    import harness.evaluation.lm_eval_patches as P
 
     calls = []
     original = ev.add_env_info
@@ -128,7 +129,7 @@ def test_environment_is_described_once_per_process(evaluated, monkeypatch):
         original(storage)
 
     monkeypatch.setattr(ev, "add_env_info", counting)
-    monkeypatch.setattr(E, "_ENV_INFO", {})
+    monkeypatch.setattr(P, "_ENV_INFO", {})
     cfg = evaluated.runs[0].config
     ckpt = sorted((evaluated.out_dir / "runs" / evaluated.runs[0].run_id / "checkpoints").glob("step-*"))[-1]
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype="float32")

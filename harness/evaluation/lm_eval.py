@@ -9,26 +9,23 @@ benchmarks/NOTES.md): the names are indexed once per lm-eval version into ``~/.c
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
-import io
 import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from harness.config import ExperimentConfig, TaskConfig
 from harness.errors import ConfigError, DataError, EvaluationError
 from harness.fsio import atomic_write_text
-from harness.provenance import git_info
+from harness.evaluation.lm_eval_patches import compiled_templates, env_info_once, quiet
 
 log = logging.getLogger("harness.evaluate")
 BOOTSTRAP_ITERS = 100  # lm-eval stderr: closed form for mean metrics; bootstrap (this many) for the rest
@@ -292,57 +289,6 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """lm-eval and datasets log every request batch and draw progress bars: keep a job's log readable
-    (loggers at ERROR; when stderr is not a terminal, progress bars, which write to it, are dropped)."""
-    loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "transformers", "accelerate")]
-    levels = [lg.level for lg in loggers]
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        with contextlib.redirect_stderr(sys.stderr if tty else io.StringIO()):
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-
-
-_ENV_INFO: dict[str, Any] = {}
-
-
-@contextlib.contextmanager
-def _env_info_once() -> Iterator[None]:
-    """lm-eval's simple_evaluate ends by describing the environment (torch.utils.collect_env: `pip list`,
-    lscpu, conda and driver probes in subprocesses), a sizeable share of a small checkpoint's evaluation
-    (benchmarks/NOTES.md). It cannot change within a process: describe it once, copy it into every result
-    (the same keys as lm-eval writes). Its git hash is the harness's own commit (harness.provenance, quietly):
-    lm-eval asks `git describe` in the current directory, which prints "fatal: not a git repository" into every
-    evaluation's log outside a checkout. lm-eval has no option for either, so its functions are swapped for the
-    duration of the call and restored after."""
-    import lm_eval.evaluator as ev
-
-    original, original_git = ev.add_env_info, ev.get_git_commit_hash
-
-    def cached(storage: dict) -> None:
-        if not _ENV_INFO:
-            original(_ENV_INFO)
-        storage.update(_ENV_INFO)
-
-    ev.add_env_info, ev.get_git_commit_hash = cached, lambda: git_info()["commit"]
-    try:
-        yield
-    finally:
-        ev.add_env_info, ev.get_git_commit_hash = original, original_git
-
-
 def run_lm_eval(model, tok, cfg: ExperimentConfig, tasks: Sequence[TaskConfig] | None = None,
                 task_manager=None) -> tuple[dict, dict, list]:
     """Run lm-eval tasks on an in-memory model (no reload from disk), one simple_evaluate call per set of
@@ -362,7 +308,7 @@ def run_lm_eval(model, tok, cfg: ExperimentConfig, tasks: Sequence[TaskConfig] |
     model.eval()
     try:
         for (shots, limit, chat, bs), names in _option_groups(tasks).items():
-            with _quiet(), _env_info_once():
+            with quiet(), env_info_once(), compiled_templates():
                 lm = HFLM(pretrained=model, tokenizer=tok, batch_size=bs, max_length=max_len)
                 try:
                     res = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, limit=limit,
