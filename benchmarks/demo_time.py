@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/demo_time.py --rev HEAD                  # one fresh clone, `make demo`
     .venv/bin/python benchmarks/demo_time.py --rev f2c0bc5 --rev HEAD    # old then new, one after the other
+    .venv/bin/python benchmarks/demo_time.py --rev OLD --rev NEW --rev NEW --rev OLD   # ABBA: machine drift cancels
     .venv/bin/python benchmarks/demo_time.py --pretrain-steps 60         # only the pretraining ratio
 
 Each ``--rev`` is cloned from this repository into a temporary directory and ``make demo`` runs there as a
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +88,7 @@ def pretrain_ratio(steps: int, rounds: int) -> dict:
 def run_demo(rev: str, keep: Path | None) -> dict:
     """Clone `rev`, run `make demo` there with a timestamp per output line; stages, grid split, verdicts."""
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="demo-time-"))
-    clone = work / f"clone-{rev.replace('/', '_')}"
+    clone = work / f"clone-{rev.replace('/', '_')}-{time.strftime('%H%M%S')}"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     subprocess.run(["git", "checkout", "-q", rev], cwd=clone, check=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
@@ -162,11 +163,13 @@ def main() -> int:
         res["demos"].append(d)
         print(f"{rev} ({d['commit']}): make demo {d['wall_s']} s, rc {d['rc']}; " +
               ", ".join(f"{k} {v} s ({100 * d['shares'][k]:.0f}%)" for k, v in d["stages_s"].items()))
-    if len(res["demos"]) == 2:
-        a, b = res["demos"]
-        res["ratio_new_over_old"] = round(b["wall_s"] / a["wall_s"], 3)
-        res["same_verdicts"] = a["verdicts"] == b["verdicts"]
-        print(f"new / old = {res['ratio_new_over_old']}; same verdicts: {res['same_verdicts']}")
+    commits = list(dict.fromkeys(d["commit"] for d in res["demos"]))
+    if len(commits) == 2:  # old = the first --rev; several runs of each (e.g. ABBA against drift): their means
+        walls = {c: [d["wall_s"] for d in res["demos"] if d["commit"] == c] for c in commits}
+        res["wall_s_by_commit"] = walls
+        res["ratio_new_over_old"] = round(statistics.mean(walls[commits[1]]) / statistics.mean(walls[commits[0]]), 3)
+        res["same_verdicts"] = all(d["verdicts"] == res["demos"][0]["verdicts"] for d in res["demos"])
+        print(f"new / old = {res['ratio_new_over_old']} (means of {walls}); same verdicts: {res['same_verdicts']}")
     res["load_after"] = load()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")

@@ -261,6 +261,30 @@ def coverage_section(cov: dict | None) -> list[str]:
     return lines + [""]
 
 
+def demo_time_section(r: dict | None) -> list[str]:
+    """`make demo` by stage from fresh clones, and the pretraining loop against a plain one (demo_time.py)."""
+    if r is None:
+        return []
+    m, p = r["machine"], r.get("pretrain")
+    lines = ["## 7. `make demo` by stage, fresh clones (`python benchmarks/demo_time.py --rev OLD --rev NEW`)", "",
+             f"{m.get('cpu', '?')}, fp32 GEMM {r['gemm_fp32_gflops']['1']} GFLOP/s on 1 thread, "
+             f"{r['gemm_fp32_gflops']['2']} on 2; {r['load_before']} before, {r['load_after']} after.", "",
+             "| revision | wall (s) | venv | world | audit | grid | report | grid: training / evaluation (worker-s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for d in r.get("demos", []):
+        st, g = d["stages_s"], d["grid"]
+        cells = " | ".join(f"{st[k]} ({100 * d['shares'][k]:.0f}%)" for k in ("venv", "world", "audit", "grid", "report"))
+        lines.append(f"| {d['commit']} | {d['wall_s']} | {cells} | {g['train_worker_s']} / {g['eval_worker_s']} |")
+    if "ratio_new_over_old" in r:
+        lines += ["", f"new / old = **{r['ratio_new_over_old']}** (mean wall per commit: {r.get('wall_s_by_commit')}); "
+                  f"the same verdicts: **{r['same_verdicts']}**."]
+    if p:
+        lines += ["", f"World pretraining ({p['shape']}, batch {p['batch']}, {p['threads']} threads, best of "
+                  f"{p['rounds']} rounds of {p['steps']} steps): harness `pretrain()` {p['harness_tok_s']:,} tok/s, "
+                  f"a plain 20-line torch loop {p['plain_tok_s']:,} tok/s: ratio **{p['ratio']}**."]
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
@@ -298,6 +322,7 @@ def main() -> None:
         lines += overhead_section(oh)
     lines += gpu_section(gpu, gpu_dry)
     lines += coverage_section(_load("coverage"))
+    lines += demo_time_section(_load("demo_time"))
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
