@@ -101,7 +101,7 @@ def run_demo(rev: str, keep: Path | None) -> dict:
         lines.append((time.perf_counter() - t0, line.rstrip("\n")))
     rc = proc.wait()
     wall = time.perf_counter() - t0
-    (work / f"make-demo-{commit}.log").write_text("".join(f"{t:8.1f} {ln}\n" for t, ln in lines))
+    (work / f"make-demo-{clone.name}.log").write_text("".join(f"{t:8.1f} {ln}\n" for t, ln in lines))
     starts = {"venv": 0.0}
     for stage, marker in MARKERS.items():
         starts[stage] = next((t for t, ln in lines if ln.startswith(marker)), float("nan"))
@@ -113,7 +113,7 @@ def run_demo(rev: str, keep: Path | None) -> dict:
            "grid": grid_split(clone / "results" / "mini_lima", stages["grid"]),
            "world": _json(clone / "results" / "world" / "demo-seed0" / "measurements.json"),
            "verdicts": verdicts(clone / "results" / "mini_lima" / "report" / "findings.json"),
-           "log": str(work / f"make-demo-{commit}.log")}
+           "log": str(work / f"make-demo-{clone.name}.log")}
     return out
 
 
