@@ -340,3 +340,19 @@ def test_report_tables_scroll_and_the_methods_say_what_the_tables_show(report):
     for text in (html, md):
         assert "resamples seeds and evaluation items together where per-item results exist (so one seed still " \
                "has a CI, over the items)" in text.replace("\n", " ")
+
+
+def test_figures_drawn_by_forked_workers_equal_the_serial_ones(synth, tmp_path, monkeypatch):
+    """render_all(workers=2) draws each figure in a forked process: the same figures, in the report's order,
+    the same PNG bytes and the same skips as one after the other."""
+    import analysis.report as report_mod
+    from analysis.figures import render as R
+
+    contexts = []
+    real = report_mod.render_all
+    monkeypatch.setattr(report_mod, "render_all", lambda ctx, *a, **k: contexts.append(ctx) or real(ctx, *a, **k))
+    build_report(synth.exp_dir, tmp_path / "first", formats=("png",))  # the report's own figure context
+    serial = R.render_all(contexts[0], tmp_path / "serial", ("png",), workers=1)
+    forked = R.render_all(contexts[0], tmp_path / "forked", ("png",), workers=2)
+    assert [(r.name, r.skipped) for r in forked] == [(r.name, r.skipped) for r in serial] and len(serial) > 3
+    assert [r.png for r in forked] == [r.png for r in serial]

@@ -71,3 +71,26 @@ def test_chunk_width_stays_within_budget():
     w = vocab_chunk(4096, 262144)
     assert w * 4096 <= 1 << 25 and w % 256 == 0
     assert vocab_chunk(10**9, 1000) == 256
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_kept_logits_give_the_recomputed_gradients_bit_for_bit(bias, monkeypatch):
+    """One small chunk keeps its forward logits for the backward (lm_head.KEEP_ELEMENTS) instead of recomputing
+    the same product: values and gradients identical to the recomputing path, and a second backward
+    (retain_graph) sees the kept logits unchanged."""
+    import harness.training.lm_head as L
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 300, bias=bias)
+    hidden = torch.randn(21, 32, requires_grad=True)
+    targets = torch.randint(0, 300, (21,))
+    g = torch.rand(21)
+    kept = _grads(head_nll, hidden, head, targets, g)
+    monkeypatch.setattr(L, "KEEP_ELEMENTS", 0)  # recompute, as for a large chunk
+    recomputed = _grads(head_nll, hidden, head, targets, g)
+    for a, b in zip([kept[0], kept[1], *kept[2]], [recomputed[0], recomputed[1], *recomputed[2]]):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(L, "KEEP_ELEMENTS", 1 << 22)
+    out = head_nll(hidden, head, targets)
+    first = torch.autograd.grad((out * g).sum(), hidden, retain_graph=True)[0]
+    assert torch.equal(torch.autograd.grad((out * g).sum(), hidden)[0], first)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing as mp
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -60,40 +62,66 @@ class FigureResult:
 
 
 def render_all(ctx: Context, out_dir: Path, formats: tuple[str, ...] = ("pdf", "png"),
-               only: list[str] | None = None) -> list[FigureResult]:
-    """Draw every figure into ``out_dir/figures/`` (each format), skipping those whose inputs are missing."""
+               only: list[str] | None = None, workers: int | None = None) -> list[FigureResult]:
+    """Draw every figure into ``out_dir/figures/`` (each format), skipping those whose inputs are missing.
+
+    Figures are independent, and drawing them (PDF font subsetting above all) is most of a report's time, spent
+    on one core: with ``workers`` > 1 (default: up to 2, as the cores allow) they are drawn by forked processes
+    that share ``ctx`` as it is (nothing pickled but the results), in the same order in the report. Where fork
+    is not available, one after the other."""
     fig_dir = Path(out_dir) / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for name, fn in FIGURES:
-        if only and name not in only:
-            continue
-        caption = " ".join((fn.__doc__ or "").split())
-        res = FigureResult(name, caption)
-        with paper_style():
-            try:
-                fig = fn(ctx)
-            except NotApplicable:
-                continue
-            except Skip as exc:
-                res.skipped = str(exc)
-                log.info("figure %s skipped: %s", name, exc)
-                results.append(res)
-                continue
-            try:
-                for k, fmt in enumerate(formats):
-                    path = fig_dir / f"{name}.{fmt}"
-                    fig.savefig(path, dpi=PNG_DPI)
-                    res.files.append(path)
-                    if k == 0 and fig.get_layout_engine() is not None:
-                        fig.set_layout_engine("none")  # keep the positions just computed: lay out once, not per file
-                if "png" in formats:
-                    res.png = (fig_dir / f"{name}.png").read_bytes()
-                else:
-                    buf = io.BytesIO()
-                    fig.savefig(buf, format="png", dpi=110)
-                    res.png = buf.getvalue()
-            finally:
-                plt.close(fig)
-        results.append(res)
-    return results
+    todo = [(i, name, fn) for i, (name, fn) in enumerate(FIGURES) if not only or name in only]
+    n = min(len(todo), workers or min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    if n > 1 and "fork" in mp.get_all_start_methods():
+        global _JOB
+        _JOB = (ctx, fig_dir, formats)
+        try:
+            with mp.get_context("fork").Pool(n) as pool:
+                drawn = pool.map(_draw_index, [i for i, _, _ in todo], chunksize=1)
+        finally:
+            _JOB = None
+    else:
+        drawn = [_draw(ctx, fig_dir, formats, name, fn) for _, name, fn in todo]
+    return [r for r in drawn if r is not None]
+
+
+_JOB: tuple | None = None  # (ctx, fig_dir, formats) for the forked workers of render_all
+
+
+def _draw_index(i: int) -> FigureResult | None:
+    ctx, fig_dir, formats = _JOB
+    name, fn = FIGURES[i]
+    return _draw(ctx, fig_dir, formats, name, fn)
+
+
+def _draw(ctx: Context, fig_dir: Path, formats: tuple[str, ...], name: str, fn) -> FigureResult | None:
+    """One figure into its files; None when it does not apply to this study, skipped (with why) when its inputs
+    are missing."""
+    caption = " ".join((fn.__doc__ or "").split())
+    res = FigureResult(name, caption)
+    with paper_style():
+        try:
+            fig = fn(ctx)
+        except NotApplicable:
+            return None
+        except Skip as exc:
+            res.skipped = str(exc)
+            log.info("figure %s skipped: %s", name, exc)
+            return res
+        try:
+            for k, fmt in enumerate(formats):
+                path = fig_dir / f"{name}.{fmt}"
+                fig.savefig(path, dpi=PNG_DPI)
+                res.files.append(path)
+                if k == 0 and fig.get_layout_engine() is not None:
+                    fig.set_layout_engine("none")  # keep the positions just computed: lay out once, not per file
+            if "png" in formats:
+                res.png = (fig_dir / f"{name}.png").read_bytes()
+            else:
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=110)
+                res.png = buf.getvalue()
+        finally:
+            plt.close(fig)
+    return res

@@ -19,6 +19,10 @@ import torch.nn.functional as F
 
 #: logits elements per chunk (fp32: 128 MiB): one chunk covers the whole vocabulary of a small model
 CHUNK_ELEMENTS = 1 << 25
+#: up to this many logits (fp32: 16 MiB) in a single chunk, the forward's logits are kept for the backward instead
+#: of recomputed: the same matrix product on the same inputs, so the same numbers, one GEMM fewer (a mini-world
+#: step's head: 4 MB of logits; benchmarks/NOTES.md)
+KEEP_ELEMENTS = 1 << 22
 
 
 def vocab_chunk(n_positions: int, vocab: int, budget: int = CHUNK_ELEMENTS) -> int:
@@ -57,13 +61,15 @@ class _ChunkedHeadNLL(torch.autograd.Function):
                 inside = (targets >= s) & (targets < e)
                 if bool(inside.any()):
                     tgt[inside] = z[rows[inside], targets[inside] - s]
-        ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets, lse)
-        ctx.chunk, ctx.dt, ctx.has_bias = chunk, dt, bias is not None
+        keep = chunk >= vocab and z.numel() <= KEEP_ELEMENTS  # one chunk, small: its logits serve the backward
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets, lse,
+                              z if keep else torch.empty(0))
+        ctx.chunk, ctx.dt, ctx.has_bias, ctx.kept = chunk, dt, bias is not None, keep
         return lse - tgt
 
     @staticmethod
     def backward(ctx, grad_nll):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
         chunk, dt = ctx.chunk, ctx.dt
         bias = bias if ctx.has_bias else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -79,8 +85,11 @@ class _ChunkedHeadNLL(torch.autograd.Function):
             for s in range(0, vocab, chunk):
                 e = min(vocab, s + chunk)
                 wc = weight[s:e].to(dt)
-                z = F.linear(h, wc, None if bias is None else bias[s:e].to(dt)).to(acc)
-                p = z.sub_(lse[:, None]).exp_()  # the chunk's softmax, in place of its logits
+                if ctx.kept:  # a new tensor: the kept logits stay as they were (a second backward sees them)
+                    p = kept.sub(lse[:, None]).exp_()
+                else:
+                    z = F.linear(h, wc, None if bias is None else bias[s:e].to(dt)).to(acc)
+                    p = z.sub_(lse[:, None]).exp_()  # the chunk's softmax, in place of its logits
                 inside = (targets >= s) & (targets < e)
                 if bool(inside.any()):
                     p[rows[inside], targets[inside] - s] -= 1.0
