@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -202,6 +203,15 @@ def exit_without_teardown(rc: int = 0) -> None:
 
 
 # ------------------------------------------------------------------------------------------ tolerant readers (of results files: harness.layout)
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read now (no cache: for verifying what a file is, e.g. shipped weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path: Path) -> Any:

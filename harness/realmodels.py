@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import importlib
 import json
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 from harness.commands import help_line
 from harness.data.templates import BUILTIN
 from harness.errors import ConfigError, HarnessError
-from harness.fsio import atomic_write_json, now_iso
+from harness.fsio import atomic_write_json, now_iso, sha256_file
 from harness.layout import PROVENANCE
 
 DEFAULT_ROOT = Path("results") / "models"
@@ -51,14 +50,6 @@ KNOWN = {
 # bumped when the directory `model get` writes changes: an older one is rebuilt (2: generation_config stops at
 # the template's end of turn, as Google's own does; before, only at <eos>, so generations ran past each answer)
 DIR_VERSION = 2
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _require(module: str, what: str):

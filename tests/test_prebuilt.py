@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.fsio import sha256_file
 from harness.world import build as B
 from harness.world import generator as G
 from harness.world import prebuilt
@@ -89,4 +90,4 @@ def test_the_shipped_demo_weights_match_the_demo_world_built_today(tmp_path):
     index = json.loads(prebuilt.INDEX.read_text())
     assert key in index, ("the demo world changed: rebuild and ship its weights: harness world build --size demo "
                           "--pretrain && harness world ship results/world/demo-seed0")
-    assert prebuilt.sha256(prebuilt.DIR / index[key]["file"]) == index[key]["sha256"]
+    assert sha256_file(prebuilt.DIR / index[key]["file"]) == index[key]["sha256"]

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.fsio import sha256_file
 from harness.evaluation.tasks import generate_task
 from harness.world import generator as G
 from harness.world import prebuilt
@@ -375,7 +376,7 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
             "people": len(world.people), "attributes": list(G.ATTRIBUTES),
             "split": {"train": [p.name for p in world.train_people], "heldout": [p.name for p in world.heldout_people]},
             "pretrain": pcfg.to_dict(), "vocab_size": spec["vocab"], "model_key": key, "files": hashes,
-            "weights": {**(weights or {}), "model_sha256": prebuilt.sha256(model_dir / "model.safetensors")}}
+            "weights": {**(weights or {}), "model_sha256": sha256_file(model_dir / "model.safetensors")}}
     (out / "world.json").write_text(json.dumps(info, indent=1) + "\n")
     measurements_path.write_text(json.dumps(meas, indent=1) + "\n")
     _table(meas, log)

@@ -20,23 +20,16 @@ results/world/demo-seed0`` (copies its weights here and records the key, the has
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.fsio import sha256_file
+
 DIR = Path(__file__).parent / "prebuilt"
 INDEX = DIR / "index.json"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _index() -> dict:
@@ -52,9 +45,9 @@ def find(key: str, tokenizer_json: Path) -> tuple[Path, dict] | tuple[None, str]
     weights = DIR / entry["file"]
     if not weights.exists():
         return None, f"{weights} is missing (a Git LFS pointer or a partial checkout?)"
-    if sha256(tokenizer_json) != entry["tokenizer_sha256"]:
+    if sha256_file(tokenizer_json) != entry["tokenizer_sha256"]:
         return None, "the tokenizer trained here differs from the one the shipped weights were trained with"
-    if sha256(weights) != entry["sha256"]:
+    if sha256_file(weights) != entry["sha256"]:
         return None, f"{weights} does not match its recorded sha256"
     return weights, entry
 
@@ -88,8 +81,8 @@ def add(world: Path) -> dict:
     built = datetime.fromtimestamp((world / "model" / "model.safetensors").stat().st_mtime, timezone.utc)
     DIR.mkdir(exist_ok=True)
     shutil.copyfile(world / "model" / "model.safetensors", DIR / name)
-    entry = {"file": name, "sha256": sha256(DIR / name),
-             "tokenizer_sha256": sha256(world / "tokenizer" / "tokenizer.json"),
+    entry = {"file": name, "sha256": sha256_file(DIR / name),
+             "tokenizer_sha256": sha256_file(world / "tokenizer" / "tokenizer.json"),
              "built": {"cpu": cpu_name(), "date": built.strftime("%Y-%m-%d"),
                        "torch": _torch_version(), "pretrain_seconds": meas.get("pretrain_seconds"),
                        "fact_completion": meas.get("fact_completion")}}
