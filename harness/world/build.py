@@ -296,8 +296,11 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
     key = model_key(pcfg, spec["vocab"], hashes)
     model_dir, tok_dir = out / "model", out / "tokenizer"
     cached = (model_dir / "world_key.txt").exists() and (model_dir / "world_key.txt").read_text().strip() == key
-    if cached and pretrain_here and (out / "world.json").exists():
-        cached = json.loads((out / "world.json").read_text()).get("weights", {}).get("source") != "prebuilt"
+    # where the cached weights came from (world.json of the earlier build): kept, or replaced under pretrain_here
+    cached_weights = json.loads((out / "world.json").read_text()).get("weights") if cached and \
+        (out / "world.json").exists() else None
+    if pretrain_here and (cached_weights or {}).get("source") == "prebuilt":
+        cached = False
     measurements_path = out / "measurements.json"
     if cached and measurements_path.exists():
         log(f"base model cached ({key}); nothing to do")
@@ -344,9 +347,7 @@ def build_world(size: str | int = "test", out: str | Path | None = None, seed: i
             shutil.rmtree(model_dir, ignore_errors=True)
             tmp_model.rename(model_dir)
         else:
-            pretrain_s = None
-            weights = json.loads((out / "world.json").read_text()).get("weights") if (out / "world.json").exists() \
-                else None
+            pretrain_s, weights = None, cached_weights
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(model_dir)
