@@ -15,10 +15,17 @@ export TOKENIZERS_PARALLELISM ?= false
 # benchmarks/NOTES.md). Unless PYTHONDONTWRITEBYTECODE is set, as on this workplace's machines: then every process
 # would compile torch and transformers again (~10 s to import them instead of ~5), so make's commands keep them.
 unexport PYTHONDONTWRITEBYTECODE
-PIP := $(PY) -m pip install -q --no-compile
+# -qq: errors only (pip >= 25 also shows the build backend's notes on the editable install at -q).
+PIP := $(PY) -m pip install -qq --no-compile
 
+# The venv's pip is a current one, not the one ensurepip bundles (23.2 with Python 3.11): pip 26 finds and
+# resolves this project's ~106 dependencies in half the time (it checks a wheel's tags ~100,000 times per
+# install, and old pip's check is slow; benchmarks/NOTES.md). The system's pip (>= 22.3, --python) installs it
+# into a venv made without ensurepip's; failing that (offline, an older pip), ensurepip's bundled pip does.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV)
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m pip --python $(PY) install -qq --no-compile pip \
+	    || $(PY) -m ensurepip
 	$(PIP) "$(TORCH)" -e ".[dev]" || $(PIP) "torch>=2.4" -e ".[dev]"
 	touch $@
 
