@@ -56,7 +56,7 @@ real: $(VENV)/.installed-real
 GEMMA_VS_TRL := benchmarks/vs_trl.py --models gemma-3-270m --steps 3 --warmup 1 --rows 4 --seq 512 --lr 1e-5 \
 	--kinds ours,trl
 bench: $(VENV)/.installed-real
-	$(PY) -m pip install -q -e ".[bench]"
+	$(PIP) -e ".[bench]"
 	test -f results/models/gemma-3-270m/config.json || $(VENV)/bin/harness model get gemma-3-270m
 	test -f results/realdata/data/sft_train_paraphrased.jsonl || \
 	    $(VENV)/bin/harness realdata build --model results/models/gemma-3-270m

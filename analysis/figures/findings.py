@@ -19,9 +19,9 @@ AXIS = {"pct": "percent", "pts": "percentage points", "nats": "nats", "nats/deca
 
 def fig_findings(ctx: Context):
     """Findings: each claim's effect (dot) and its raw 95% interval (bar: estimate +- t x SE, the SE from the seed and
-    item-group variance, t on its degrees of freedom, as in the Findings table; before any multiplicity correction) against
-    its decision boundary (dashed; a band for 'within' claims); by the raw verdict, green: the claim holds, red: it
-    does not, grey: inconclusive."""
+    item-group variance, t on its degrees of freedom, as in the Findings table; before any multiplicity correction)
+    against its decision boundary (dashed; a band for 'within' claims); by the raw verdict, green: the claim holds,
+    red: it does not, grey: inconclusive."""
     found = [f for f in ctx.findings if f.verdict in VERDICT_COLOURS and f.estimate is not None and f.unit]
     if not found:
         raise NotApplicable("no findings with an estimate (the experiment declares no claims: claims:)")
