@@ -70,6 +70,7 @@ bench: $(VENV)/.installed-real
 	$(PY) benchmarks/overhead.py --experiment experiments/mini_lima.yaml --out benchmarks/out/overhead_demo.json
 	bash benchmarks/gpu_suite.sh --dry-run
 	$(PY) benchmarks/coverage.py
+	$(PY) benchmarks/pretrain_floor.py
 	$(PY) benchmarks/report.py
 
 clean:

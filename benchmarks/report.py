@@ -285,6 +285,26 @@ def demo_time_section(r: dict | None) -> list[str]:
     return lines + [""]
 
 
+def pretrain_floor_section(r: dict | None) -> list[str]:
+    """The world pretraining step against its own matrix products replayed alone (pretrain_floor.py)."""
+    if r is None:
+        return []
+    m = r["machine"]
+    return ["## 8. World pretraining step against its matrix-product floor (`python benchmarks/pretrain_floor.py`)",
+            "", f"{m.get('cpu', '?')} ({m.get('date', '?')}), fp32 GEMM {r['gemm_2048_gflops']['1_threads']} GFLOP/s "
+            f"on 1 thread, {r['gemm_2048_gflops']['2_threads']} on 2; model {r['shape']}, batch {r['batch']}, "
+            f"{r['threads']} threads; best of {len(r['all_step_ms'])} interleaved rounds.", "",
+            "| | ms per step | largest speed-up of a loop computing the same fp32 products |", "|---|---|---|",
+            f"| the whole step (harness `pretrain()`, {r['tok_s']:,} tok/s) | {r['step_ms']} | |",
+            f"| its {r['calls'].get('mm', 0)} GEMMs alone, same shapes ({r['gemm_gflop_per_step']} GFLOP, "
+            f"{r['gemm_gflops_in_step_shapes']} GFLOP/s) | {r['gemm_ms']} | {r['max_speedup_same_gemms']}x |",
+            f"| GEMMs + the attention kernels alone | {r['gemm_and_attention_ms']} | "
+            f"{r['max_speedup_same_products']}x |",
+            f"| ideal: every product ({r['gemm_gflop_per_step']} + {r['attention_gflop_per_step_causal_min']} GFLOP) "
+            f"at the 2048^3 peak, nothing else | {r['ideal_ms_all_products_at_2048_peak']} | "
+            f"{r['max_speedup_ideal']}x |", ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
@@ -323,6 +343,7 @@ def main() -> None:
     lines += gpu_section(gpu, gpu_dry)
     lines += coverage_section(_load("coverage"))
     lines += demo_time_section(_load("demo_time"))
+    lines += pretrain_floor_section(_load("pretrain_floor"))
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
