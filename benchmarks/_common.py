@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from harness.world.prebuilt import cpu_name  # noqa: E402  (the one reader of the CPU's name)
+
 try:  # per-shard progress bars of save/load would drown the benchmark output
     from transformers.utils import logging as _hf_logging
 
@@ -147,14 +149,7 @@ def current_rss_mb() -> float:
 def machine() -> dict:
     import transformers
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     flags = ""
     try:
         txt = Path("/proc/cpuinfo").read_text()
