@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,20 +10,12 @@ import torch
 
 from harness.world.pretrain import PretrainConfig, make_model, pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _floor():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("pretrain_floor_under_test", ROOT / "benchmarks" / "pretrain_floor.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pretrain_floor as fl  # noqa: E402
 
 
 def test_recorded_gemm_flops_are_three_forward_passes_of_every_linear_layer():
     torch.set_num_threads(1)
-    fl = _floor()
     cfg = PretrainConfig(layers=2, hidden=32, heads=2, seq_len=16, batch=3, steps=1, threads=1)
     vocab = 50
     model = make_model(cfg, vocab, 0, 0)
